@@ -1,0 +1,1 @@
+"""All logic of the nutrition-table dashboard. Nothing here imports streamlit."""
