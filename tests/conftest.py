@@ -1,0 +1,61 @@
+"""Shared fixtures: a real embedded Triton server, started once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests never write into the project's own data folder.
+_TEST_DATA = Path(os.environ.get("QWEN_TEST_DATA_DIR", "/tmp/qwen-test-data"))
+os.environ["QWEN_DATA_DIR"] = str(_TEST_DATA)
+os.environ.pop("QWEN_TRITON_URL", None)
+os.environ.pop("QWEN_CHECKPOINT", None)
+
+FREE_PORTS = {"http": None, "grpc": None, "metrics": None}
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint() -> Path:
+    """The deterministic tiny random-weight checkpoint (fast: protocol tests need no real answers)."""
+    from services.checkpoint_builder import ensure_tiny_checkpoint
+
+    return ensure_tiny_checkpoint()
+
+
+@pytest.fixture(scope="session")
+def triton_server(tmp_path_factory, tiny_checkpoint):
+    """A real tritonserver serving qwen versions 1 (bf16) and 2 (fp8) on free ports."""
+    from services.embedded_triton import start_embedded_triton
+
+    server = start_embedded_triton(tiny_checkpoint, workdir=tmp_path_factory.mktemp("triton"), ports=FREE_PORTS)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_triton_server(tmp_path, tiny_checkpoint):
+    """A server of the test's own, for tests that stop or kill it."""
+    from services.embedded_triton import start_embedded_triton
+
+    server = start_embedded_triton(tiny_checkpoint, workdir=tmp_path / "triton", ports=FREE_PORTS)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def label_image_bytes() -> bytes:
+    """A small PNG standing in for a label photo (protocol tests only)."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (640, 480), (240, 235, 220))
+    draw = ImageDraw.Draw(img)
+    draw.rectangle((300, 120, 560, 420), fill=(255, 255, 255), outline=(0, 0, 0), width=4)
+    for y in range(150, 400, 24):
+        draw.line((310, y, 550, y), fill=(0, 0, 0), width=2)
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
