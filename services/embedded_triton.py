@@ -273,20 +273,23 @@ class EmbeddedTriton:
         if self._stopped:
             return
         self._stopped = True
-        try:
-            pgid = os.getpgid(self.process.pid)
-        except ProcessLookupError:
-            pgid = None
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 log.warning("tritonserver did not stop in %.0f s; killing it", timeout)
-        if pgid is not None:  # the stubs share the server's process group; leave none behind
+        # The server leads its own process group (new session), so its id is the server's pid even
+        # after the server is gone; the stubs share it. Leave none behind, and sweep any process
+        # whose command line names this server's repository (a stub that changed its group).
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        for proc in _processes_naming(str(self.repository)):
             try:
-                os.killpg(pgid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
+                proc.kill()
+            except Exception:
                 pass
         try:
             self.process.wait(timeout=5)
@@ -306,6 +309,19 @@ class EmbeddedTriton:
 
 
 _RUNNING: set[EmbeddedTriton] = set()
+
+
+def _processes_naming(text: str) -> list:
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if text in " ".join(proc.info["cmdline"] or []):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return found
 
 
 def remove_shm_files(prefix: str) -> list[Path]:

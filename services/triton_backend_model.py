@@ -126,7 +126,10 @@ class TritonPythonModel:
                     flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
     def _handle(self, request, sender) -> None:
-        prompt = pb_utils.get_input_tensor_by_name(request, "text_input").as_numpy().reshape(-1)[0]
+        text_tensor = pb_utils.get_input_tensor_by_name(request, "text_input")
+        if text_tensor is None or text_tensor.as_numpy().size == 0:
+            raise EngineError("the input 'text_input' (the prompt) is required")
+        prompt = text_tensor.as_numpy().reshape(-1)[0]
         prompt = prompt.decode("utf-8") if isinstance(prompt, bytes) else str(prompt)
         image_tensor = pb_utils.get_input_tensor_by_name(request, "image")
         images = [decode_image(b) for b in image_tensor.as_numpy().reshape(-1)] if image_tensor is not None else []
