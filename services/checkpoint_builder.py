@@ -15,6 +15,8 @@ import argparse
 import hashlib
 import json
 import logging
+import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -43,22 +45,22 @@ SPECIAL_TOKENS = [
 CHAT_TEMPLATE = (
     "{%- set image_count = namespace(value=0) -%}"
     "{%- if messages[0]['role'] != 'system' -%}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
     "{%- endif -%}"
     "{%- for message in messages -%}"
-    "<|im_start|>{{ message['role'] }}\n"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
     "{%- if message['content'] is string -%}{{ message['content'] }}"
     "{%- else -%}{%- for part in message['content'] -%}"
     "{%- if part['type'] == 'image' or 'image' in part -%}"
     "{%- set image_count.value = image_count.value + 1 -%}"
-    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
     "{%- elif part['type'] == 'video' or 'video' in part -%}"
-    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{{ '<|vision_start|><|video_pad|><|vision_end|>' }}"
     "{%- elif 'text' in part -%}{{ part['text'] }}"
     "{%- endif -%}{%- endfor -%}{%- endif -%}"
-    "<|im_end|>\n"
+    "{{ '<|im_end|>\\n' }}"
     "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}<|im_start|>assistant\n{%- endif -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
 )
 
 
@@ -268,7 +270,8 @@ def default_checkpoint_dir() -> Path:
     """Where the tiny random-weight checkpoint is cached (under the project's data folder)."""
     from services.settings import data_dir
 
-    digest = hashlib.sha256(json.dumps(asdict(CheckpointSpec()), sort_keys=True).encode()).hexdigest()[:10]
+    recipe = json.dumps([asdict(CheckpointSpec()), SPECIAL_TOKENS, CHAT_TEMPLATE, tokenizer_corpus()], sort_keys=True)
+    digest = hashlib.sha256(recipe.encode()).hexdigest()[:10]
     return data_dir() / "checkpoints" / f"tiny-random-{digest}"
 
 
@@ -276,9 +279,12 @@ def ensure_tiny_checkpoint() -> Path:
     """The tiny random-weight checkpoint, built on first use and reused afterwards."""
     out = default_checkpoint_dir()
     if not (out / "build_info.json").exists():
-        tmp = out.with_name(out.name + ".partial")
+        tmp = out.with_name(f"{out.name}.partial-{os.getpid()}")
         build_checkpoint(tmp)
-        tmp.replace(out) if not out.exists() else None
+        try:
+            tmp.replace(out)
+        except OSError:  # another process finished first
+            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
