@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Install what the project needs on a fresh Debian machine: system packages (fonts for the label
+# generator, Chromium for the browser tests) and a virtualenv in .venv with the Python packages.
+#   scripts/setup.sh            runtime only
+#   scripts/setup.sh --dev      runtime + test tools
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_debs=(fonts-dejavu-core)
+[[ "${1:-}" == "--dev" ]] && want_debs+=(chromium)
+missing=()
+for pkg in "${want_debs[@]}"; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+  echo "installing Debian packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+PYTHON="${PYTHON:-python3}"
+if [[ ! -x .venv/bin/python ]]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+req=requirements.txt
+[[ "${1:-}" == "--dev" ]] && req=requirements-dev.txt
+.venv/bin/python -m pip install -q -r "$req"
+echo "environment ready: .venv ($(.venv/bin/python --version))"
