@@ -207,6 +207,24 @@ def decode_image(data: bytes | str):
         raise EngineError(f"image could not be decoded: {exc}") from exc
 
 
+def expand_image_placeholders(prompt: str, image_grid_thw, merge_size: int) -> str:
+    """Replace the i-th ``<|image_pad|>`` by the i-th image's visual tokens (t*h*w / merge_size**2).
+
+    This is what vLLM (and Qwen2VLProcessor) do to a prompt before tokenizing it; training uses it too.
+    """
+    parts = prompt.split(IMAGE_PAD)
+    if len(parts) - 1 != len(image_grid_thw):
+        raise EngineError(
+            f"the prompt has {len(parts) - 1} image placeholder(s) ({IMAGE_PAD}) but "
+            f"{len(image_grid_thw)} image(s) were sent"
+        )
+    text = parts[0]
+    for grid, rest in zip(image_grid_thw, parts[1:]):
+        n_tokens = int(grid.prod()) // (merge_size**2)
+        text += IMAGE_PAD * n_tokens + rest
+    return text
+
+
 def pick_device(requested: str | None = None) -> str:
     import torch
 
@@ -328,11 +346,7 @@ class Engine:
         if images:
             processed = self.image_processor(images=images, return_tensors="pt")
             grid = processed["image_grid_thw"]
-            parts = text.split(IMAGE_PAD)
-            text = parts[0]
-            for i, rest in enumerate(parts[1:]):
-                n_tokens = int(grid[i].prod()) // (self.merge_size**2)
-                text += IMAGE_PAD * n_tokens + rest
+            text = expand_image_placeholders(prompt, grid, self.merge_size)
             inputs["pixel_values"] = processed["pixel_values"].to(self.device, torch.bfloat16)
             inputs["image_grid_thw"] = grid.to(self.device)
         ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
