@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     params = {"max_tokens": 1, "temperature": 0}
 
     server = start_embedded_triton(checkpoint, ports={"http": None, "grpc": None, "metrics": None})
+    http = grpc = None
     try:
         precision = "fp8" if args.version == "2" else "bf16"
         engine = Engine(checkpoint, precision)
@@ -96,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
                 for s in family.samples:
                     weights[(s.labels["version"], s.labels["part"])] = (s.value, s.labels["mode"])
     finally:
+        for client in (http, grpc):
+            if client is not None:
+                client.close()  # open gRPC streams would hold the server's shutdown
         server.stop()
 
     base = times["in-process engine"]
