@@ -1,0 +1,536 @@
+"""services.gpu_sampler against real faults and real processes: NVML (absent on a machine
+without GPU), a real HTTP metrics server that is stopped and restarted, a real child process
+whose command line looks like a Triton Python-backend stub, and a real sink that raises."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import tracemalloc
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable, Iterator
+
+import psutil
+import pytest
+
+from services.gpu_sampler import (
+    SOURCE_HOST,
+    SOURCE_METRICS,
+    SOURCE_NVML,
+    SOURCE_SINK,
+    GpuReading,
+    ProcessReading,
+    Sample,
+    Sampler,
+    attribute_cmdline,
+    get_shared_sampler,
+    parse_series_key,
+    sample_rows,
+    series_for_chart,
+    series_key,
+    stop_shared_sampler,
+)
+
+METRICS_BODY = """\
+# HELP nv_gpu_memory_used_bytes GPU used memory, in bytes
+# TYPE nv_gpu_memory_used_bytes gauge
+nv_gpu_memory_used_bytes{gpu_uuid="GPU-x"} 1.5e9
+# TYPE nv_gpu_memory_total_bytes gauge
+nv_gpu_memory_total_bytes{gpu_uuid="GPU-x"} 8e10
+# TYPE nv_gpu_utilization gauge
+nv_gpu_utilization{gpu_uuid="GPU-x"} 0.25
+# HELP nv_inference_request_success Number of successful inference requests
+# TYPE nv_inference_request_success counter
+nv_inference_request_success{model="qwen",version="1"} 3
+nv_inference_request_success{model="qwen",version="2"} 5
+# TYPE nv_inference_request_failure counter
+nv_inference_request_failure{model="qwen",reason="BACKEND",version="1"} 1
+# TYPE vllm:generation_tokens_total counter
+vllm:generation_tokens_total{model="qwen",version="2"} 40
+# TYPE vllm:time_to_first_token_seconds histogram
+vllm:time_to_first_token_seconds_bucket{le="0.1",model="qwen",version="2"} 1
+vllm:time_to_first_token_seconds_bucket{le="+Inf",model="qwen",version="2"} 2
+vllm:time_to_first_token_seconds_sum{model="qwen",version="2"} 0.3
+vllm:time_to_first_token_seconds_count{model="qwen",version="2"} 2
+# HELP qwen_weight_bytes Bytes of the model weights per version
+# TYPE qwen_weight_bytes gauge
+qwen_weight_bytes{version="2"} 1.0e10
+# TYPE qwen_engine_weight_bytes gauge
+qwen_engine_weight_bytes{model="qwen",part="model",precision="fp8",version="2"} 7e9
+qwen_engine_weight_bytes{model="qwen",part="decoder_linear",precision="fp8",version="2"} 5e9
+# TYPE nv_cpu_memory_used_bytes gauge
+nv_cpu_memory_used_bytes 123456
+# TYPE process_cpu_seconds_total counter
+process_cpu_seconds_total 5
+"""
+
+
+class MetricsServer:
+    """A real Prometheus-text HTTP server on 127.0.0.1 that can be stopped and restarted."""
+
+    def __init__(self, body: str = METRICS_BODY) -> None:
+        self.body = body.encode()
+        self.port = 0
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        body = self.body
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server API)
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.port = self._httpd.server_address[1]
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+        if self._thread is not None:
+            self._thread.join(5)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/metrics"
+
+
+@pytest.fixture
+def metrics_server() -> Iterator[MetricsServer]:
+    server = MetricsServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+STUB_ARGS = ["/tmp/x/qwen/2/model.py", "triton_python_backend_shm_region_7", "1048576"]
+
+
+@pytest.fixture
+def fake_stub() -> Iterator[subprocess.Popen]:
+    """A real child process whose command line carries a Triton stub's model path."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", *STUB_ARGS])
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # wait until the exec is visible in /proc
+            try:
+                if STUB_ARGS[0] in psutil.Process(proc.pid).cmdline():
+                    break
+            except psutil.Error:
+                pass
+            time.sleep(0.01)
+        else:
+            pytest.fail("child process command line never became visible")
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def _nvml_available() -> bool:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        pynvml.nvmlShutdown()
+        return True
+    except Exception:
+        return False
+
+
+def _wait_for(cond: Callable[[], bool], timeout: float = 5.0, step: float = 0.01) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(step)
+    return cond()
+
+
+# ----------------------------------------------------------------------------- pure helpers
+
+
+def test_attribute_cmdline_of_real_triton_processes() -> None:
+    stub = ["/opt/tritonserver/backends/python/triton_python_backend_stub",
+            "/models/qwen/1/model.py", "triton_python_backend_shm_region_3", "1048576",
+            "1048576", "12345", "/opt/tritonserver/backends/python", "336", "qwen_0_0", "DEFAULT"]
+    assert attribute_cmdline(stub) == ("qwen", "1")
+    assert attribute_cmdline(["python", "-c", "x", "/tmp/x/qwen/2/model.py"]) == ("qwen", "2")
+    assert attribute_cmdline(["relative/nutrition/12/model.py"]) == ("nutrition", "12")
+    assert attribute_cmdline(["/opt/tritonserver/bin/tritonserver", "--model-repository=/m"]) == (
+        "server", None)
+    assert attribute_cmdline([], name="tritonserver") == ("server", None)
+    assert attribute_cmdline(["python", "/srv/qwen/latest/model.py"]) == (None, None)
+
+
+def test_series_key_round_trip_with_escapes() -> None:
+    labels = {"version": "2", "model": 'q"w\\en', "z": "a\nb"}
+    key = series_key("vllm:x", labels)
+    assert key.startswith('vllm:x{model=')  # labels sorted
+    assert parse_series_key(key) == ("vllm:x", labels)
+    assert parse_series_key("plain") == ("plain", {})
+
+
+# ----------------------------------------------------------------------------- NVML fault
+
+
+def test_nvml_failure_is_reported_and_other_sources_still_sample(
+    metrics_server: MetricsServer,
+) -> None:
+    sampler = Sampler(metrics_url=metrics_server.url, root_pid=os.getpid(), retry_interval_s=1.0)
+    try:
+        t_before = time.time()
+        t0 = time.perf_counter()
+        ticks = [sampler.sample_once() for _ in range(5)]
+        elapsed = time.perf_counter() - t0
+        first = ticks[0]
+        if _nvml_available():  # a GPU machine: NVML must work there
+            assert first.gpus and SOURCE_NVML not in first.source_errors
+        else:  # this machine: no NVML library, a real fault
+            for s in ticks:  # reported in every sample while in back-off
+                assert "NVML" in s.source_errors[SOURCE_NVML]
+                assert t_before - 1 <= s.source_error_times[SOURCE_NVML] <= time.time()
+                assert s.gpus == ()
+            status = sampler.source_status()[SOURCE_NVML]
+            if elapsed < 0.9:  # back-off: at most one attempt per second
+                assert status.attempts == 1
+            assert status.failures == status.attempts
+        for s in ticks:  # the other sources were not stopped by it
+            assert s.metric("nv_inference_request_success", model="qwen", version="1") == 3
+            assert any(p.pid == os.getpid() and p.kind == "host" for p in s.processes)
+            assert SOURCE_METRICS not in s.source_errors and SOURCE_HOST not in s.source_errors
+    finally:
+        sampler.stop()
+
+
+def test_nvml_failure_in_the_running_thread(metrics_server: MetricsServer) -> None:
+    with Sampler(rate_hz=50, metrics_url=metrics_server.url, root_pid=os.getpid()) as sampler:
+        assert _wait_for(lambda: len(sampler) >= 10)
+        assert sampler.running
+        recent = sampler.samples()
+    assert not sampler.running
+    assert all(s.metrics and s.processes for s in recent)
+    if not _nvml_available():
+        assert all(SOURCE_NVML in s.source_errors for s in recent)
+
+
+# ----------------------------------------------------------------------------- metrics endpoint
+
+
+def test_metrics_endpoint_is_parsed(metrics_server: MetricsServer) -> None:
+    sampler = Sampler(metrics_url=metrics_server.url, nvml=False, host_memory=False)
+    s = sampler.sample_once()
+    assert s.source_errors == {}
+    assert s.metric("nv_gpu_memory_used_bytes", gpu_uuid="GPU-x") == 1.5e9
+    assert s.metric("nv_gpu_memory_total_bytes", gpu_uuid="GPU-x") == 8e10
+    assert s.metric("nv_inference_request_success", model="qwen", version="1") == 3
+    assert s.metric("nv_inference_request_success", model="qwen", version="2") == 5
+    assert s.metric("nv_inference_request_failure", model="qwen", version="1",
+                    reason="BACKEND") == 1
+    assert s.metric("vllm:generation_tokens_total", model="qwen", version="2") == 40
+    assert s.metric("vllm:time_to_first_token_seconds_count", model="qwen", version="2") == 2
+    assert s.metric("qwen_weight_bytes", version="2") == 1e10
+    names = {parse_series_key(k)[0] for k in s.metrics}
+    assert "nv_cpu_memory_used_bytes" not in names and "process_cpu_seconds_total" not in names
+    rows = sample_rows(s)
+    device = [r for r in rows if r.kind == "device"]
+    assert len(device) == 1 and device[0].source == "triton" and device[0].gpu == "GPU-x"
+    assert device[0].memory_bytes == 1_500_000_000
+    assert device[0].utilization == pytest.approx(25.0)  # Triton's 0..1 as percent
+    weights = [r for r in rows if r.kind == "qwen_weight_bytes"]
+    assert len(weights) == 1 and weights[0].version == "2"
+    assert weights[0].memory_bytes == 10_000_000_000
+    # a gauge with more labels than model/version: one row per part, never summed together
+    parts = {r.kind: r.memory_bytes for r in rows if r.kind.startswith("qwen_engine")}
+    assert parts == {
+        'qwen_engine_weight_bytes{part="model",precision="fp8"}': 7_000_000_000,
+        'qwen_engine_weight_bytes{part="decoder_linear",precision="fp8"}': 5_000_000_000,
+    }
+    chart = series_for_chart([s])
+    engine = chart[chart["kind"].str.startswith("qwen_engine")]
+    assert sorted(engine["memory_bytes"]) == [5_000_000_000, 7_000_000_000]
+    assert all(label.startswith("qwen v2 qwen_engine_weight_bytes") for label in engine["label"])
+
+
+def test_stopped_metrics_server_is_reported_and_recovery_follows(
+    metrics_server: MetricsServer,
+) -> None:
+    sampler = Sampler(metrics_url=metrics_server.url, nvml=False, host_memory=False,
+                      retry_interval_s=0.05)
+    assert sampler.sample_once().metrics
+    metrics_server.stop()
+    down = sampler.sample_once()
+    assert down.metrics == {}
+    assert "Connection refused" in down.source_errors[SOURCE_METRICS] or "URLError" in \
+        down.source_errors[SOURCE_METRICS]
+    assert SOURCE_METRICS in down.source_error_times
+    metrics_server.start()  # same port again
+    recovered = None
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        time.sleep(0.06)  # past the back-off
+        s = sampler.sample_once()
+        if not s.source_errors:
+            recovered = s
+            break
+    assert recovered is not None, sampler.errors()
+    assert recovered.metric("vllm:generation_tokens_total", model="qwen", version="2") == 40
+    status = sampler.source_status()[SOURCE_METRICS]
+    assert status.failures >= 1 and status.last_error is None
+
+
+def test_metrics_server_that_never_answers_times_out() -> None:
+    # a real socket that accepts connections into its backlog and never responds
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        sampler = Sampler(metrics_url=f"http://127.0.0.1:{port}/metrics", nvml=False,
+                          host_memory=False, metrics_timeout_s=0.2)
+        t0 = time.perf_counter()
+        s = sampler.sample_once()
+        took = time.perf_counter() - t0
+    assert "timed out" in s.source_errors[SOURCE_METRICS]
+    assert took < 2.0
+
+
+# ----------------------------------------------------------------------------- host memory
+
+
+def test_host_memory_of_a_stub_like_child_is_attributed_to_its_version(
+    fake_stub: subprocess.Popen,
+) -> None:
+    sampler = Sampler(nvml=False, root_pid=os.getpid())
+    s = sampler.sample_once()
+    assert SOURCE_HOST not in s.source_errors
+    mine = [p for p in s.processes if p.pid == fake_stub.pid]
+    assert len(mine) == 1
+    reading = mine[0]
+    assert (reading.kind, reading.model, reading.version) == ("host", "qwen", "2")
+    rss = psutil.Process(fake_stub.pid).memory_info().rss
+    assert 1_000_000 < reading.memory_bytes and abs(reading.memory_bytes - rss) < rss / 2
+    root = [p for p in s.processes if p.pid == os.getpid()]
+    assert root and root[0].model == "server"  # the configured root is the server
+    # other qwen v2 processes may run under this pid too (a real embedded Triton started by
+    # other tests): the chart sums every instance of the version
+    v2_total = sum(p.memory_bytes for p in s.processes if (p.model, p.version) == ("qwen", "2"))
+    chart = series_for_chart([s])
+    row = chart[chart["label"] == "qwen v2"]
+    assert len(row) == 1 and row["memory_bytes"].iloc[0] == v2_total >= reading.memory_bytes
+    assert row["source"].iloc[0] == "host"
+
+
+def test_attribution_follows_exec_of_the_same_pid() -> None:
+    """A stub seen between fork and exec shows its parent's command line; exec keeps the pid and
+    the create time, so the sampler must look again and not keep the first answer."""
+    script = ("import os, sys; sys.stdin.readline(); os.execv(sys.executable, [sys.executable,"
+              " '-c', 'import time; time.sleep(30)', '/tmp/x/qwen/1/model.py'])")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, text=True)
+    try:
+        sampler = Sampler(nvml=False, root_pid=proc.pid)
+        assert _wait_for(lambda: "-c" in psutil.Process(proc.pid).cmdline())
+        before = sampler.sample_once().processes
+        assert [(p.pid, p.model, p.version) for p in before] == [(proc.pid, "server", None)]
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        assert _wait_for(lambda: "/tmp/x/qwen/1/model.py" in psutil.Process(proc.pid).cmdline())
+        after = sampler.sample_once().processes
+        assert [(p.pid, p.model, p.version) for p in after] == [(proc.pid, "qwen", "1")]
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_host_processes_found_by_name(fake_stub: subprocess.Popen) -> None:
+    name = psutil.Process(fake_stub.pid).name()
+    sampler = Sampler(nvml=False, root_pid=None, process_names=[name])
+    s = sampler.sample_once()
+    assert any(p.pid == fake_stub.pid and p.version == "2" for p in s.processes)
+    nobody = Sampler(nvml=False, process_names=["no-such-process-name-x"]).sample_once()
+    assert "no process named" in nobody.source_errors[SOURCE_HOST]
+
+
+def test_host_source_reports_a_server_that_has_ended(fake_stub: subprocess.Popen) -> None:
+    sampler = Sampler(nvml=False, root_pid=fake_stub.pid, retry_interval_s=0.0)
+    assert sampler.sample_once().processes[0].version == "2"
+    fake_stub.kill()
+    fake_stub.wait(10)
+    s = sampler.sample_once()
+    assert s.processes == () and SOURCE_HOST in s.source_errors
+    s2 = sampler.sample_once()  # retried: the pid is gone for good
+    assert "NoSuchProcess" in s2.source_errors[SOURCE_HOST] or "ended" in \
+        s2.source_errors[SOURCE_HOST]
+
+
+def test_real_embedded_triton_processes_and_metrics(triton_server) -> None:
+    """The real tritonserver of the shared fixture (tests/conftest.py): its stubs carry
+    ``<repo>/qwen/<version>/model.py`` on their command lines, its metrics port is Triton's own."""
+    sampler = Sampler(nvml=False, root_pid=triton_server.pid,
+                      metrics_url=triton_server.metrics_url)
+    s = sampler.sample_once()
+    assert SOURCE_HOST not in s.source_errors and SOURCE_METRICS not in s.source_errors
+    labels = {(p.model, p.version) for p in s.processes}
+    assert {("server", None), ("qwen", "1"), ("qwen", "2")} <= labels
+    server = [p for p in s.processes if p.pid == triton_server.pid]
+    assert server and server[0].model == "server" and server[0].name == "tritonserver"
+    assert all(p.kind == "host" and p.memory_bytes > 0 for p in s.processes)
+    for v in ("1", "2"):
+        assert s.metric("nv_inference_request_success", model="qwen", version=v) is not None
+    # every qwen_* series the server exports is kept, nothing else outside the kept families
+    import urllib.request
+
+    raw = urllib.request.urlopen(triton_server.metrics_url, timeout=5).read().decode()
+    raw_qwen = {ln.split("{")[0].split()[0] for ln in raw.splitlines()
+                if ln.startswith("qwen_")}
+    kept = {parse_series_key(k)[0] for k in s.metrics}
+    assert raw_qwen <= kept
+    assert all(n.startswith(("nv_inference_", "nv_gpu_", "vllm:", "qwen_")) for n in kept)
+
+
+# ----------------------------------------------------------------------------- bounded memory
+
+
+def test_ring_buffer_stays_bounded_over_10000_ticks() -> None:
+    sampler = Sampler(nvml=False, root_pid=os.getpid(), maxlen=1000, discovery_interval_s=3600)
+    tracemalloc.start()
+    try:
+        for _ in range(2000):
+            sampler.sample_once()
+        full, _ = tracemalloc.get_traced_memory()
+        for _ in range(8000):
+            sampler.sample_once()
+        after, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(sampler) == 1000 and sampler.maxlen == 1000
+    per_sample = full / 1000  # a full ring holds 1000 samples
+    assert per_sample > 100  # the measurement sees the samples at all
+    # 8000 more ticks: an unbounded buffer would grow by ~8000 samples' worth
+    assert after - full < 50 * per_sample, (full, after)
+    kept = sampler.samples()
+    assert all(a.t_mono < b.t_mono for a, b in zip(kept, kept[1:]))
+
+
+def test_window_and_samples_since() -> None:
+    sampler = Sampler(nvml=False, root_pid=os.getpid(), maxlen=100)
+    ticks = [sampler.sample_once() for _ in range(20)]
+    assert sampler.latest() is ticks[-1]
+    assert sampler.samples_since(ticks[9].t_mono) == ticks[10:]
+    assert sampler.window(ticks[3].t_mono, ticks[7].t_mono) == ticks[3:8]
+    assert sampler.samples_since(ticks[-1].t_mono) == []
+    sampler.configure(maxlen=5)  # shrinking keeps the newest
+    assert sampler.samples() == ticks[-5:]
+
+
+# ----------------------------------------------------------------------------- thread, sink, cost
+
+
+def test_sink_exception_does_not_stop_sampling() -> None:
+    calls = {"bad": 0, "good": 0}
+
+    def bad_sink(sample: Sample) -> None:
+        calls["bad"] += 1
+        raise RuntimeError("disk full")
+
+    def good_sink(sample: Sample) -> None:
+        calls["good"] += 1
+
+    sampler = Sampler(rate_hz=200, nvml=False, root_pid=os.getpid(), sink=bad_sink)
+    sampler.add_sink(good_sink)
+    with sampler:
+        assert _wait_for(lambda: calls["bad"] >= 20 and len(sampler) >= 20)
+        assert sampler.running
+        latest = sampler.latest()
+        assert latest is not None and "disk full" in latest.source_errors[SOURCE_SINK]
+        assert calls["good"] >= 20  # the other sink still gets every sample
+        sampler.remove_sink(bad_sink)
+        n = calls["bad"]
+        assert _wait_for(lambda: SOURCE_SINK not in sampler.errors())  # healthy again
+        assert calls["bad"] == n
+    assert not sampler.running
+    assert sampler.source_status()[SOURCE_SINK].failures >= 20
+
+
+def test_thread_rate_cost_and_stop() -> None:
+    with Sampler(rate_hz=50, nvml=False, root_pid=os.getpid()) as sampler:
+        t_start = time.perf_counter()
+        time.sleep(0.6)
+        frac = sampler.cpu_fraction()
+    t_end = time.perf_counter()
+    got = sampler.samples()
+    assert 10 <= len(got) <= 40, len(got)  # ~30 at 50/s over 0.6 s
+    gaps = sorted(b.t_mono - a.t_mono for a, b in zip(got, got[1:]))
+    assert 0.01 < gaps[len(gaps) // 2] < 0.04  # median period ~20 ms
+    assert 0.0 < frac < 1.0
+    assert all(t_start - 0.1 <= s.t_mono <= t_end for s in got)
+    time.sleep(0.1)
+    assert len(sampler.samples()) == len(got)  # stopped: nothing more
+
+
+def test_shared_sampler_is_one_thread_and_reconfigurable(metrics_server: MetricsServer) -> None:
+    stop_shared_sampler()
+    try:
+        results: list[Sampler] = []
+        lock = threading.Lock()
+
+        def grab() -> None:
+            s = get_shared_sampler(nvml=False, root_pid=os.getpid(), rate_hz=50)
+            with lock:
+                results.append(s)
+
+        threads = [threading.Thread(target=grab) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert len(results) == 8 and all(s is results[0] for s in results)
+        shared = results[0]
+        assert sum(t.name == "gpu-sampler" for t in threading.enumerate()) == 1
+        assert _wait_for(lambda: len(shared) >= 3)
+        assert not shared.latest().metrics
+        again = get_shared_sampler(metrics_url=metrics_server.url)
+        assert again is shared
+        assert sum(t.name == "gpu-sampler" for t in threading.enumerate()) == 1
+        assert _wait_for(lambda: bool(shared.latest().metrics))
+        assert shared.latest().metric("qwen_weight_bytes", version="2") == 1e10
+    finally:
+        stop_shared_sampler()
+    assert _wait_for(lambda: not any(t.name == "gpu-sampler" for t in threading.enumerate()))
+
+
+def test_series_for_chart_sums_instances_of_a_version() -> None:
+    s = Sample(
+        t_mono=10.0, t_wall=1_800_000_000.0,
+        gpus=(GpuReading(0, "H100", "GPU-a", 30_000, 80_000, 50.0),),
+        processes=(
+            ProcessReading(11, "gpu", "qwen", "1", 10_000, 0),
+            ProcessReading(12, "gpu", "qwen", "1", 5_000, 0),
+            ProcessReading(13, "gpu", "server", None, 1_000, 0),
+            ProcessReading(11, "host", "qwen", "1", 7_000),
+        ),
+    )
+    df = series_for_chart([s])
+    got = {(r.source, r.label): r.memory_bytes for r in df.itertuples()}
+    assert got == {("nvml", "GPU 0"): 30_000, ("nvml", "qwen v1"): 15_000,
+                   ("nvml", "server"): 1_000, ("host", "qwen v1"): 7_000}
+    assert str(df["time"].dt.tz) == "UTC"
+    assert list(df.columns) == ["time", "t_mono", "source", "kind", "gpu", "model", "version",
+                                "label", "memory_bytes"]
+    assert series_for_chart([]).empty
