@@ -1,0 +1,1 @@
+"""Streamlit-only helpers shared by the dashboard's pages (the logic lives in ``services/``)."""

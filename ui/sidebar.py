@@ -1,0 +1,104 @@
+"""The sidebar of every page: which server, its health, each model version's state, which model.
+
+``render_sidebar()`` draws the connection settings (server URL, protocol, request timeout), then
+what the server says, and returns the session's :class:`ui.state.Connection` for the page to use.
+The helpers below it also draw the home page's fuller overview.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from services.detection import VERSION_LABELS, ServerStatus, version_label
+from services.triton_client import PROTOCOLS
+from ui import state
+from ui.state import Connection
+
+def model_notice(conn: Connection) -> tuple[str, str]:
+    """(``"info"|"success"|"warning"``, text): plainly, which model answers."""
+    target = conn.target
+    if target is None:
+        return "info", "No server, so no model."
+    if not target.embedded or target.checkpoint is None:
+        return "info", ("**An external server's model.** The dashboard cannot see which checkpoint "
+                        f"the server at `{target.http_url}` serves (in production: the real fine-tune).")
+    cp = target.checkpoint
+    params = f", {cp.parameters / 1e6:.1f} M parameters" if cp.parameters else ""
+    if cp.kind == "tiny random weights":
+        return "warning", ("**A tiny random-weight model is loaded.** Its answers are gibberish and its boxes "
+                           f"mean nothing: it only exercises the whole stack ({cp.path.name}{params}).")
+    if cp.kind == "demo detector":
+        return "success", (f"**The demo detector is loaded:** {cp.description} ({cp.path.name}{params}).")
+    return "success", f"**Checkpoint folder loaded:** {cp.description} (`{cp.path}`{params})."
+
+
+def _show(box: Any, kind: str, text: str) -> None:
+    getattr(box, kind)(text)
+
+
+def health_line(status: ServerStatus) -> tuple[str, str]:
+    """(kind, text) saying whether the server is live and ready."""
+    if status.error:
+        return "error", status.error
+    if status.live and status.ready:
+        return "success", f"Server live and ready (Triton {status.server_version or '?'})"
+    if status.live:
+        return "warning", f"Server live but not ready (Triton {status.server_version or '?'})"
+    return "error", "Server not live"
+
+
+def version_lines(status: ServerStatus) -> list[tuple[str, str]]:
+    """(kind, text) per version: READY, or its state with the server's reason."""
+    out = []
+    for version in VERSION_LABELS:
+        v = status.version(version)
+        if v.ready:
+            out.append(("success", f"{version_label(version)}: READY"))
+        else:
+            reason = f" — {v.reason}" if v.reason else ""
+            out.append(("error", f"{version_label(version)}: {v.state}{reason}"))
+    extra = [v for v in status.versions if v.version not in VERSION_LABELS]
+    for v in extra:
+        out.append(("info", f"{version_label(v.version)}: {v.state}" + (f" — {v.reason}" if v.reason else "")))
+    return out
+
+
+def render_sidebar() -> Connection:
+    """Draw the sidebar and return the session's connection."""
+    sb = st.sidebar
+    sb.header("Triton server")
+    env_url = state.default_url()
+    sb.text_input(
+        "Server URL", value=env_url, key=state.URL_KEY, persist_state="session",
+        placeholder="empty: the embedded server",
+        help="host:port of Triton's HTTP endpoint (http://host:8000 or grpc://host:8001 also work). "
+             "Leave empty to use the server this dashboard starts itself. "
+             f"Default from QWEN_TRITON_URL: {env_url or 'unset'}.",
+    )
+    default_protocol = state.default_protocol()
+    sb.radio("Protocol", PROTOCOLS, index=PROTOCOLS.index(default_protocol), key=state.PROTOCOL_KEY,
+             horizontal=True, persist_state="session",
+             help="How detection requests travel: HTTP generate / generate_stream, or a gRPC stream.")
+    sb.number_input("Request timeout (s)", min_value=1.0, max_value=3600.0, value=state.DEFAULT_TIMEOUT_S,
+                    step=10.0, key=state.TIMEOUT_KEY, persist_state="session",
+                    help="A detection request that takes longer fails with a timeout error.")
+    conn = state.current_connection()
+
+    if conn.error:
+        sb.error(conn.error)
+        if not conn.url_setting and sb.button("Retry starting the embedded server", key="sidebar_retry"):
+            state.start_embedded.clear()
+            st.rerun()
+        return conn
+    assert conn.target is not None and conn.status is not None
+    sb.caption(f"{'Embedded' if conn.embedded else 'External'} server: "
+               f"`{conn.target.url(conn.protocol)}` ({conn.protocol})")
+    _show(sb, *health_line(conn.status))
+    if not conn.status.error:
+        for kind, text in version_lines(conn.status):
+            _show(sb, kind, text)
+    sb.subheader("Model")
+    _show(sb, *model_notice(conn))
+    return conn

@@ -1,0 +1,145 @@
+"""Which server the session talks to, and the cached objects behind it (one per process).
+
+The connection settings are three sidebar widgets (``ui.sidebar``) whose keys are below; they keep
+their values across pages (``persist_state="session"``), so every page of a session talks to the
+same server. The defaults come from the environment (``QWEN_TRITON_URL``, ``QWEN_TRITON_PROTOCOL``):
+an empty URL means the embedded server, started once per process (``st.cache_resource``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass
+
+import streamlit as st
+
+from services import settings
+from services.detection import ServerStatus, check_server
+from services.server_target import ServerTarget, current_target, embedded_target
+from services.triton_client import PROTOCOLS, TritonClient
+
+log = logging.getLogger(__name__)
+
+# Session-state keys of the connection widgets (shared by every page).
+URL_KEY = "server_url"
+PROTOCOL_KEY = "server_protocol"
+TIMEOUT_KEY = "server_timeout_s"
+
+DEFAULT_TIMEOUT_S = 120.0  # one detection request (the CPU demo model takes tens of seconds)
+STATUS_TIMEOUT_S = 5.0  # health and repository-index calls: a server that takes longer is shown as failing
+EMBEDDED_SPINNER = "Starting the embedded Triton server (the first start takes up to a minute)..."
+
+
+def default_url() -> str:
+    """The server URL from the environment; empty for the embedded server."""
+    return settings.triton_url() or ""
+
+
+def default_protocol() -> str:
+    """``QWEN_TRITON_PROTOCOL``, or the scheme of ``QWEN_TRITON_URL``, else ``http``."""
+    url = default_url()
+    if "://" in url and url.split("://", 1)[0].lower() in PROTOCOLS:
+        return url.split("://", 1)[0].lower()
+    try:
+        return settings.triton_protocol()
+    except ValueError:  # a bad environment value: the sidebar shows the choice, http is the safe default
+        return "http"
+
+
+def _process_alive(pid: int | None) -> bool:
+    if pid is None:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class EmbeddedStart:
+    """The outcome of starting the embedded server: its target, or why it could not start."""
+
+    target: ServerTarget | None
+    error: str | None = None
+
+
+def _still_valid(start: EmbeddedStart) -> bool:
+    """A failed start stays cached (the sidebar's Retry clears it); a server that died is started again."""
+    return start.target is None or _process_alive(start.target.server_pid)
+
+
+@st.cache_resource(show_spinner=EMBEDDED_SPINNER, validate=_still_valid)
+def start_embedded() -> EmbeddedStart:
+    """Start the process's embedded server once; the error (with the server log's errors) if it fails."""
+    try:
+        return EmbeddedStart(embedded_target("http"))
+    except Exception as exc:  # noqa: BLE001 - any failure to start is shown, never raised into the page
+        log.exception("the embedded Triton server could not be started")
+        return EmbeddedStart(None, f"The embedded Triton server could not be started: {exc}")
+
+
+@st.cache_resource(show_spinner=False)
+def get_client(url: str, protocol: str, timeout_s: float) -> TritonClient:
+    """One client per server, protocol and timeout, shared by the sessions of the process."""
+    return TritonClient(url, protocol=protocol, timeout_s=timeout_s)  # type: ignore[arg-type]
+
+
+@dataclass
+class Connection:
+    """The server a session uses: the target, a detection client, and its status.
+
+    ``error`` says why there is no client (a URL that is not a server address, or an embedded
+    server that could not start); ``client`` and ``status`` are then ``None``.
+    """
+
+    url_setting: str  # what the user chose: "" for the embedded server
+    protocol: str
+    timeout_s: float
+    target: ServerTarget | None = None
+    client: TritonClient | None = None
+    status: ServerStatus | None = None
+    error: str | None = None
+
+    @property
+    def embedded(self) -> bool:
+        return self.target is not None and self.target.embedded
+
+    @property
+    def usable(self) -> bool:
+        return self.client is not None
+
+
+def connect(url_setting: str, protocol: str, timeout_s: float) -> Connection:
+    """Resolve the server, make its client and check its status; failures become ``error``.
+
+    An empty ``url_setting`` means the embedded server (started here on first use).
+    """
+    conn = Connection(url_setting=url_setting.strip(), protocol=protocol, timeout_s=timeout_s)
+    try:
+        if conn.url_setting:
+            conn.target = current_target(url=conn.url_setting, protocol=protocol)
+        else:
+            started = start_embedded()
+            if started.target is None:
+                conn.error = started.error
+                return conn
+            conn.target = dataclasses.replace(started.target, protocol=protocol)
+        conn.client = get_client(conn.target.url(), protocol, float(timeout_s))
+        status_client = get_client(conn.target.url(), protocol, STATUS_TIMEOUT_S)
+    except ValueError as exc:
+        conn.error = f"The server URL {conn.url_setting!r} is not usable: {exc}"
+        return conn
+    conn.status = check_server(status_client)
+    return conn
+
+
+def current_connection() -> Connection:
+    """The connection of this session, from the sidebar's widgets (their defaults before they exist)."""
+    state = st.session_state
+    return connect(str(state.get(URL_KEY, default_url()) or ""), str(state.get(PROTOCOL_KEY, default_protocol())),
+                   float(state.get(TIMEOUT_KEY, DEFAULT_TIMEOUT_S)))
