@@ -182,16 +182,16 @@ def _rgb(color: str) -> tuple[int, int, int]:
 
 def _dashed_rectangle(draw: ImageDraw.ImageDraw, xy: tuple[float, float, float, float], color: tuple[int, int, int],
                       width: int, dash: int) -> None:
-    x1, y1, x2, y2 = xy
-    for (ax, ay, bx, by) in ((x1, y1, x2, y1), (x2, y1, x2, y2), (x2, y2, x1, y2), (x1, y2, x1, y1)):
-        length = max(abs(bx - ax), abs(by - ay))
-        steps = max(1, int(length // (2 * dash)))
-        for i in range(steps + 1):
-            t0, t1 = (2 * i * dash) / max(length, 1), min(1.0, (2 * i + 1) * dash / max(length, 1))
-            if t0 >= 1.0:
-                break
-            draw.line((ax + (bx - ax) * t0, ay + (by - ay) * t0, ax + (bx - ax) * t1, ay + (by - ay) * t1),
-                      fill=color, width=width)
+    """An outline of dashes ``dash`` px long, ``width`` px thick, inside ``xy`` (as ``rectangle(outline=...)``)."""
+    x1, y1, x2, y2 = (int(round(v)) for v in xy)
+    for start in range(x1, x2 + 1, 2 * dash):  # top and bottom edges
+        end = min(start + dash - 1, x2)
+        draw.rectangle((start, y1, end, y1 + width - 1), fill=color)
+        draw.rectangle((start, y2 - width + 1, end, y2), fill=color)
+    for start in range(y1, y2 + 1, 2 * dash):  # left and right edges
+        end = min(start + dash - 1, y2)
+        draw.rectangle((x1, start, x1 + width - 1, end), fill=color)
+        draw.rectangle((x2 - width + 1, start, x2, end), fill=color)
 
 
 def annotated_image(result: ImageResult) -> Image.Image:
