@@ -18,7 +18,7 @@ import streamlit as st
 from services import settings
 from services.detection import ServerStatus, check_server
 from services.server_target import ServerTarget, current_target, embedded_target
-from services.triton_client import PROTOCOLS, TritonClient
+from services.triton_client import PROTOCOLS, TritonClient, parse_url
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,7 @@ def connect(url_setting: str, protocol: str, timeout_s: float) -> Connection:
     conn = Connection(url_setting=url_setting.strip(), protocol=protocol, timeout_s=timeout_s)
     try:
         if conn.url_setting:
+            parse_url(conn.url_setting)  # refuses other schemes and paths, which the target would drop
             conn.target = current_target(url=conn.url_setting, protocol=protocol)
         else:
             started = start_embedded()
