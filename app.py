@@ -54,4 +54,4 @@ getattr(st, kind)(text)
 
 st.subheader("Pages")
 st.page_link("pages/1_Detect.py", label="Detect: upload label images, pick bf16 or fp8, see the boxes drawn",
-             icon="🔎")
+             icon=":material/search:")

@@ -209,3 +209,20 @@ def test_server_errors_appear_beside_each_image(server_env):
     main_errors = texts(at.main.error)
     assert len(main_errors) == 2 and all("is not reachable" in e for e in main_errors)
     assert [s.value for s in at.subheader][1:3] == ["1. eu_square.jpg (sample)", "2. no_table.jpg (sample)"]
+
+
+def test_detect_over_grpc_when_the_sidebar_says_so(server_env, monkeypatch):
+    monkeypatch.setenv("QWEN_TRITON_GRPC_URL", server_env.grpc_url)  # the test server's gRPC port is not 8001
+    at = detect_page()
+    at.sidebar.radio(key="server_protocol").set_value("grpc")
+    at.multiselect(key="detect_samples").set_value(["eu_square"])
+    at.radio(key="detect_versions").set_value("2")
+    at.number_input(key="detect_max_tokens").set_value(3)
+    at.run()
+    assert f"`{server_env.grpc_url}` (grpc)" in at.sidebar.caption[0].value
+    assert texts(at.sidebar.success)[1:] == ["bf16 (v1): READY", "fp8 (v2): READY"]
+    at.button(key="detect_run").click().run(timeout=RUN_TIMEOUT)
+    assert not at.exception, at.exception
+    assert not at.main.error
+    assert texts(at.warning) == ["fp8 (v2): no box in the answer. The raw answer is below."]
+    assert at.session_state["detect_batch"].server_url == f"grpc://{server_env.grpc_url}"
