@@ -265,8 +265,8 @@ def version_error(version: str, error: BaseException) -> VersionResult:
 def set_iou(result: ImageResult) -> ImageResult:
     """Fill in the IoU between the versions' boxes and each version's IoU with the ground truth.
 
-    Versions IoU: between the first two versions that answered (``None`` when fewer than two
-    answered, or neither found a box). Truth IoU: for each answered version of an image whose
+    Versions IoU: between the first two versions that answered (``versions_iou`` is ``None`` when
+    fewer than two answered; its ``mean_iou`` is ``None`` when neither found a box). Truth IoU: for each answered version of an image whose
     ground truth is known (``None`` when both the truth and the answer are empty: nothing to
     compare; the answer is then right).
     """
