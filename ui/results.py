@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import streamlit as st
 
 from services.detection import BatchResult, ImageResult, VersionResult, batch_to_json, download_name
@@ -61,7 +63,8 @@ def render_image(result: ImageResult, key: str) -> None:
             size = f"{img.original_width}×{img.original_height} {img.format}"
             st.caption(f"{size}; sent {img.width}×{img.height} {img.sent_format}" +
                        (f"; {'; '.join(img.notes)}" if img.notes else ""))
-            st.download_button("Download the annotated image (PNG)", annotated_png(result),
+            # made when clicked (a callable), not on every rerun
+            st.download_button("Download the annotated image (PNG)", partial(annotated_png, result),
                                file_name=download_name(result.name, "-annotated.png", result.index),
                                mime="image/png", key=f"{key}_png", on_click="ignore")
         with right:
@@ -82,7 +85,7 @@ def render_batch(batch: BatchResult, key: str = "detect_result") -> None:
     st.caption(f"{images} image{'s' * (images != 1)} × {len(batch.options.versions)} version(s) on "
                f"`{batch.server_url}` in {batch.duration_s:.1f} s; started {batch.started_at} UTC; "
                f"{batch.errors} error(s), {failed_images} image(s) not usable.")
-    st.download_button("Download the results (JSON)", batch_to_json(batch), file_name="detection-results.json",
+    st.download_button("Download the results (JSON)", partial(batch_to_json, batch), file_name="detection-results.json",
                        mime="application/json", key=f"{key}_json", on_click="ignore")
     for r in batch.images:
         render_image(r, key=f"{key}_{r.index}")
