@@ -450,12 +450,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # before anything can announce readiness
     server = start_embedded_triton(args.checkpoint, device=args.device,
                                    ports={"http": args.http_port, "grpc": args.grpc_port, "metrics": args.metrics_port})
     print(f"ready: http {server.http_url}  grpc {server.grpc_url}  metrics {server.metrics_url}  "
           f"checkpoint {server.checkpoint}", flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         while not stop.is_set() and server.alive():
             stop.wait(1.0)
