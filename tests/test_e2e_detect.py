@@ -34,6 +34,9 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 APP_START_TIMEOUT_S = 40
 RESULTS_TIMEOUT_MS = 60_000
+# Each wait for something on the page. Generous: the chart and code components are loaded lazily,
+# and on a 2-core machine busy with other tests the browser took over 20 s to draw them.
+UI_TIMEOUT_MS = 45_000
 SAMPLE = "us_portrait"
 
 
@@ -112,8 +115,10 @@ def test_upload_and_sample_over_both_versions_in_the_browser(app_url, label_imag
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1800}, accept_downloads=True)
+            page.set_default_timeout(UI_TIMEOUT_MS)
+            expect.set_options(timeout=UI_TIMEOUT_MS)
             page.goto(f"{app_url}/Detect")
-            expect(page.get_by_role("heading", name="Detect nutrition tables")).to_be_visible(timeout=30_000)
+            expect(page.get_by_role("heading", name="Detect nutrition tables")).to_be_visible()
             expect(page.locator("[data-testid=stSidebar]").get_by_text("fp8 (v2): READY")).to_be_visible()
 
             page.locator("[data-testid=stFileUploader] input[type=file]").set_input_files(str(upload))
@@ -172,4 +177,5 @@ def test_upload_and_sample_over_both_versions_in_the_browser(app_url, label_imag
             assert all(set(i["versions"]) == {"1", "2"} for i in data["images"])
             assert all(v["no_box"] and v["error"] is None for i in data["images"] for v in i["versions"].values())
         finally:
+            expect.set_options(timeout=None)  # a process-wide setting: back to Playwright's default
             browser.close()
