@@ -922,7 +922,7 @@ GPU_BANDWIDTHS: tuple[GpuBandwidth, ...] = (
     GpuBandwidth("h100 nvl", "H100 NVL", 3.9e12),
     GpuBandwidth("h100 pcie", "H100 PCIe", 2.0e12),
     GpuBandwidth("h100", "H100 SXM 80GB", 3.35e12, 3.0e12,
-                 "device-to-device copy measured on the project's H100 (docs/gpu-notes.md)"),
+                 "measured here: device-to-device copy (docs/gpu-notes.md)"),
     GpuBandwidth("h200", "H200", 4.8e12),
     GpuBandwidth("h20", "H20", 4.0e12),
     GpuBandwidth("a100-sxm4-80gb", "A100 SXM 80GB", 2.039e12),
@@ -1046,6 +1046,16 @@ def _ci_words(d: Difference, fmt: Callable[[float], str]) -> str:
     return f"not significant: the {where} includes 0"
 
 
+def format_bytes(n: float) -> str:
+    """Bytes in GB (10^9) with two decimals; MB or kB below 1 GB, so that small models say something."""
+    v = abs(n)
+    if v >= 1e9:
+        return f"{n / 1e9:.2f} GB"
+    if v >= 1e6:
+        return f"{n / 1e6:.2f} MB"
+    return f"{n / 1e3:.1f} kB"
+
+
 def memory_sentence(m: MemoryComparison, a: Side, b: Side) -> str:
     """Memory saved by B in GB and %, on the weights when known."""
     if m.saved_bytes is None:
@@ -1056,10 +1066,10 @@ def memory_sentence(m: MemoryComparison, a: Side, b: Side) -> str:
     ref_b = m.b.weights_bytes if m.basis == "weights" else m.b.peak_bytes
     verb = "saves" if m.saved_bytes > 0 else "costs" if m.saved_bytes < 0 else "changes nothing in"
     pct = f" ({abs(m.saved_pct):.1f}%)" if m.saved_pct is not None else ""
-    core = (f"Memory: {b.label} {verb} {abs(m.saved_bytes) / GB:.2f} GB{pct} of {what} "
-            f"({ref_b / GB:.2f} GB vs {ref_a / GB:.2f} GB for {a.label}).")  # type: ignore[operator]
+    core = (f"Memory: {b.label} {verb} {format_bytes(abs(m.saved_bytes))}{pct} of {what} "
+            f"({format_bytes(ref_b)} vs {format_bytes(ref_a)} for {a.label}).")  # type: ignore[arg-type]
     if m.basis == "weights" and m.a.kv_room_bytes is not None and m.b.kv_room_bytes is not None:
-        core += (f" KV-cache room: {m.b.kv_room_bytes / GB:.2f} GB vs {m.a.kv_room_bytes / GB:.2f} GB.")
+        core += f" KV-cache room: {format_bytes(m.b.kv_room_bytes)} vs {format_bytes(m.a.kv_room_bytes)}."
     return core
 
 
@@ -1136,8 +1146,8 @@ def floor_sentence(fa: DecodeFloor, fb: DecodeFloor, a: Side, b: Side) -> str:
     parts = []
     for side, f in ((a, fa), (b, fb)):
         if f.fraction is not None:
-            parts.append(f"{side.label} {f.measured_tpot_ms:.2f} ms/token vs a floor of {f.floor_ms:.2f} ms "
-                         f"({f.fraction * 100:.0f}% of the hardware limit)")
+            parts.append(f"{side.label} {f.measured_tpot_ms:.2f} ms/token vs a floor of {f.floor_ms:.2f} ms, "
+                         f"{f.fraction * 100:.0f}% of the bandwidth-bound speed")
         else:
             parts.append(f"{side.label}: {f.reason}")
     return "Decode vs the memory-bandwidth floor: " + "; ".join(parts) + "."

@@ -32,6 +32,7 @@ from services.comparison import (
     difference,
     distribution,
     evaluate_request,
+    format_bytes,
     found_share,
     known_gpu,
     latency_sentence,
@@ -221,6 +222,12 @@ def test_accuracy_sentences_significant_and_not():
 
 def _mem(weights, peak=None, kv=None, source="gpu-process") -> MemorySide:
     return MemorySide(source, None, peak, None, 0, weights, "gauge", None, None, kv, "n", None, "n")
+
+
+def test_bytes_are_written_in_gb_or_smaller_units_for_small_models():
+    assert format_bytes(6_430_000_000) == "6.43 GB"
+    assert format_bytes(1_234_567) == "1.23 MB"
+    assert format_bytes(2_500) == "2.5 kB"
 
 
 def test_memory_sentence_gb_and_percent():
