@@ -9,7 +9,6 @@ same order). The comparison of a run is computed once per session and run state 
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pandas as pd

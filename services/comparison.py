@@ -1565,19 +1565,30 @@ class RunChoice:
                 f"{self.measured} measured · {self.status}")
 
 
+def _measured_count(run: RunInfo) -> int | None:
+    """Measured requests of a finished benchmark run, from its summary (None when not recorded)."""
+    versions = _find(run.summary, "versions") if isinstance(run.summary, Mapping) else None
+    if not isinstance(versions, Mapping):
+        return None
+    counts = [(_first_number(_find(v, "count")) or 0) + (_first_number(_find(v, "failures")) or 0)
+              for v in versions.values()]
+    return int(sum(counts))
+
+
 def run_choices(store: RunStore, limit: int | None = 200) -> list[RunChoice]:
-    """Stored runs with requests, newest first."""
+    """Finished runs that sent requests, newest first (runs still going are left out)."""
     out = []
     for run in store.list_runs(limit=limit):
         if run.status == "running":
             continue
-        rows = store._conn().execute(  # noqa: SLF001 - one aggregate query per run
-            "SELECT version, SUM(1 - warmup) FROM requests WHERE run_id = ? GROUP BY version ORDER BY version",
-            (run.id,)).fetchall()
-        if not rows:
+        versions = store.versions(run.id)
+        measured = _measured_count(run)
+        if measured is None:
+            measured = sum(1 for r in store.get_requests(run.id, include_warmup=False))
+        if not measured:
             continue
-        out.append(RunChoice(run.id, run.status, run.created_at, [str(r[0]) for r in rows],
-                             _describe_image_set(run.config), int(sum(r[1] or 0 for r in rows))))
+        out.append(RunChoice(run.id, run.status, run.created_at, versions, _describe_image_set(run.config),
+                             measured))
     return out
 
 

@@ -14,7 +14,6 @@ import pytest
 from services.bench_stats import RequestRecord
 from services.boxes import Box, format_answer
 from services.comparison import (
-    GB,
     AccuracyComparison,
     AccuracySide,
     Agreement,

@@ -9,11 +9,9 @@ here straight from the RunStore rows, independently of services.comparison, and 
 from __future__ import annotations
 
 import csv
-import io
 import json
 import re
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 import pytest
