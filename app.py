@@ -55,3 +55,7 @@ getattr(st, kind)(text)
 st.subheader("Pages")
 st.page_link("pages/1_Detect.py", label="Detect: upload label images, pick bf16 or fp8, see the boxes drawn",
              icon=":material/search:")
+st.page_link("pages/2_Benchmark.py", label="Benchmark: runs with live memory and latency charts, every result kept",
+             icon=":material/speed:")
+st.page_link("pages/3_Compare.py", label="Compare: bf16 against fp8 side by side, with a verdict and a report",
+             icon=":material/compare:")
