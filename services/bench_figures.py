@@ -214,8 +214,7 @@ def memory_figure(
             meta={"group": s.group},
         ))
     what = "GPU memory" if mode == "gpu" else "Host memory (RSS) of the serving processes — no GPU reading"
-    _layout(fig, title or what, "seconds since start", f"{'GPU' if mode == 'gpu' else 'host'} memory ({unit})",
-            height)
+    _layout(fig, title or what, f"{'GPU' if mode == 'gpu' else 'host'} memory ({unit})", height)
     if not series:
         _empty_note(fig, "no memory readings yet")
     return fig
@@ -305,7 +304,7 @@ def latency_figure(
                 hovertemplate=f"{label} #%{{customdata[0]}} failed: %{{customdata[1]}}<extra></extra>",
                 legendgroup=version,
             ))
-    _layout(fig, "Latency per request", "seconds since start (request finished)", "latency (ms)", height)
+    _layout(fig, "Latency per request (when it finished)", "latency (ms)", height)
     if df.empty:
         _empty_note(fig, "no requests finished yet")
     return fig
@@ -314,16 +313,16 @@ def latency_figure(
 def throughput_frame(requests: pd.DataFrame | None, t0: float | None = None,
                      bin_s: float | None = None) -> pd.DataFrame:
     """Requests and output tokens per second per version in time bins of successful measured
-    requests, by the time they finished. Columns: version, t_s (bin end), req_per_s, tok_per_s.
-    ``bin_s``: 1 s, or wider so that a long run has at most about 60 bins."""
+    requests, by the time they finished. Columns: version, t_s (bin end), bin_s (its width),
+    req_per_s, tok_per_s. ``bin_s``: :func:`throughput_bin_s` when None."""
     df = requests_chart_frame(requests, t0)
     df = df[df["ok"] & ~df["warmup"]] if not df.empty else df
-    cols = ["version", "t_s", "req_per_s", "tok_per_s"]
+    cols = ["version", "t_s", "bin_s", "req_per_s", "tok_per_s"]
     if df.empty:
         return pd.DataFrame(columns=cols)
     start, end = min(0.0, float(df["t_s"].min())), float(df["t_s"].max())
     if bin_s is None:
-        bin_s = max(1.0, float(np.ceil((end - start) / 60.0)))
+        bin_s = throughput_bin_s(end - start, int(df.groupby("version").size().min()))
     edges = np.arange(start, end + bin_s, bin_s)
     if len(edges) < 2:
         edges = np.array([start, start + bin_s])
@@ -336,8 +335,18 @@ def throughput_frame(requests: pd.DataFrame | None, t0: float | None = None,
                              minlength=len(edges) - 1)
         last = int(idx.max())  # no trailing empty bins after the version's last request
         for i in range(last + 1):
-            rows.append((version, round(float(edges[i + 1]), 3), counts[i] / bin_s, tokens[i] / bin_s))
+            rows.append((version, round(float(edges[i + 1]), 3), float(bin_s), counts[i] / bin_s,
+                         tokens[i] / bin_s))
     return pd.DataFrame(rows, columns=cols)
+
+
+def throughput_bin_s(span_s: float, n: int) -> float:
+    """Whole seconds per throughput bin over ``span_s`` seconds holding ``n`` requests (of the
+    sparsest version): 1 s, wider so that there are at most about 60 bins, and wider again so that
+    a bin holds about 5 requests on average, but never fewer than 4 bins."""
+    if span_s <= 0 or n <= 0:
+        return 1.0
+    return float(max(1.0, np.ceil(max(span_s / 60.0, min(5.0 * span_s / n, span_s / 4.0)))))
 
 
 def throughput_figure(requests: pd.DataFrame | None, t0: float | None = None, bin_s: float | None = None,
@@ -350,17 +359,17 @@ def throughput_figure(requests: pd.DataFrame | None, t0: float | None = None, bi
     for version in sorted(tp["version"].unique(), key=_natural):
         v = tp[tp["version"] == version]
         color, label = version_color(version), version_label(version)
-        fig.add_trace(go.Scatter(x=v["t_s"], y=v["req_per_s"].round(3), mode="lines+markers", name=label,
-                                 line={"color": color, "shape": "hv"}, legendgroup=version,
-                                 hovertemplate=f"{label}: %{{y:.2f}} req/s until %{{x:.1f}} s<extra></extra>"),
-                      row=1, col=1)
-        fig.add_trace(go.Scatter(x=v["t_s"], y=v["tok_per_s"].round(3), mode="lines+markers",
-                                 name=f"{label} tokens", showlegend=False, line={"color": color, "shape": "hv"},
-                                 legendgroup=version,
-                                 hovertemplate=f"{label}: %{{y:.1f}} tok/s until %{{x:.1f}} s<extra></extra>"),
-                      row=2, col=1)
-    _layout(fig, "Throughput", None, None, height)
-    fig.update_xaxes(title_text="seconds since start", row=2, col=1)
+        mid = (v["t_s"] - v["bin_s"] / 2).round(3)  # a bar spans its bin
+        span = np.stack([(v["t_s"] - v["bin_s"]).round(1).to_numpy(), v["t_s"].round(1).to_numpy()], axis=1)
+        for row, col, unit, fmt in ((1, "req_per_s", "req/s", ".2f"), (2, "tok_per_s", "tok/s", ".1f")):
+            fig.add_trace(go.Bar(
+                x=mid, y=v[col].round(3), name=label if row == 1 else f"{label} tokens", showlegend=row == 1,
+                marker={"color": color}, legendgroup=version, customdata=span,
+                hovertemplate=f"{label}: %{{y:{fmt}}} {unit} from %{{customdata[0]}} to %{{customdata[1]}} s"
+                              "<extra></extra>",
+            ), row=row, col=1)
+    fig.update_layout(barmode="group", bargap=0.15)
+    _layout(fig, "Throughput", None, height)
     if tp.empty:
         _empty_note(fig, "no measured request finished yet")
     return fig
@@ -499,17 +508,19 @@ def first_request_t(requests: pd.DataFrame | None) -> float | None:
 # --------------------------------------------------------------------------- shared layout
 
 
-def _layout(fig: go.Figure, title: str, xtitle: str | None, ytitle: str | None, height: int) -> None:
+def _layout(fig: go.Figure, title: str, ytitle: str | None, height: int) -> None:
+    """Shared look: title at the left, legend under the plot, x in seconds since the start
+    (``" s"`` after each tick instead of an axis title the legend would cover)."""
     fig.update_layout(
         title={"text": title, "x": 0.0, "xanchor": "left"}, height=height,
-        margin={"l": 60, "r": 20, "t": 50, "b": 45},
-        legend={"orientation": "h", "yanchor": "top", "y": -0.18, "x": 0.0},
+        margin={"l": 60, "r": 20, "t": 50, "b": 30},
+        legend={"orientation": "h", "yanchor": "top", "y": -0.2, "x": 0.0},
         hovermode="closest", uirevision="keep",  # zoom and hidden traces survive live updates
     )
-    if xtitle:
-        fig.update_xaxes(title_text=xtitle)
+    fig.update_xaxes(ticksuffix=" s", rangemode="tozero")
+    fig.update_yaxes(rangemode="tozero")
     if ytitle:
-        fig.update_yaxes(title_text=ytitle, rangemode="tozero")
+        fig.update_yaxes(title_text=ytitle)
 
 
 def _empty_note(fig: go.Figure, text: str) -> None:

@@ -220,10 +220,15 @@ def test_throughput_frame_counts_measured_successes_per_bin() -> None:
     names = [t.name for t in fig.data]
     assert names == ["bf16 (v1)", "bf16 (v1) tokens", "fp8 (v2)", "fp8 (v2) tokens"]
     assert list(fig.data[0].y) == list(v1["req_per_s"])
-    # a long run gets wider bins, at most about 60: here 602 s in bins of 11 s
-    long = bf.throughput_frame(df, t0=T0 - 600)
-    steps = long[long["version"] == "1"]["t_s"].diff().dropna().round(6)
-    assert set(steps) == {11.0} and long.groupby("version").size().max() <= 61
+    # bins: 1 s; at most about 60; about 5 requests each on average, but at least 4 bins
+    assert bf.throughput_bin_s(10.0, 100) == 1.0
+    assert bf.throughput_bin_s(3600.0, 100_000) == 60.0
+    assert bf.throughput_bin_s(100.0, 50) == 10.0
+    assert bf.throughput_bin_s(20.0, 4) == 5.0
+    assert bf.throughput_bin_s(0.0, 3) == 1.0
+    sparse = bf.throughput_frame(df, t0=T0 - 600)  # 10 requests of v2 over 602 s: bins of 151 s
+    steps = sparse[sparse["version"] == "1"]["t_s"].diff().dropna().round(6)
+    assert set(steps) == {151.0} and sparse.groupby("version").size().max() <= 4
 
 
 def test_throughput_of_nothing() -> None:

@@ -1,10 +1,10 @@
 """End to end: the Benchmark page of the real app (``streamlit run app.py``) in headless Chromium.
 
 A person opens the Benchmark page, starts a run long enough to watch (about ten seconds against the
-test server's tiny model on an idle machine), and sees the live charts grow while the page itself is
-not rerun: the number of points in the plotly latency and memory charts (read from the rendered
-plotly divs' ``data``) increases between two moments, while the form above keeps the values typed
-into it. Then the run is cancelled from the page (so that a busy machine does not make the test
+test server's tiny model on an idle machine), and sees the live charts (a fragment that reruns
+itself every second) grow: the number of points in the plotly latency and memory charts (read from
+the rendered plotly divs' ``data``) increases between two moments, while the form above keeps the
+values typed into it. Then the run is cancelled from the page (so that a busy machine does not make the test
 slow) and the page shows its status, the summary table, the exports and the run in the history.
 """
 
@@ -153,7 +153,7 @@ def test_live_charts_grow_while_a_run_goes_then_the_summary_shows(app_url):
                 assert time.monotonic() < deadline, f"the live charts did not grow: {first} then {later}"
                 page.wait_for_timeout(500)
                 later = points()
-            # the page around the fragment was not rerun from scratch: the form keeps what was typed
+            # the form above the live panel keeps what was typed while the panel refreshes
             expect(page.locator(".st-key-bench_requests input")).to_have_value(str(REQUESTS_PER_VERSION))
             expect(page.locator("[data-testid=stException]")).to_have_count(0)
 
