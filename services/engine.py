@@ -411,7 +411,7 @@ class Engine:
                     engine._on_token(state, int(token), params, eos, text_of, on_step, with_logprobs)
 
             def end(self):
-                if not state["finished"]:
+                if not state["finished"] and not state["cancelled"]:
                     state["finished"] = True
                     state["reason"] = state["reason"] or "length"
                     if on_step is not None:

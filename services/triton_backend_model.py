@@ -44,6 +44,13 @@ def _bool_input(request, name: str) -> bool | None:
     return None if tensor is None else bool(tensor.as_numpy().reshape(-1)[0])
 
 
+def _cancelled(sender) -> bool:
+    try:
+        return bool(sender.is_cancelled())
+    except Exception:  # a closed sender may refuse even this question
+        return True
+
+
 def _metric_family(name: str, description: str):
     with _METRIC_LOCK:
         if name not in _METRIC_FAMILIES:
@@ -108,22 +115,34 @@ class TritonPythonModel:
         return None
 
     def _work(self) -> None:
+        """Serve queued requests one at a time. Nothing a request does may end this loop."""
         while True:
             request = self._requests.get()
             if request is None:
                 return
-            sender = request.get_response_sender()
+            try:
+                sender = request.get_response_sender()
+            except Exception:
+                self.logger.log_error(f"[qwen] no response sender: {traceback.format_exc()}")
+                continue
             try:
                 self._handle(request, sender)
             except Exception as exc:  # every failure becomes a final error response
                 if not isinstance(exc, EngineError):
                     self.logger.log_error(f"[qwen] error: {traceback.format_exc()}")
-                self._send_error(sender, f"Error generating stream: {exc}")
+                self._send_error(sender, "Request was cancelled" if _cancelled(sender)
+                                 else f"Error generating stream: {exc}")
 
     def _send_error(self, sender, message: str) -> None:
+        """A final error response, unless the client is gone (a cancelled request's sender is closed)."""
+        if _cancelled(sender):
+            return
         out = pb_utils.Tensor("text_output", np.asarray(["N/A"], dtype=self.output_dtype))
-        sender.send(pb_utils.InferenceResponse(output_tensors=[out], error=pb_utils.TritonError(message)),
-                    flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        try:
+            sender.send(pb_utils.InferenceResponse(output_tensors=[out], error=pb_utils.TritonError(message)),
+                        flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        except Exception as exc:  # the sender was closed meanwhile: nobody is listening
+            self.logger.log_warn(f"[qwen] could not send the error response ({exc}): {message}")
 
     def _handle(self, request, sender) -> None:
         text_tensor = pb_utils.get_input_tensor_by_name(request, "text_input")
@@ -146,7 +165,7 @@ class TritonPythonModel:
 
         if not stream:
             result = self.engine.generate(prompt, images, params, with_logprobs=want_cum,
-                                          is_cancelled=sender.is_cancelled)
+                                          is_cancelled=lambda: _cancelled(sender))
             text = (prompt if prepend_input else "") + result.text
             sender.send(self._response(flags, text, result.finish_reason, result.cumulative_logprob,
                                        result.logprobs, result.num_input_tokens, result.num_output_tokens),
@@ -157,15 +176,15 @@ class TritonPythonModel:
 
         def on_step(step) -> None:
             nonlocal final_sent
-            if final_sent:
-                return
+            if final_sent or _cancelled(sender):
+                return  # the engine's cancellation check ends the generation at the next step
             response = self._response(flags, step.text, step.finish_reason, step.cumulative_logprob,
                                       step.logprobs, step.num_input_tokens, step.num_tokens)
             final_sent = step.finished
             sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if step.finished else 0)
 
         self.engine.generate(prompt, images, params, on_step=on_step, with_logprobs=want_cum,
-                             is_cancelled=sender.is_cancelled)
+                             is_cancelled=lambda: _cancelled(sender))
 
     def _response(self, flags, text, finish_reason, cumulative_logprob, logprobs, n_input, n_output):
         tensors = [pb_utils.Tensor("text_output", np.asarray([text.encode("utf-8")], dtype=self.output_dtype))]

@@ -324,3 +324,23 @@ def test_command_line_serves_until_terminated(tmp_path, tiny_checkpoint):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
+
+
+def test_a_cancelled_stream_leaves_the_version_serving(own_triton_server, label_image_bytes):
+    """A client that gives up mid-stream (timeout: the gRPC stream is cancelled) must not break the version."""
+    from services.triton_client import RequestTimeout, TritonClient
+
+    image = base64.b64encode(label_image_bytes).decode()
+    impatient = TritonClient(own_triton_server.grpc_url, "grpc", timeout_s=0.05)
+    try:
+        with pytest.raises(RequestTimeout):
+            impatient.detect(image, version="2", max_tokens=64, stream=True, extra_sampling={"ignore_eos": True})
+    finally:
+        impatient.close()
+    time.sleep(0.5)
+    with TritonClient(own_triton_server.grpc_url, "grpc", timeout_s=60) as client:
+        for _ in range(2):
+            done = client.detect(image, version="2", max_tokens=3, stream=True, extra_sampling={"ignore_eos": True})
+            assert done.num_output_tokens == 3
+    assert "Traceback" not in own_triton_server.log_tail(200) or "Response sender has been closed" not in \
+        own_triton_server.log_tail(200)
