@@ -856,14 +856,20 @@ class _Runner:
         url = target.url(protocol)
         workers = cfg.concurrency if cfg.load == "closed" else (
             cfg.max_in_flight or open_loop_workers(cfg.rate, cfg.timeout_s))
-        self._client = TritonClient(url, protocol=protocol, timeout_s=cfg.timeout_s,  # type: ignore[arg-type]
-                                    max_streams=max(workers, cfg.concurrency))
         # A private store on the same database for this run's threads: closing it at the end closes
         # every connection its worker threads opened (RunStore keeps one per thread).
         self._writer = RunStore(self.store.data_dir, db_name=self.store.path.name)
-
-        with TritonClient(url, protocol=protocol, timeout_s=min(cfg.timeout_s, PREFLIGHT_TIMEOUT_S)) as admin:  # type: ignore[arg-type]
-            manifest, error = collect_manifest(admin, target, cfg)
+        try:
+            self._client = TritonClient(url, protocol=protocol, timeout_s=cfg.timeout_s,  # type: ignore[arg-type]
+                                        max_streams=max(workers, cfg.concurrency))
+        except ValueError as exc:  # an address the client refuses (a path, another scheme)
+            error: str | None = f"bad server address {url!r}: {exc}"
+            manifest = {"schema": MANIFEST_SCHEMA, "target": _target_dict(target), "server": {"error": error},
+                        "client": client_versions(), "config": config_to_dict(cfg)}
+        else:
+            with TritonClient(url, protocol=protocol,  # type: ignore[arg-type]
+                              timeout_s=min(cfg.timeout_s, PREFLIGHT_TIMEOUT_S)) as admin:
+                manifest, error = collect_manifest(admin, target, cfg)
         if error is None:
             try:
                 image_set = load_image_set(cfg.image_set)
@@ -872,7 +878,8 @@ class _Runner:
             except (ValueError, OSError) as exc:
                 error = f"the images could not be prepared: {exc}"
                 manifest["image_set"] = {"kind": cfg.image_set.kind, "error": str(exc)}
-        config_dict = {**config_to_dict(cfg), "model": self._client.model, "protocol": protocol, "url": url}
+        model = self._client.model if self._client is not None else settings.MODEL_NAME
+        config_dict = {**config_to_dict(cfg), "model": model, "protocol": protocol, "url": url}
         self._run_id = self._writer.create_run(config_dict, manifest)
         self._set_status("starting", run_id=self._run_id)
         if error is not None:

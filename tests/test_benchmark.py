@@ -350,6 +350,15 @@ def test_an_unreachable_server_fails_the_run_at_once_with_the_reason(store):
     assert db_rows(store, outcome.run_id) == 0
 
 
+def test_an_address_the_client_refuses_fails_the_run_with_the_reason(store):
+    target = ServerTarget("somewhere:8000/v2", "somewhere:8001", "http://somewhere:8002/metrics", "http",
+                          embedded=False, checkpoint=None, repository=None, server_pid=None)
+    outcome = start_benchmark(config(), store=store, target=target).wait(30)
+    assert outcome is not None and outcome.status == "failed"
+    assert outcome.reason.startswith("bad server address") and "no path" in outcome.reason
+    assert store.get_run(outcome.run_id).status == "failed"
+
+
 def test_a_version_the_server_does_not_have_fails_the_run_before_any_request(triton_server, store):
     outcome = run_benchmark(config(versions=("1", "9")), store=store, target=target_of(triton_server, "http"))
     assert outcome.status == "failed" and "version 9" in outcome.reason
