@@ -11,25 +11,16 @@ slow) and the page shows its status, the summary table, the exports and the run 
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import requests
 
-from services import settings
+from tests.browser_support import CHROMIUM, CHROMIUM_ARGS, require_chromium, running_app
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
-CHROMIUM = Path("/usr/bin/chromium")  # Debian's package (scripts/setup.sh --dev)
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-APP_START_TIMEOUT_S = 40
 REQUESTS_PER_VERSION = 100  # x 2 versions x ~50 ms: about 10 s on an idle machine
 GROWTH_TIMEOUT_S = 30
 RUN_END_TIMEOUT_MS = 90_000
@@ -56,57 +47,15 @@ POINTS_JS = """
 """
 
 
-def _require_chromium() -> None:
-    if CHROMIUM.exists():
-        return
-    message = f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium, or scripts/setup.sh --dev)"
-    if os.environ.get("CI"):
-        pytest.fail(f"{message}; CI installs it, so its absence is a failure here")
-    pytest.skip(message)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
 def app_url(triton_server, tmp_path):
     """The dashboard as ``streamlit run`` serves it, on the test server, with its own data folder."""
-    _require_chromium()
-    port = _free_port()
-    env = dict(os.environ, QWEN_TRITON_URL=triton_server.http_url, QWEN_TRITON_PROTOCOL="http",
-               QWEN_TRITON_METRICS_URL=triton_server.metrics_url, QWEN_DATA_DIR=str(tmp_path / "data"))
-    log_path = tmp_path / "streamlit.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-             "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
-             "--server.fileWatcherType", "none"],
-            cwd=settings.PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + APP_START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"streamlit exited with code {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if requests.get(f"{url}/_stcore/health", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"streamlit did not answer in {APP_START_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.3)
+    require_chromium()
+    with running_app(dict(QWEN_TRITON_URL=triton_server.http_url, QWEN_TRITON_PROTOCOL="http",
+                    QWEN_TRITON_METRICS_URL=triton_server.metrics_url, QWEN_DATA_DIR=str(tmp_path / "data")), tmp_path / "streamlit.log") as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def _fill(page, key: str, value: str) -> None:

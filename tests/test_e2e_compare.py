@@ -9,18 +9,11 @@ charts from the file alone.
 
 from __future__ import annotations
 
-import os
 import re
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
-import requests
 
-from services import settings
+from tests.browser_support import CHROMIUM, CHROMIUM_ARGS, require_chromium, running_app
 from services.benchmark import BenchmarkConfig, ImageSetSpec, run_benchmark
 from services.comparison import compare_run
 from services.gpu_sampler import stop_shared_sampler
@@ -29,34 +22,17 @@ from services.server_target import ServerTarget
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
-CHROMIUM = Path("/usr/bin/chromium")  # Debian's package: Playwright's own browser cannot be fetched here
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-APP_START_TIMEOUT_S = 40
 UI_TIMEOUT_MS = 60_000
 PAGE_CHARTS = ("change", "memory", "latency_ms", "ttft_ms", "tpot_ms", "throughput", "accuracy", "agreement",
                "floor")
 
 
-def _require_chromium() -> None:
-    if CHROMIUM.exists():
-        return
-    message = f"{CHROMIUM} is missing: install Debian's chromium (scripts/setup.sh --dev)"
-    if os.environ.get("CI"):
-        pytest.fail(f"{message}; CI installs it, so its absence is a failure here")
-    pytest.skip(message)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
 def stored_run(triton_server, tmp_path):
     """(data folder, run id): a completed paired run of both versions, made through the service."""
-    _require_chromium()
+    require_chromium()
     data = tmp_path / "data"
     target = ServerTarget(triton_server.http_url, triton_server.grpc_url, triton_server.metrics_url, "http",
                           embedded=True, checkpoint=None, repository=triton_server.repository,
@@ -73,38 +49,9 @@ def stored_run(triton_server, tmp_path):
 @pytest.fixture
 def app_url(stored_run, triton_server, tmp_path):
     """The dashboard as ``streamlit run`` serves it, on the stored run's data folder; stopped afterwards."""
-    port = _free_port()
-    env = dict(os.environ, QWEN_TRITON_URL=triton_server.http_url, QWEN_TRITON_PROTOCOL="http",
-               QWEN_TRITON_METRICS_URL=triton_server.metrics_url, QWEN_DATA_DIR=str(stored_run[0]))
-    log_path = tmp_path / "streamlit.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-             "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
-             "--server.fileWatcherType", "none"],
-            cwd=settings.PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + APP_START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"streamlit exited with code {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if requests.get(f"{url}/_stcore/health", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"streamlit did not answer in {APP_START_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.3)
+    with running_app(dict(QWEN_TRITON_URL=triton_server.http_url, QWEN_TRITON_PROTOCOL="http",
+                    QWEN_TRITON_METRICS_URL=triton_server.metrics_url, QWEN_DATA_DIR=str(stored_run[0])), tmp_path / "streamlit.log") as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def test_compare_page_shows_the_verdict_and_charts_of_a_stored_run(app_url, stored_run, tmp_path):

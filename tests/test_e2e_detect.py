@@ -12,27 +12,17 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-import requests
 from PIL import Image
 
-from services import settings
+from tests.browser_support import CHROMIUM, CHROMIUM_ARGS, require_chromium, running_app
 from services.figures import TRUTH_COLOR
 from services.sample_images import list_samples
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
-CHROMIUM = Path("/usr/bin/chromium")  # Debian's package (scripts/setup.sh --dev): Playwright's own cannot be fetched
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-APP_START_TIMEOUT_S = 40
 RESULTS_TIMEOUT_MS = 60_000
 # Each wait for something on the page. Generous: the chart and code components are loaded lazily,
 # and on a 2-core machine busy with other tests the browser took over 20 s to draw them.
@@ -40,56 +30,14 @@ UI_TIMEOUT_MS = 45_000
 SAMPLE = "us_portrait"
 
 
-def _require_chromium() -> None:
-    if CHROMIUM.exists():
-        return
-    message = f"{CHROMIUM} is missing: install Debian's chromium (scripts/setup.sh --dev)"
-    if os.environ.get("CI"):
-        pytest.fail(f"{message}; CI installs it, so its absence is a failure here")
-    pytest.skip(message)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
 def app_url(triton_server, tmp_path):
     """The dashboard as ``streamlit run`` serves it, talking to the test server; stopped afterwards."""
-    _require_chromium()
-    port = _free_port()
-    env = dict(os.environ, QWEN_TRITON_URL=triton_server.http_url, QWEN_TRITON_PROTOCOL="http")
-    log_path = tmp_path / "streamlit.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-             "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
-             "--server.fileWatcherType", "none"],
-            cwd=settings.PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + APP_START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"streamlit exited with code {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if requests.get(f"{url}/_stcore/health", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"streamlit did not answer in {APP_START_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.3)
+    require_chromium()
+    with running_app(dict(QWEN_TRITON_URL=triton_server.http_url, QWEN_TRITON_PROTOCOL="http"), tmp_path / "streamlit.log") as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def _relative_box(page, chart: str, path_selector: str) -> tuple[float, float, float, float]:

@@ -1,0 +1,76 @@
+"""What the browser tests share: Debian's Chromium and the real app served by ``streamlit run``."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import requests
+
+from services import settings
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's package (scripts/setup.sh --dev): Playwright's own cannot be fetched
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+APP_START_TIMEOUT_S = 40
+
+
+def require_chromium() -> None:
+    """Skip without Chromium, except in CI, which installs it: there its absence is a failure."""
+    if CHROMIUM.exists():
+        return
+    message = f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium, or scripts/setup.sh --dev)"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message}; CI installs it, so its absence is a failure here")
+    pytest.skip(message)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_app(env_overrides: dict[str, str], log_path: Path) -> Iterator[str]:
+    """The dashboard as ``streamlit run app.py`` serves it, with these environment settings; its URL.
+
+    Stopped afterwards; a start that fails or hangs fails the test with the end of the app's log.
+    """
+    port = free_port()
+    env = dict(os.environ, **env_overrides)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+             "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
+             "--server.fileWatcherType", "none"],
+            cwd=settings.PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + APP_START_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"streamlit exited with code {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                if requests.get(f"{url}/_stcore/health", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"streamlit did not answer in {APP_START_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
