@@ -42,7 +42,7 @@ def read_log(path: Path) -> list[dict]:
         if last_run is not None and run != last_run:
             offset += last_t
         last_run, last_t = run, t
-        out.append({**r, "t": (t + offset) / 60.0})
+        out.append({**r, "run": run, "t": (t + offset) / 60.0})
     return out
 
 
@@ -52,13 +52,18 @@ def plot(rows: list[dict], out: Path, title: str) -> None:
     f, fs = _font(14), _font(12)
     d.text((MARGIN_L, 12), title, fill="black", font=_font(16))
     tmax = max((r["t"] for r in rows), default=1.0) or 1.0
+    starts, seen = [], set()
+    for r in rows:
+        if r["run"] not in seen:
+            seen.add(r["run"])
+            starts.append((r["t"], r["run"]))
 
     def x_of(t: float) -> float:
         return MARGIN_L + (W - MARGIN_L - MARGIN_R) * t / tmax
 
     def axes(top: int, bottom: int, ylabel: str) -> None:
         d.rectangle((MARGIN_L, top, W - MARGIN_R, bottom), outline="black")
-        d.text((8, top - 2), ylabel, fill="black", font=fs)
+        d.text((MARGIN_L - 70, top - 18), ylabel, fill="black", font=fs)
         step = 1 if tmax <= 12 else 2 if tmax <= 30 else 5
         m = 0
         while m <= tmax + 1e-9:
@@ -105,9 +110,18 @@ def plot(rows: list[dict], out: Path, title: str) -> None:
             d.line(pts, fill=COLORS[key], width=2)
         for x, y in pts:
             d.ellipse((x - 3, y - 3, x + 3, y + 3), fill=COLORS[key])
-    d.text((MARGIN_L + 10, top + 8), "held-out check (greedy decoding, validation seeds): mean IoU",
+    d.text((MARGIN_L + 10, bottom - 64), "held-out check (greedy decoding, validation seeds 8,000,000+;",
+           fill="black", font=f)
+    d.text((MARGIN_L + 10, bottom - 46), "16 images during a run, 48 or 96 at its end): mean IoU",
            fill=COLORS["val_mean_iou"], font=f)
-    d.text((MARGIN_L + 10, top + 26), "recall@0.5", fill=COLORS["val_recall50"], font=f)
+    d.text((MARGIN_L + 10, bottom - 26), "recall@0.5", fill=COLORS["val_recall50"], font=f)
+    # Run boundaries (a resumed run starts with a fresh auxiliary head: its loss spikes briefly).
+    for t0, run in starts[1:]:
+        x = x_of(t0)
+        for top_, bottom_ in PANELS:
+            for y in range(top_, bottom_, 8):
+                d.line((x, y, x, min(y + 4, bottom_)), fill=(120, 120, 120))
+        d.text((x + 4, PANELS[0][1] - 20), f"run {run} starts (resumed)", fill=(90, 90, 90), font=fs)
     d.text((W // 2 - 80, H - 24), "training time (minutes)", fill="black", font=f)
     img.save(out)
 

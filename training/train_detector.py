@@ -132,6 +132,10 @@ class TrainConfig:
     save_every_s: float = 150.0
     max_new_tokens: int = 64  # two boxes are 49 tokens
     seed_start: int = TRAIN_SEED_BASE  # first training seed (a resumed run starts after the last one used)
+    # Training mix of generate_label (GeneratorConfig's defaults: 10% no table, 10% two tables).
+    # Held-out checks and the evaluation always use the default mix.
+    none_fraction: float = 0.1
+    two_fraction: float = 0.1
 
 
 # --------------------------------------------------------------------------------------------
@@ -444,10 +448,13 @@ def held_out_check(model, tokenizer, processor, n: int, cfg: TrainConfig, device
         results.append(ImageResult(sample.grid_boxes, parsed.grid_boxes, text, sample.seed))
     model.train(was_training)
     s = score(results)
+    two = score([r for r in results if len(r.truth) == 2])
     return {
         "val_images": n,
         "val_mean_iou": round(s.mean_iou, 4),
         "val_recall50": round(s.recall_50, 4),
+        "val_two_table_images": two.images,
+        "val_two_table_mean_iou": round(two.mean_iou, 4),
         "val_no_table_false_alarms": s.no_table_images_with_box,
         "val_seconds": round(time.perf_counter() - t0, 1),
         "example": results[0].text if results else "",
@@ -526,7 +533,7 @@ def self_check(maker: ExampleMaker, model, normalizer, device) -> None:
     from PIL import Image  # noqa: F401
 
     ex = maker.make(TRAIN_SEED_BASE)
-    sample = generate_label(TRAIN_SEED_BASE)
+    sample = generate_label(TRAIN_SEED_BASE, maker.gen_config)
     image = as_sent(sample.image)
     ref = maker.proc(images=[image], return_tensors="pt")
     mine = normalizer(torch.from_numpy(ex["patches"]).to(device)).cpu()
@@ -585,7 +592,8 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = build_tokenizer(spec.bpe_vocab_size)
     processor = build_image_processor(spec)
     pad_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    maker = ExampleMaker(tokenizer, processor)
+    maker = ExampleMaker(tokenizer, processor,
+                         GeneratorConfig(none_fraction=cfg.none_fraction, two_fraction=cfg.two_fraction))
 
     # The workers fork before CUDA is touched.
     stream = LabelStream(maker, cfg.seed_start, cfg.worker_batch, pad_id)
@@ -656,7 +664,7 @@ def main(argv: list[str] | None = None) -> int:
     fresh_images = 0
     samples_trained = 0
     max_seed = cfg.seed_start - 1
-    recent: deque = deque(maxlen=50)
+    recent: deque = deque(maxlen=50)  # build_info's final_loss: mean of the last 50 logged steps (every log_every)
     last_val: dict = {}
     print(f"waiting for the first batches from {cfg.num_workers} workers ...", flush=True)
     t_first = None
