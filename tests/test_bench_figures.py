@@ -7,7 +7,6 @@ written into a RunStore in a temporary data folder and read back as the page rea
 from __future__ import annotations
 
 import math
-import os
 import time
 
 import pandas as pd
@@ -120,8 +119,21 @@ def test_memory_figure_of_no_samples_is_empty_and_says_why() -> None:
         assert "no memory readings" in fig.layout.annotations[0].text
 
 
-def test_memory_chart_frame_reads_live_sampler_samples() -> None:
-    sampler = Sampler(root_pid=os.getpid(), nvml=False, metrics_url=None)
+@pytest.fixture
+def lone_pid():
+    """A childless process to root the sampler at: the test process itself may have children (the
+    session's Triton server and its stubs), which the sampler would rightly count too."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    yield proc.pid
+    proc.kill()
+    proc.wait(timeout=10)
+
+
+def test_memory_chart_frame_reads_live_sampler_samples(lone_pid) -> None:
+    sampler = Sampler(root_pid=lone_pid, nvml=False, metrics_url=None)
     samples = [sampler.sample_once() for _ in range(3)]
     chart = bf.memory_chart_frame(samples)
     assert len(chart) == 3 and set(chart["kind"]) == {"host"}
@@ -269,10 +281,10 @@ def test_summary_frame_has_every_column_per_version() -> None:
 # --------------------------------------------------------------------------- from a real store
 
 
-def test_figures_from_rows_written_to_a_run_store(tmp_path) -> None:
+def test_figures_from_rows_written_to_a_run_store(tmp_path, lone_pid) -> None:
     store = RunStore(tmp_path)
     run = store.create_run({"model": "qwen", "versions": ["1", "2"]})
-    sampler = Sampler(root_pid=os.getpid(), nvml=False, metrics_url=None)
+    sampler = Sampler(root_pid=lone_pid, nvml=False, metrics_url=None)
     sink = store.sample_sink(run, flush_interval_s=0.0)
     sampler.add_sink(sink)
     sampler.sample_once()
