@@ -24,13 +24,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def label_png() -> bytes:
+def label_image() -> bytes:
+    """A generated label photo, encoded as the dashboard sends it (services.images: JPEG, <= 1024 px)."""
+    from services.images import load_image
     from services.label_generator import generate_label
 
     sample = generate_label(seed=424242)
     buf = io.BytesIO()
     sample.image.save(buf, "PNG")
-    return buf.getvalue()
+    return load_image(buf.getvalue()).data
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     from services.triton_client import TritonClient
 
     checkpoint = resolve_checkpoint(args.checkpoint)
-    image_b64 = base64.b64encode(label_png()).decode()
+    image_b64 = base64.b64encode(label_image()).decode()
     prompt = build_prompt()
     params = {"max_tokens": 1, "temperature": 0}
 
