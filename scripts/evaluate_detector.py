@@ -122,6 +122,11 @@ def evaluate(url: str, count: int, seed_base: int, max_tokens: int, log_every: i
             "median_latency_s": statistics.median(latency[v]),
             "p90_latency_s": percentile(latency[v], 0.9),
             "mean_latency_s": statistics.fmean(latency[v]),
+            "requests_over_2s": sum(1 for x in latency[v] if x > 2.0),
+            # Median of each block of 25 images, in order: a burst of load from other processes
+            # on this machine shows up as a run of slow blocks.
+            "latency_block_medians_s": [round(statistics.median(latency[v][i:i + 25]), 3)
+                                        for i in range(0, len(latency[v]), 25)],
         }
         summary[v].pop("extra", None)
     agree = agreement([r.pred for r in per_version["1"]], [r.pred for r in per_version["2"]])
@@ -144,6 +149,7 @@ def print_table(result: dict) -> None:
         ("right number of boxes", "count_correct", "{:.1%}"),
         ("median latency (s)", "median_latency_s", "{:.3f}"),
         ("p90 latency (s)", "p90_latency_s", "{:.3f}"),
+        ("requests over 2 s", "requests_over_2s", "{:d}"),
     ]
     w = max(len(r[0]) for r in rows) + 2
     print()
@@ -155,6 +161,8 @@ def print_table(result: dict) -> None:
     print("-" * (w + 14 * len(vs)))
     print(f"{'v1/v2 agreement: mean IoU of their boxes':<{w}}{a['mean_iou']:>14.3f}")
     print(f"{'v1/v2 agreement: same number of boxes':<{w}}{a['same_count']:>14.1%}")
+    for v in vs:
+        print(f"v{v} median latency per block of 25 images (s): {vs[v]['latency_block_medians_s']}")
     print()
     for v in vs:
         for key, goal in TARGETS.items():
