@@ -2,7 +2,7 @@
 requests, at concurrency 1 and 32, side by side in one run against the local Triton; and the sampler's
 CPU at 10 samples per second.
 
-    .venv/bin/python scripts/bench_harness_overhead.py [--requests 32] [--concurrency 1 32] [--rounds 2]
+    .venv/bin/python scripts/bench_harness_overhead.py [--requests 32] [--concurrency 1 32] [--rounds 5]
                                                        [--protocol grpc] [--checkpoint DIR]
 
 The server: the embedded Triton (``services.embedded_triton``) on free ports, serving the tiny
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--requests", type=int, default=32, help="requests per version per run")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
-    parser.add_argument("--rounds", type=int, default=2, help="bare/harness pairs per concurrency")
+    parser.add_argument("--rounds", type=int, default=5, help="bare/harness pairs per concurrency")
     parser.add_argument("--versions", nargs="+", default=["1", "2"])
     parser.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
     parser.add_argument("--max-tokens", type=int, default=8)
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         print("-" * len(header))
         verdicts = []
         for c in args.concurrency:
-            ratios = []
+            ratios, bares, harnesses = [], [], []
             for r in range(args.rounds):
                 order = ("bare", "harness") if r % 2 == 0 else ("harness", "bare")
                 got = {}
@@ -278,11 +278,16 @@ def main(argv: list[str] | None = None) -> int:
                     got[which] = run_bare(c) if which == "bare" else run_harness(c)
                 (bare, bare_cpu), (harness, harness_cpu) = got["bare"], got["harness"]
                 ratios.append(harness / bare)
+                bares.append(bare)
+                harnesses.append(harness)
                 print(f"{c:>11}  {r + 1:>5}  {bare:>10.2f}  {harness:>13.2f}  {harness / bare:>6.3f}  "
                       f"{bare_cpu:>15.2f}  {harness_cpu:>18.2f}  {os.getloadavg()[0]:>8.2f}", flush=True)
             med = statistics.median(ratios)
             verdicts.append(f"concurrency {c}: median harness/bare = {med:.3f} "
-                            f"({'meets' if med >= 0.9 else 'misses'} the target >= 0.9)")
+                            f"({'meets' if med >= 0.9 else 'misses'} the target >= 0.9); per-round ratios "
+                            f"{min(ratios):.2f}..{max(ratios):.2f}; median throughputs: bare "
+                            f"{statistics.median(bares):.2f}, harness {statistics.median(harnesses):.2f} req/s "
+                            f"(ratio {statistics.median(harnesses) / statistics.median(bares):.3f})")
         print()
         print("\n".join(verdicts))
 
