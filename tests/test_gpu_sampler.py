@@ -126,18 +126,14 @@ STUB_ARGS = ["/tmp/x/qwen/2/model.py", "triton_python_backend_shm_region_7", "10
 @pytest.fixture
 def fake_stub() -> Iterator[subprocess.Popen]:
     """A real child process whose command line carries a Triton stub's model path."""
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", *STUB_ARGS])
+    proc = subprocess.Popen([sys.executable, "-c", "import time; print('ready', flush=True); time.sleep(30)",
+                             *STUB_ARGS], stdout=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # wait until the exec is visible in /proc
-            try:
-                if STUB_ARGS[0] in psutil.Process(proc.pid).cmdline():
-                    break
-            except psutil.Error:
-                pass
-            time.sleep(0.01)
-        else:
-            pytest.fail("child process command line never became visible")
+        # Wait until the interpreter runs (not just the exec): before that its memory is a few hundred kB.
+        if proc.stdout.readline().strip() != "ready":
+            pytest.fail("the stub-like child process did not start")
+        if STUB_ARGS[0] not in psutil.Process(proc.pid).cmdline():
+            pytest.fail("child process command line is not visible")
         yield proc
     finally:
         proc.kill()
