@@ -49,6 +49,7 @@ import io
 import json
 import os
 import queue
+import shutil
 import statistics
 import sys
 import tempfile
@@ -306,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         store.close()
     finally:
         server.stop()
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
