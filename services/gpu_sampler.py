@@ -9,7 +9,8 @@ sources, each in its own ``try``/``except``:
   ``triton_python_backend_stub`` process whose command line carries ``<repo>/<model>/<version>/model.py``;
   ``tritonserver`` itself is labelled ``"server"``.
 - ``"triton_metrics"``: Triton's Prometheus endpoint (``metrics_url``, local or remote), fetched with
-  urllib and parsed with ``prometheus_client``. Kept: ``nv_gpu_memory_used_bytes``,
+  urllib, reduced to the kept families by a line prefilter (:func:`prefilter_metrics`) and parsed
+  with ``prometheus_client``. Kept: ``nv_gpu_memory_used_bytes``,
   ``nv_gpu_memory_total_bytes``, ``nv_gpu_utilization``, every ``nv_inference_*``, ``vllm:*`` and
   ``qwen_*`` series. Proxies from the environment are bypassed (a metrics port is reached directly).
 - ``"host"``: the resident set size (psutil) of the serving processes: a configured root pid (the
@@ -62,6 +63,7 @@ KEPT_METRIC_PREFIXES = ("nv_inference_", "vllm:", "qwen_")
 _ROW_LABELS = frozenset({"model", "version", "gpu_uuid"})
 _MODEL_PY = re.compile(r"(?:^|/)([^/]+)/(\d+)/model\.py$")
 _LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
+_SAMPLE_NAME = re.compile(r"([A-Za-z_:][A-Za-z0-9_:]*)[{ \t]")
 
 
 # --------------------------------------------------------------------------- readings
@@ -209,27 +211,55 @@ def keep_series(name: str) -> bool:
     return name in KEPT_METRIC_NAMES or name.startswith(KEPT_METRIC_PREFIXES)
 
 
-def _wire_names(text: str) -> set[str]:
-    """The sample names as written in Prometheus text (first token of each sample line)."""
-    names = set()
-    for line in text.splitlines():
-        line = line.lstrip()
-        if line and not line.startswith("#"):
-            names.add(re.split(r"[{\s]", line, maxsplit=1)[0])
-    return names
+def _prefilter(text: str) -> tuple[str, set[str]]:
+    """:func:`prefilter_metrics`, and the sample names of the lines it kept, as on the wire."""
+    kept: list[str] = []
+    wire: set[str] = set()
+    for line in text.split("\n"):
+        s = line.lstrip()
+        if not s:
+            continue
+        if s[0] == "#":
+            parts = s.split(None, 3)
+            if len(parts) > 2 and parts[1] in ("HELP", "TYPE") and keep_series(parts[2]):
+                kept.append(line)
+            continue  # another family's HELP/TYPE, or a plain comment: the parser skips those
+        m = _SAMPLE_NAME.match(s)
+        if m is not None:
+            name = m.group(1)
+            if not keep_series(name):
+                continue
+            wire.add(name)
+        kept.append(line)  # a kept series, or a line that is no sample: the parser judges it
+    return "\n".join(kept) + "\n", wire
+
+
+def prefilter_metrics(text: str) -> str:
+    """Prometheus text reduced to the families the sampler keeps, before prometheus_client parses it.
+
+    Triton's page carries families the sampler drops (``nv_cpu_*``, ``nv_pinned_*`` and, on a
+    GPU server, ``nv_gpu_power_*``, ``nv_energy_*``, cache and histogram families...); parsing
+    them would cost the sampling thread CPU for nothing. Dropped: sample lines whose metric name (the name at the line's start, followed by
+    ``{`` or a blank) is not kept by :func:`keep_series`, ``# HELP``/``# TYPE`` lines naming such a
+    family, and other comments. Everything else stays, in order, for the parser to judge, so text
+    that is no exposition format (an HTML or JSON page) still fails to parse.
+    """
+    return _prefilter(text)[0]
 
 
 def parse_metrics(text: str) -> dict[str, float]:
     """Parse Prometheus text into ``{series_key: value}``, keeping only the series we use.
 
-    Series keep the names they have on the wire: prometheus_client's parser appends ``_total`` to
-    the samples of a family typed ``counter`` (Triton writes ``nv_inference_request_success``
-    without it); that suffix is taken off again where the text did not have it.
-    Raises ValueError on text that is not Prometheus exposition format.
+    The text is first reduced to the kept families (:func:`prefilter_metrics`), then parsed by
+    prometheus_client. Series keep the names they have on the wire: prometheus_client's parser
+    appends ``_total`` to the samples of a family typed ``counter`` (Triton writes
+    ``nv_inference_request_success`` without it); that suffix is taken off again where the text
+    did not have it. Raises ValueError on text that is not Prometheus exposition format (lines of
+    dropped families are not checked).
     """
-    wire = _wire_names(text)
+    kept, wire = _prefilter(text)
     out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
+    for family in text_string_to_metric_families(kept):
         for s in family.samples:
             name = s.name
             if name not in wire and name.endswith("_total") and name[:-6] in wire:
