@@ -233,6 +233,21 @@ def pick_device(requested: str | None = None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def fast_decode_default(device: str) -> bool:
+    """Whether the static-cache decode path serves by default: on CUDA, unless ``QWEN_FAST_DECODE=0``.
+
+    ``QWEN_FAST_DECODE=1`` turns it on elsewhere too (eager steps over the static cache, no graph).
+    """
+    import os
+
+    setting = os.environ.get("QWEN_FAST_DECODE", "auto").strip().lower()
+    if setting in ("0", "false", "no", "off"):
+        return False
+    if setting in ("1", "true", "yes", "on"):
+        return True
+    return device.startswith("cuda")
+
+
 # --------------------------------------------------------------------------- the engine
 
 
@@ -245,6 +260,8 @@ class Engine:
         precision: str = "bf16",
         device: str | None = None,
         max_model_len: int = 4096,
+        fast_decode: bool | None = None,
+        compile_decode: bool | None = None,
     ) -> None:
         import torch
         from transformers import AutoTokenizer, Qwen2VLForConditionalGeneration
@@ -273,8 +290,30 @@ class Engine:
         self.eos_token_ids = tuple(eos if isinstance(eos, (list, tuple)) else [eos])
         self.pad_token_id = gen.pad_token_id if gen.pad_token_id is not None else self.eos_token_ids[0]
         self.quantization = self._apply_precision()
+        self._graph_decoder = None
+        self.compile_decode = compile_decode
+        self.fast_decode = fast_decode_default(self.device) if fast_decode is None else bool(fast_decode)
+        if self.fast_decode:
+            self.graph_decoder()  # capture the decode step now, not on the first request
         log.info("engine ready: %s %s on %s, %s", self.checkpoint.name, precision, self.device,
                  json.dumps(self.quantization.as_dict()))
+
+    # ------------------------------------------------------------------ decode paths
+
+    def graph_decoder(self):
+        """The static-cache decoder (captured as a CUDA graph on GPU), built on first use."""
+        if self._graph_decoder is None:
+            from services.graph_decode import GraphDecoder
+
+            with self._lock:
+                self._graph_decoder = GraphDecoder(self.model, self.max_model_len, compile=self.compile_decode)
+        return self._graph_decoder
+
+    def decode_report(self) -> dict[str, Any]:
+        """Which decode path serves requests by default, and how the fast one was set up."""
+        if not self.fast_decode:
+            return {"decode_mode": "generate"}
+        return self.graph_decoder().describe()
 
     # ------------------------------------------------------------------ precision
 
@@ -370,11 +409,15 @@ class Engine:
         on_step: Callable[[StepOutput], None] | None = None,
         is_cancelled: Callable[[], bool] | None = None,
         with_logprobs: bool = False,
+        fast: bool | None = None,
     ) -> GenerationResult:
         """Generate an answer; ``on_step`` receives each step's new text as it is decoded.
 
         ``with_logprobs`` computes the cumulative log-probability of the answer (raw model
         distribution, as vLLM reports it); ``params.logprobs`` adds per-token entries.
+        ``fast`` picks the decode path (default: the engine's ``fast_decode``): the static-cache
+        decoder of ``services.graph_decode`` (a CUDA graph per step on GPU), or transformers'
+        ``generate()``. Both honour the same sampling parameters and report the same way.
         """
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
@@ -425,6 +468,10 @@ class Engine:
                     return torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
                 return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
+        if self.fast_decode if fast is None else fast:
+            return self._generate_static(inputs, params, state, eos, text_of, on_step, is_cancelled,
+                                         with_logprobs, t0)
+
         hook = None
         if with_logprobs:
             def capture(_module, _inp, out):
@@ -465,6 +512,67 @@ class Engine:
             cumulative_logprob=state["cum"] if with_logprobs else None,
             logprobs=state["logprobs"] if want_logprobs else None,
             timings={"prepare_s": t1 - t0, "generate_s": t2 - t1},
+        )
+
+    def _generate_static(self, inputs, params: SamplingParams, state, eos: set[int], text_of, on_step,
+                         is_cancelled, with_logprobs: bool, t0: float) -> GenerationResult:
+        """The fast path: prefill, then one static-cache step per token (a CUDA graph replay on GPU).
+
+        The next step is launched before the host handles the current token (text, stop rules,
+        streaming), so the GPU works while Python does. Generation stops at the cache's end as
+        vLLM does at ``max_model_len``: prompt plus answer never exceed it (finish reason "length").
+        """
+        import dataclasses
+
+        import torch
+
+        n_input = state["n_input"]
+        want_logprobs = params.logprobs is not None
+        limit = min(params.max_tokens, self.max_model_len - n_input)
+        if limit < params.max_tokens:
+            params = dataclasses.replace(params, max_tokens=limit, min_tokens=min(params.min_tokens, limit))
+        min_needed = params.max_tokens if params.ignore_eos else params.min_tokens
+        eos_ids = sorted(eos)
+        choose = _token_chooser(params)
+        seq = inputs["input_ids"] if params.repetition_penalty != 1.0 else None
+        decoder = self.graph_decoder()
+        with self._lock, torch.inference_mode():
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+            t1 = time.perf_counter()
+            logits = decoder.prefill(inputs)
+            token = choose(logits, seq, eos_ids if min_needed > 0 else None)
+            t_first = time.perf_counter()
+            while True:
+                if is_cancelled is not None and is_cancelled():
+                    state["cancelled"] = True
+                    break
+                raw = logits.clone() if with_logprobs else None
+                if seq is not None:
+                    seq = torch.cat([seq, seq.new_tensor([[token]])], dim=1)
+                more = len(state["ids"]) + 1 < params.max_tokens
+                next_logits = decoder.step(token) if more else None  # launched before the host work
+                state["pending_logits"] = raw
+                self._on_token(state, token, params, eos, text_of, on_step, with_logprobs)
+                if state["finished"] or next_logits is None:
+                    break
+                logits = next_logits
+                suppress = eos_ids if len(state["ids"]) < min_needed else None
+                token = choose(logits, seq, suppress)
+        if state["cancelled"]:
+            raise EngineError("Request was cancelled")
+        if not state["finished"]:  # cannot happen: the last token always carries a finish reason
+            raise RuntimeError("static decode ended without a finish reason")
+        t2 = time.perf_counter()
+        return GenerationResult(
+            text=text_of(state["ids"]),
+            token_ids=list(state["ids"]),
+            num_input_tokens=n_input,
+            finish_reason=state["reason"],
+            cumulative_logprob=state["cum"] if with_logprobs else None,
+            logprobs=state["logprobs"] if want_logprobs else None,
+            timings={"prepare_s": t1 - t0, "generate_s": t2 - t1, "prefill_s": t_first - t1,
+                     "decode_s": t2 - t_first},
         )
 
     def _on_token(self, state, token: int, params: SamplingParams, eos: set[int], text_of, on_step,
@@ -509,3 +617,46 @@ class Engine:
         if on_step is not None:
             on_step(StepOutput(delta, 1, bool(reason), reason, step_logprobs,
                                state["cum"] if with_logprobs else None, state["n_input"]))
+
+
+def _token_chooser(params: SamplingParams):
+    """``choose(logits, seq, suppress)``: the next token from raw logits, as ``generate()`` picks it.
+
+    The same transformers processors and warpers, in the same order: repetition penalty over the
+    whole sequence, end-of-sequence ids suppressed while ``suppress`` is given (min_tokens,
+    ignore_eos), then temperature, top-k and top-p and a multinomial draw; greedy (argmax) at
+    temperature 0.
+    """
+    import torch
+    from transformers.generation.logits_process import (
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    penalty = RepetitionPenaltyLogitsProcessor(params.repetition_penalty) if params.repetition_penalty != 1.0 else None
+    warpers = []
+    if params.temperature > 0:
+        if params.temperature != 1.0:
+            warpers.append(TemperatureLogitsWarper(params.temperature))
+        if params.top_k > 0:
+            warpers.append(TopKLogitsWarper(params.top_k))
+        if params.top_p < 1.0:
+            warpers.append(TopPLogitsWarper(params.top_p))
+
+    def choose(logits, seq, suppress) -> int:
+        scores = logits
+        if penalty is not None:
+            scores = penalty(seq, scores.clone())
+        if suppress:
+            scores = scores.clone() if scores is logits else scores
+            scores[:, suppress] = float("-inf")
+        if params.temperature > 0:
+            for warp in warpers:
+                scores = warp(seq, scores)
+            probs = torch.softmax(scores, dim=-1)
+            return int(torch.multinomial(probs, num_samples=1)[0, 0])
+        return int(torch.argmax(scores, dim=-1)[0])
+
+    return choose

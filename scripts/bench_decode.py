@@ -1,0 +1,248 @@
+"""Decode speed at batch 1 against the memory-bandwidth floor, bf16 and fp8, fast path against plain.
+
+    python scripts/bench_decode.py --checkpoint DIR [--images 3] [--tokens 200] [--json out.json]
+
+For each precision (one engine at a time on the GPU), on generated 1024x1024 label images:
+
+* the **floor**: weight bytes one decode step must read (the decoder's linear layers as served,
+  i.e. fp8 for version 2, plus ``lm_head``, norms and the one embedding row), divided by the
+  device-to-device copy bandwidth measured in this run (bytes read + written per second, the
+  figure ``gpu-notes.md`` quotes); the KV cache read per step is reported beside it;
+* the **fast path** (static KV cache, one CUDA-graph replay per token: ``services.graph_decode``):
+  TPOT = decode time / (tokens - 1) over ``--tokens`` forced tokens (``ignore_eos``), per image,
+  and the median; its ratio to the floor (target: bf16 within 1.5x);
+* the **plain path** (transformers ``generate()``): TPOT over ``--plain-tokens`` forced tokens;
+* **equality**: greedy tokens of both paths on the same image (no forced length): equal or the
+  index of the first difference (random weights make near-ties; a trained checkpoint must match).
+
+Prints a table and, with ``--json``, writes every figure. Needs CUDA, transformers and torchao.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def copy_bandwidth(device: str, gib: float = 2.0, repeats: int = 20) -> float:
+    """Device-to-device copy bandwidth in bytes/s, counting bytes read plus bytes written."""
+    import torch
+
+    n = int(gib * 2**30)
+    src = torch.empty(n, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    torch.cuda.synchronize(device)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        dst.copy_(src)
+    end.record()
+    torch.cuda.synchronize(device)
+    seconds = start.elapsed_time(end) / 1000
+    del src, dst
+    torch.cuda.empty_cache()
+    return 2 * n * repeats / seconds
+
+
+def step_weight_bytes(engine) -> dict[str, int]:
+    """Bytes of weights one decode step reads: decoder linears (as served), lm_head, norms, one embedding row."""
+    import torch
+
+    from services.engine import tensor_bytes
+
+    decoder = engine.decoder()
+    linears = sum(tensor_bytes(m.weight) + (tensor_bytes(m.bias) if m.bias is not None else 0)
+                  for m in decoder.modules() if isinstance(m, torch.nn.Linear))
+    norms = sum(tensor_bytes(p) for name, p in decoder.named_parameters() if "norm" in name)
+    embed = decoder.embed_tokens.weight
+    lm_head = tensor_bytes(engine.model.lm_head.weight)
+    row = embed.shape[1] * embed.element_size()
+    return {"decoder_linear": linears, "norms": norms, "lm_head": lm_head, "embedding_row": row,
+            "total": linears + norms + lm_head + row}
+
+
+def profile_steps(engine, prompt: str, image, steps: int = 5) -> dict:
+    """Kernels of ``steps`` decode steps as replayed (torch.profiler/CUPTI): count and GPU time by name."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    decoder = engine.graph_decoder()
+    with torch.inference_mode():
+        inputs = engine.prepare(prompt, [image])
+        decoder.prefill(inputs)
+        decoder.step(1)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(steps):
+                decoder.step(1)
+            torch.cuda.synchronize()
+        wall = (time.perf_counter() - t) / steps
+    rows = []
+    for e in prof.key_averages():
+        gpu_us = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+        if gpu_us > 0 and e.count > 0:
+            rows.append({"name": e.key[:90], "count_per_step": e.count / steps, "gpu_us_per_step": gpu_us / steps})
+    rows.sort(key=lambda r: -r["gpu_us_per_step"])
+    total = sum(r["gpu_us_per_step"] for r in rows)
+    kernels = sum(r["count_per_step"] for r in rows)
+    print(f"  profile: {kernels:.0f} kernels/step, {total / 1e3:.2f} ms GPU time/step, "
+          f"{wall * 1e3:.2f} ms wall/step (profiler on)")
+    for r in rows[:12]:
+        print(f"    {r['gpu_us_per_step'] / 1e3:7.3f} ms  x{r['count_per_step']:5.0f}  {r['name']}")
+    return {"kernels_per_step": kernels, "gpu_ms_per_step": total / 1e3, "wall_ms_per_step": wall * 1e3,
+            "top": rows[:25]}
+
+
+def first_difference(a: list[int], b: list[int]) -> int | None:
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def bench_precision(args, precision: str, images: list, bandwidth: float) -> dict:
+    import torch
+
+    from services.engine import Engine, SamplingParams
+    from services.prompt import build_prompt
+
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    t0 = time.perf_counter()
+    engine = Engine(args.checkpoint, precision, device="cuda", max_model_len=args.max_model_len, fast_decode=True,
+                    compile_decode=None if args.compile is None else bool(args.compile))
+    load_s = time.perf_counter() - t0
+    prompt = build_prompt()
+    weights = step_weight_bytes(engine)
+    report = engine.decode_report()
+    kv_per_step = report["static_cache_bytes"]  # the whole static cache is read each step (masked)
+    floor_s = weights["total"] / bandwidth
+    fast, plain, equal = [], [], []
+    forced = SamplingParams(max_tokens=args.tokens, temperature=0, ignore_eos=True)
+    forced_plain = SamplingParams(max_tokens=args.plain_tokens, temperature=0, ignore_eos=True)
+    greedy = SamplingParams(max_tokens=args.equality_tokens, temperature=0)
+    engine.generate(prompt, [images[0]], SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))  # warm-up
+    for i, image in enumerate(images):
+        r = engine.generate(prompt, [image], forced, fast=True)
+        n = r.num_output_tokens
+        fast.append({"image": i, "input_tokens": r.num_input_tokens, "output_tokens": n,
+                     "prefill_s": r.timings["prefill_s"], "decode_s": r.timings["decode_s"],
+                     "tpot_s": r.timings["decode_s"] / max(n - 1, 1)})
+        if i < args.plain_images:
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            p = engine.generate(prompt, [image], forced_plain, fast=False)
+            torch.cuda.synchronize()
+            plain.append({"image": i, "output_tokens": p.num_output_tokens, "generate_s": time.perf_counter() - t,
+                          "prefill_s_fast": r.timings["prefill_s"]})
+            a = engine.generate(prompt, [image], greedy, fast=False)
+            b = engine.generate(prompt, [image], greedy, fast=True)
+            equal.append({"image": i, "plain_tokens": len(a.token_ids), "fast_tokens": len(b.token_ids),
+                          "equal": a.token_ids == b.token_ids,
+                          "first_difference": first_difference(a.token_ids, b.token_ids)})
+    profile = profile_steps(engine, prompt, images[0]) if args.profile else None
+    tpot_fast = statistics.median(x["tpot_s"] for x in fast)
+    # plain TPOT: (generate time - the fast path's prefill of the same image) / (tokens - 1)
+    tpot_plain = statistics.median((x["generate_s"] - x["prefill_s_fast"]) / max(x["output_tokens"] - 1, 1)
+                                   for x in plain) if plain else None
+    result = {
+        "precision": precision,
+        "load_s": load_s,
+        "quantization": engine.quantization.as_dict(),
+        "decode": report,
+        "allocated_bytes_after_load": torch.cuda.memory_allocated() - before,
+        "peak_allocated_bytes": torch.cuda.max_memory_allocated(),
+        "step_weight_bytes": weights,
+        "kv_cache_bytes_read_per_step": kv_per_step,
+        "floor_s": floor_s,
+        "floor_with_kv_s": (weights["total"] + kv_per_step) / bandwidth,
+        "tpot_fast_s": tpot_fast,
+        "tpot_plain_s": tpot_plain,
+        "fast_over_floor": tpot_fast / floor_s,
+        "speedup_over_plain": (tpot_plain / tpot_fast) if tpot_plain else None,
+        "prefill_s_median": statistics.median(x["prefill_s"] for x in fast),
+        "fast_runs": fast,
+        "plain_runs": plain,
+        "greedy_equality": equal,
+        "profile": profile,
+    }
+    del engine
+    gc.collect()
+    torch.cuda.empty_cache()
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+    import transformers
+
+    from services.label_generator import GeneratorConfig, generate_label
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--precisions", nargs="+", default=["bf16", "fp8"])
+    parser.add_argument("--images", type=int, default=3, help="1024x1024 generated label images")
+    parser.add_argument("--image-seed", type=int, default=8_000_000)
+    parser.add_argument("--tokens", type=int, default=200, help="forced tokens per fast-path request")
+    parser.add_argument("--plain-tokens", type=int, default=32, help="forced tokens per plain-path request")
+    parser.add_argument("--plain-images", type=int, default=2, help="images also run on the plain path")
+    parser.add_argument("--equality-tokens", type=int, default=64)
+    parser.add_argument("--max-model-len", type=int, default=4096)
+    parser.add_argument("--compile", type=int, choices=(0, 1), default=None,
+                        help="torch.compile the decode step before capture (default: the engine's, on)")
+    parser.add_argument("--profile", action="store_true", help="also print the kernels of a few decode steps")
+    parser.add_argument("--json", help="write every figure to this file")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("no CUDA device: this benchmark needs a GPU")
+        return 2
+    device = "cuda"
+    bandwidth = copy_bandwidth(device)
+    cfg = GeneratorConfig(size=(1024, 1024))
+    images = [generate_label(args.image_seed + i, cfg).image for i in range(args.images)]
+    env = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
+           "transformers": transformers.__version__, "copy_bandwidth_bytes_per_s": bandwidth,
+           "checkpoint": str(args.checkpoint)}
+    try:
+        import torchao
+
+        env["torchao"] = torchao.__version__
+    except ImportError:
+        env["torchao"] = None
+    print(f"{env['gpu']}: copy bandwidth {bandwidth / 1e12:.2f} TB/s (read + written)", flush=True)
+    results = []
+    for precision in args.precisions:
+        r = bench_precision(args, precision, images, bandwidth)
+        results.append(r)
+        plain = f"{r['tpot_plain_s'] * 1e3:.1f}" if r["tpot_plain_s"] else "-"
+        eq = ", ".join("equal" if e["equal"] else f"differs at {e['first_difference']}" for e in r["greedy_equality"])
+        print(f"{precision}: mode {r['decode']['decode_mode']} (compiled: {r['decode'].get('compiled')}, "
+              f"{r['decode'].get('compile_seconds')} s; error: {r['decode'].get('compile_error')}), weights read/step "
+              f"{r['step_weight_bytes']['total'] / 1e9:.2f} GB, floor {r['floor_s'] * 1e3:.2f} ms, "
+              f"fast TPOT {r['tpot_fast_s'] * 1e3:.2f} ms ({r['fast_over_floor']:.2f}x floor), plain TPOT {plain} ms, "
+              f"prefill {r['prefill_s_median'] * 1e3:.0f} ms, greedy fast vs plain: {eq}", flush=True)
+    by = {r["precision"]: r for r in results}
+    verdict = {}
+    if "bf16" in by:
+        verdict["bf16_within_1.5x_floor"] = by["bf16"]["fast_over_floor"] <= 1.5
+    if "bf16" in by and "fp8" in by:
+        verdict["fp8_faster_than_bf16"] = by["fp8"]["tpot_fast_s"] < by["bf16"]["tpot_fast_s"]
+        verdict["fp8_over_bf16_tpot"] = by["fp8"]["tpot_fast_s"] / by["bf16"]["tpot_fast_s"]
+    print("verdict:", json.dumps(verdict))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"environment": env, "results": results, "verdict": verdict},
+                                              indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
