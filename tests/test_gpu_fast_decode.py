@@ -1,0 +1,56 @@
+"""The fast decode path as the GPU runs it: compiled, captured in a CUDA graph, replayed per token.
+
+Run on the GPU machine (``pytest -m gpu``); skipped elsewhere. The CPU-side checks of the same
+step (logits against the full forward pass, sampling, cancellation) are in test_graph_decode.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.gpu
+
+DEMO = Path(__file__).resolve().parent.parent / "models" / "demo-detector"
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from services.label_generator import GeneratorConfig, generate_label
+    from services.prompt import build_prompt
+
+    images = [generate_label(5_200_000 + i, GeneratorConfig(size=(768, 768))).image for i in range(3)]
+    return build_prompt(), images
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp8"])
+def test_graph_replay_gives_the_plain_path_tokens(setup, precision):
+    import torch
+
+    from services.engine import Engine, SamplingParams
+
+    prompt, images = setup
+    engine = Engine(DEMO, precision, device="cuda")
+    report = engine.decode_report()
+    assert report["decode_mode"] == "cuda_graph", report
+    assert report["capture_error"] is None
+    assert report["compiled"] is True, report["compile_error"]
+    if precision == "fp8":
+        assert engine.quantization.mode == "fp8_dynamic_activation_weight"
+    for image in images:
+        params = SamplingParams(max_tokens=48, temperature=0)
+        plain = engine.generate(prompt, [image], params, fast=False)
+        fast = engine.generate(prompt, [image], params, fast=True)
+        assert fast.token_ids == plain.token_ids, (precision, fast.text, plain.text)
+        assert fast.text.startswith("nutrition-table(")
+    forced = engine.generate(prompt, [images[0]], SamplingParams(max_tokens=64, temperature=0, ignore_eos=True))
+    assert forced.num_output_tokens == 64 and forced.finish_reason == "length"
+    # Replays must not allocate: the graph's memory pool was set aside at capture.
+    before = torch.cuda.memory_allocated()
+    engine.generate(prompt, [images[1]], SamplingParams(max_tokens=32, temperature=0, ignore_eos=True))
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated() - before < 64 * 2**20
