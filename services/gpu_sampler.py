@@ -1,7 +1,8 @@
 """Background sampler of GPU memory, Triton metrics and the serving processes' host memory.
 
 One daemon thread ticks at a fixed rate (default 10 per second) and reads three independent
-sources, each in its own ``try``/``except``:
+sources, each in its own ``try``/``except``: NVML and the host processes at every tick, the metrics
+endpoint every ``metrics_interval_s`` (default 0.5 s, see below):
 
 - ``"nvml"``: every GPU through NVML (``pynvml`` from nvidia-ml-py): name, used/total memory,
   utilization, and the used GPU memory of each compute process. A process is attributed to the
@@ -13,6 +14,10 @@ sources, each in its own ``try``/``except``:
   with ``prometheus_client``. Kept: ``nv_gpu_memory_used_bytes``,
   ``nv_gpu_memory_total_bytes``, ``nv_gpu_utilization``, every ``nv_inference_*``, ``vllm:*`` and
   ``qwen_*`` series. Proxies from the environment are bypassed (a metrics port is reached directly).
+  Parsing the page is most of a tick's CPU, so it is read every ``metrics_interval_s`` (0 = every
+  tick); the ticks in between carry the last reading forward in ``Sample.metrics`` with the time
+  it was read (``Sample.metrics_t_mono``), and add no rows of it to :func:`sample_rows`, so that
+  each reading is stored and charted once, at the time it was taken. A failed read carries nothing.
 - ``"host"``: the resident set size (psutil) of the serving processes: a configured root pid (the
   tritonserver pid) and its descendants, or the processes named in ``process_names`` and their
   descendants; attributed to model/version the same way. This gives a true live memory chart
@@ -52,6 +57,7 @@ SOURCE_SINK = "sink"
 SOURCE_SAMPLER = "sampler"
 
 DEFAULT_RATE_HZ = 10.0
+DEFAULT_METRICS_INTERVAL_S = 0.5  # the live charts refresh once a second: two readings per refresh
 DEFAULT_MAXLEN = 36_000  # one hour at 10 samples per second
 MAX_METRICS_BYTES = 16 * 1024 * 1024
 
@@ -105,9 +111,13 @@ class Sample:
     """One tick of the sampler. Treat the dicts as read-only.
 
     ``metrics`` maps a series key (``name{label="value",...}``, labels sorted, see
-    :func:`series_key`) to its value. ``source_errors`` maps a failing source to its last error
-    message, ``source_error_times`` to the wall time of that failure; a source in back-off keeps
-    its error until it succeeds again.
+    :func:`series_key`) to its value: the newest reading of the metrics endpoint, taken at
+    ``metrics_t_mono`` (``time.perf_counter()`` seconds). That is ``t_mono`` on a tick that read
+    the endpoint and an earlier tick's time on the ticks between two reads (see
+    :attr:`metrics_fresh`); None when there are no metrics, or in a sample built by hand (whose
+    metrics then count as read at ``t_mono``).
+    ``source_errors`` maps a failing source to its last error message, ``source_error_times`` to
+    the wall time of that failure; a source in back-off keeps its error until it succeeds again.
     """
 
     t_mono: float
@@ -117,6 +127,12 @@ class Sample:
     metrics: dict[str, float] = field(default_factory=dict)
     source_errors: dict[str, str] = field(default_factory=dict)
     source_error_times: dict[str, float] = field(default_factory=dict)
+    metrics_t_mono: float | None = None
+
+    @property
+    def metrics_fresh(self) -> bool:
+        """Whether ``metrics`` was read at this tick (not carried from an earlier one)."""
+        return self.metrics_t_mono is None or self.metrics_t_mono == self.t_mono
 
     def metric(self, name: str, **labels: str) -> float | None:
         """The value of the series ``name`` with exactly these labels, or None."""
@@ -313,6 +329,7 @@ class Sampler:
         host_memory: bool = True,
         retry_interval_s: float = 1.0,
         metrics_timeout_s: float = 0.5,
+        metrics_interval_s: float = DEFAULT_METRICS_INTERVAL_S,
         discovery_interval_s: float = 1.0,
         sink: Sink | None = None,
         thread_name: str = "gpu-sampler",
@@ -334,6 +351,9 @@ class Sampler:
         self._host_procs: list[psutil.Process] = []
         self._next_discovery = 0.0
         self._attribution: dict[tuple[int, float], tuple[str | None, str | None, str]] = {}
+        # the last metrics reading and when it was attempted (under _tick_lock)
+        self._metrics_last: tuple[dict[str, float], float] | None = None
+        self._metrics_attempt: float | None = None
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         self.rate_hz = rate_hz
         self.metrics_url = metrics_url
@@ -343,6 +363,7 @@ class Sampler:
         self.host_memory = host_memory
         self.retry_interval_s = retry_interval_s
         self.metrics_timeout_s = metrics_timeout_s
+        self.metrics_interval_s = metrics_interval_s
         self.discovery_interval_s = discovery_interval_s
         self._validate()
 
@@ -353,6 +374,8 @@ class Sampler:
             raise ValueError("rate_hz must be > 0")
         if self._ring.maxlen is None or self._ring.maxlen < 1:
             raise ValueError("maxlen must be >= 1")
+        if not self.metrics_interval_s >= 0:
+            raise ValueError("metrics_interval_s must be >= 0")
 
     def configure(
         self,
@@ -366,12 +389,14 @@ class Sampler:
         host_memory: bool = _UNSET,
         retry_interval_s: float = _UNSET,
         metrics_timeout_s: float = _UNSET,
+        metrics_interval_s: float = _UNSET,
         discovery_interval_s: float = _UNSET,
     ) -> None:
         """Change settings of a running sampler (no second thread). Only given keys change.
 
         A changed metrics URL or process selection clears that source's error and back-off, so
-        it is tried on the next tick.
+        it is tried on the next tick; a changed metrics URL or interval also drops the carried
+        metrics reading, and the endpoint is read on the next tick.
         """
         with self._tick_lock, self._lock:
             if rate_hz is not _UNSET:
@@ -382,9 +407,15 @@ class Sampler:
                 if maxlen < 1:
                     raise ValueError("maxlen must be >= 1")
                 self._ring = deque(self._ring, maxlen=maxlen)
+            if metrics_interval_s is not _UNSET and metrics_interval_s != self.metrics_interval_s:
+                if not metrics_interval_s >= 0:
+                    raise ValueError("metrics_interval_s must be >= 0")
+                self.metrics_interval_s = metrics_interval_s
+                self._metrics_attempt = None
             if metrics_url is not _UNSET and metrics_url != self.metrics_url:
                 self.metrics_url = metrics_url
                 self._states.pop(SOURCE_METRICS, None)
+                self._metrics_last = self._metrics_attempt = None
             host_changed = False
             if root_pid is not _UNSET and root_pid != self.root_pid:
                 self.root_pid, host_changed = root_pid, True
@@ -558,16 +589,27 @@ class Sampler:
             st.error = None
             st.ok_wall = time.time()
 
+    def _metrics_due(self, now: float, interval: float, rate_hz: float) -> bool:
+        """Whether this tick reads the metrics endpoint: ``metrics_interval_s`` since the last
+        attempt, less half a tick (ticks come a little late or early; the read should not then
+        slip to the next one)."""
+        last = self._metrics_attempt
+        return last is None or now - last >= interval - 0.5 / rate_hz
+
     def sample_once(self) -> Sample:
-        """Read every enabled source once, append the sample to the ring, call the sinks."""
+        """One tick: read every enabled source that is due (NVML and host processes each tick, the
+        metrics endpoint every ``metrics_interval_s``; a failing source once per retry interval),
+        append the sample to the ring, call the sinks."""
         with self._tick_lock:
             now = time.perf_counter()
             wall = time.time()
             gpus: list[GpuReading] = []
             procs: list[ProcessReading] = []
             metrics: dict[str, float] = {}
+            metrics_t: float | None = None
             with self._lock:
                 url, want_nvml, want_host = self.metrics_url, self.nvml, self.host_memory
+                interval, rate_hz = self.metrics_interval_s, self.rate_hz
 
             if want_nvml and self._due(SOURCE_NVML, now):
                 try:
@@ -578,13 +620,19 @@ class Sampler:
                     with self._lock:
                         self._fail(SOURCE_NVML, exc, now)
 
-            if url and self._due(SOURCE_METRICS, now):
+            if url and self._metrics_due(now, interval, rate_hz) and self._due(SOURCE_METRICS, now):
+                self._metrics_attempt = now
+                self._metrics_last = None
                 try:
                     metrics = self._read_metrics(url)
+                    metrics_t = now
+                    self._metrics_last = (metrics, now)
                     self._ok(SOURCE_METRICS)
                 except Exception as exc:
                     with self._lock:
                         self._fail(SOURCE_METRICS, exc, now)
+            elif url and self._metrics_last is not None:
+                metrics, metrics_t = self._metrics_last
 
             if want_host and self._due(SOURCE_HOST, now):
                 try:
@@ -609,6 +657,7 @@ class Sampler:
                     metrics=metrics,
                     source_errors=errors,
                     source_error_times=times,
+                    metrics_t_mono=metrics_t,
                 )
                 self._ring.append(sample)
                 sinks = list(self._sinks)
@@ -764,7 +813,8 @@ class Sampler:
 
 def sample_rows(sample: Sample) -> list[SampleRow]:
     """A sample as memory rows (see :class:`SampleRow`): GPUs, processes, Triton's GPU memory
-    and ``qwen_*_bytes`` gauges."""
+    and ``qwen_*_bytes`` gauges. The metrics rows come only from the tick that read them
+    (:attr:`Sample.metrics_fresh`), not from the ticks that carry them forward."""
     tw, tm = sample.t_wall, sample.t_mono
     rows = [
         SampleRow(t_wall=tw, t_mono=tm, source="nvml", kind="device",
@@ -779,7 +829,7 @@ def sample_rows(sample: Sample) -> list[SampleRow]:
                       gpu=None if p.gpu is None else str(p.gpu), model=p.model,
                       version=p.version, pid=p.pid)
         )
-    if sample.metrics:
+    if sample.metrics and sample.metrics_fresh:
         util = {
             labels.get("gpu_uuid"): v for labels, v in sample.metric_series("nv_gpu_utilization")
         }

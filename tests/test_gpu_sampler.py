@@ -78,14 +78,17 @@ class MetricsServer:
     def __init__(self, body: str = METRICS_BODY) -> None:
         self.body = body.encode()
         self.port = 0
+        self.hits = 0  # GET requests answered
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         body = self.body
+        server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server API)
+                server.hits += 1
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain; version=0.0.4")
                 self.send_header("Content-Length", str(len(body)))
@@ -272,7 +275,7 @@ def test_stopped_metrics_server_is_reported_and_recovery_follows(
     metrics_server: MetricsServer,
 ) -> None:
     sampler = Sampler(metrics_url=metrics_server.url, nvml=False, host_memory=False,
-                      retry_interval_s=0.05)
+                      retry_interval_s=0.05, metrics_interval_s=0.0)
     assert sampler.sample_once().metrics
     metrics_server.stop()
     down = sampler.sample_once()
@@ -308,6 +311,78 @@ def test_metrics_server_that_never_answers_times_out() -> None:
         took = time.perf_counter() - t0
     assert "timed out" in s.source_errors[SOURCE_METRICS]
     assert took < 2.0
+
+
+def test_metrics_endpoint_is_read_every_interval_and_carried_between(
+    metrics_server: MetricsServer,
+) -> None:
+    sampler = Sampler(rate_hz=10, metrics_url=metrics_server.url, nvml=False, host_memory=False,
+                      metrics_interval_s=0.3)
+    first = sampler.sample_once()
+    assert metrics_server.hits == 1 and first.metrics_fresh and first.metrics_t_mono == first.t_mono
+    between = [sampler.sample_once() for _ in range(3)]  # well within 0.3 s: not read again
+    assert metrics_server.hits == 1
+    for s in between:
+        assert s.metrics == first.metrics and s.metrics_t_mono == first.t_mono
+        assert not s.metrics_fresh
+        assert s.metric("qwen_weight_bytes", version="2") == 1e10  # latest() readers still see it
+        assert [r for r in sample_rows(s) if r.source == "triton"] == []  # stored once, not 4 times
+    assert len([r for r in sample_rows(first) if r.source == "triton"]) == 4  # device + 3 qwen gauges
+    chart = series_for_chart([first, *between])
+    assert set(chart.loc[chart["source"] == "triton", "t_mono"]) == {first.t_mono}
+    time.sleep(0.3)
+    again = sampler.sample_once()
+    assert metrics_server.hits == 2 and again.metrics_fresh and again.metrics_t_mono == again.t_mono
+
+
+def test_metrics_interval_in_the_running_thread(metrics_server: MetricsServer) -> None:
+    with Sampler(rate_hz=50, metrics_url=metrics_server.url, nvml=False, host_memory=False,
+                 metrics_interval_s=0.2) as sampler:
+        assert _wait_for(lambda: len(sampler) >= 1)
+        time.sleep(1.0)
+        got = sampler.samples()
+        hits = metrics_server.hits
+    fresh = [s for s in got if s.metrics_fresh]
+    assert len(got) >= 25  # ~50 ticks a second go on at their own rate
+    assert len(fresh) == hits and 4 <= hits <= 8, (len(got), hits)  # ~1 s / 0.2 s
+    assert all(s.metrics for s in got)  # every tick carries the newest reading
+    gaps = sorted(b.t_mono - a.t_mono for a, b in zip(fresh, fresh[1:]))
+    assert gaps[0] > 0.17 and gaps[len(gaps) // 2] < 0.3, gaps  # never early; ~0.2 s apart
+    for s in got:  # a carried reading is the last one read before the tick
+        assert s.metrics_t_mono == max(f.t_mono for f in fresh if f.t_mono <= s.t_mono)
+
+
+def test_a_failed_read_carries_nothing_and_a_new_url_is_read_at_once(
+    metrics_server: MetricsServer,
+) -> None:
+    sampler = Sampler(rate_hz=10, metrics_url=metrics_server.url, nvml=False, host_memory=False,
+                      metrics_interval_s=0.1, retry_interval_s=0.5)
+    assert sampler.sample_once().metrics
+    port = metrics_server.port
+    metrics_server.stop()
+    time.sleep(0.1)
+    down = sampler.sample_once()  # due: read, failed
+    assert down.metrics == {} and down.metrics_t_mono is None and SOURCE_METRICS in down.source_errors
+    time.sleep(0.1)
+    backing_off = sampler.sample_once()  # due by the interval, not yet retried: no stale reading
+    assert backing_off.metrics == {} and SOURCE_METRICS in backing_off.source_errors
+    other = MetricsServer(METRICS_BODY.replace("1.0e10", "3.0e10"))
+    other.start()
+    try:
+        assert other.port != port
+        sampler.configure(metrics_url=other.url)
+        s = sampler.sample_once()  # a new URL is read at once: no back-off, no interval wait
+        assert other.hits == 1 and s.metrics_fresh and not s.source_errors
+        assert s.metric("qwen_weight_bytes", version="2") == 3e10
+        sampler.configure(metrics_interval_s=60.0)
+        assert sampler.sample_once().metrics_fresh and other.hits == 2  # a new interval: read now
+        assert not sampler.sample_once().metrics_fresh and other.hits == 2
+    finally:
+        other.stop()
+    with pytest.raises(ValueError):
+        sampler.configure(metrics_interval_s=-1.0)
+    with pytest.raises(ValueError):
+        Sampler(metrics_interval_s=-0.1)
 
 
 # ----------------------------------------------------------------------------- host memory
