@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     img.add_argument("--folder", help="folder: labels.jsonl folder or OpenFoodFacts parquet")
     img.add_argument("--files", nargs="+", default=[], metavar="FILE", help="uploaded: image files")
     img.add_argument("--max-side", type=int, default=1024, help="longest side sent, in pixels")
+    img.add_argument("--image-size", default=None, metavar="WxH",
+                     help="generated: every image exactly W x H pixels (e.g. 1024x768; one number: square), "
+                          "written once as a labelled folder under the data folder (image_sets/) and run from there")
 
     srv = p.add_argument_group("server")
     srv.add_argument("--url", default=None,
@@ -94,6 +97,41 @@ def build_parser() -> argparse.ArgumentParser:
 
 class UsageError(ValueError):
     """A bad argument: reported with exit status 2."""
+
+
+def parse_image_size(text: str) -> tuple[int, int]:
+    """``"1024x768"`` -> (1024, 768); ``"1024"`` -> (1024, 1024)."""
+    parts = text.lower().replace(" ", "").split("x")
+    try:
+        w, h = (int(parts[0]), int(parts[0])) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
+    except (ValueError, IndexError):
+        raise UsageError(f"--image-size must be WxH or one number, not {text!r}") from None
+    if len(parts) > 2 or not (16 <= w <= 8192 and 16 <= h <= 8192):
+        raise UsageError(f"--image-size must be WxH with sides from 16 to 8192 pixels, not {text!r}")
+    return w, h
+
+
+def sized_image_folder(args: argparse.Namespace) -> argparse.Namespace:
+    """With ``--image-size``: the generated set drawn at that size, written once as a labelled folder
+    (``labels.jsonl`` + PNGs, ``services.label_generator.write_dataset``) under the data folder; the
+    run then reads that folder (ground truth included). Without it: ``args`` unchanged."""
+    if args.image_size is None:
+        return args
+    if args.images != "generated":
+        raise UsageError("--image-size is only used with --images generated")
+    w, h = parse_image_size(args.image_size)
+    if args.count < 1 or args.image_seed < 0:
+        raise UsageError("--count must be >= 1 and --image-seed >= 0")
+    from services import settings
+    from services.label_generator import GeneratorConfig, generate_dataset, write_dataset
+
+    root = Path(args.data_dir) if args.data_dir else settings.data_dir()
+    folder = root / "image_sets" / f"generated-{args.image_seed}-{args.count}-{w}x{h}"
+    if not (folder / "labels.jsonl").is_file():  # written last: its presence means the set is complete
+        print(f"drawing {args.count} generated labels of {w}x{h} px into {folder}...", file=sys.stderr, flush=True)
+        write_dataset(folder, generate_dataset(args.image_seed, args.count, GeneratorConfig(size=(w, h))),
+                      image_format="png")
+    return argparse.Namespace(**{**vars(args), "images": "folder", "folder": str(folder)})
 
 
 def build_config(args: argparse.Namespace):
@@ -264,6 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        args = sized_image_folder(args)
         config = build_config(args)
         from services.run_store import RunStore
 

@@ -194,3 +194,34 @@ def test_sigkill_mid_run_leaves_a_database_that_opens_with_every_request_written
     assert len(rows) >= before >= 3
     assert [r.seq for r in rows] == sorted({r.seq for r in rows})  # no duplicates, in order
     assert all(r.status == "ok" and r.answer is not None for r in rows)
+
+
+def test_image_size_draws_the_generated_set_once_at_that_size_with_its_truth(tmp_path) -> None:
+    from services.bench_cli import build_config, build_parser, sized_image_folder
+    from services.benchmark import load_image_set
+    from services.label_generator import GeneratorConfig, generate_dataset
+
+    args = build_parser().parse_args(["--images", "generated", "--count", "2", "--image-seed", "3",
+                                      "--image-size", "200x150", "--data-dir", str(tmp_path)])
+    sized = sized_image_folder(args)
+    folder = tmp_path / "image_sets" / "generated-3-2-200x150"
+    assert sized.images == "folder" and sized.folder == str(folder)
+    labels = [json.loads(line) for line in (folder / "labels.jsonl").read_text().splitlines()]
+    assert [(r["width"], r["height"]) for r in labels] == [(200, 150)] * 2
+    expected = list(generate_dataset(3, 2, GeneratorConfig(size=(200, 150))))
+    assert [r["boxes"] for r in labels] == [[[b.x1, b.y1, b.x2, b.y2] for b in s.boxes] for s in expected]
+    images = load_image_set(build_config(sized).image_set).images
+    assert [(im.width, im.height) for im in images] == [(200, 150)] * 2
+    assert all(im.truth is not None for im in images)
+
+    stamp = (folder / "labels.jsonl").stat().st_mtime_ns
+    sized_image_folder(args)  # drawn once: a second run reads the same folder
+    assert (folder / "labels.jsonl").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("extra", [["--images", "samples", "--image-size", "256"],
+                                   ["--images", "generated", "--image-size", "big"],
+                                   ["--images", "generated", "--image-size", "8x8"]])
+def test_a_bad_image_size_is_a_usage_error(extra, tmp_path, capsys) -> None:
+    assert main([*extra, "--data-dir", str(tmp_path)]) == 2
+    assert "--image-size" in capsys.readouterr().err
