@@ -46,8 +46,8 @@ _METRIC_LOCK = threading.Lock()
 _METRIC_FAMILIES: dict[str, object] = {}
 
 
-def _bool_input(request, name: str) -> bool | None:
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
+def _bool_input(inputs: dict, name: str) -> bool | None:
+    tensor = inputs.get(name)
     return None if tensor is None else bool(tensor.as_numpy().reshape(-1)[0])
 
 
@@ -134,7 +134,8 @@ class TritonPythonModel:
         self._trace_path = os.environ.get("QWEN_TRITON_TRACE") or None
         malloc = _tune_malloc()
         self.logger.log_info(f"[qwen] version {self.version} malloc tuning: {json.dumps(malloc)}")
-        self._requests: queue.Queue = queue.Queue()
+        # A blocking hand-off to the worker (a C lock, no polling); execute() returns at once.
+        self._requests: queue.SimpleQueue = queue.SimpleQueue()
         self._worker = threading.Thread(target=self._work, name=f"qwen-v{self.version}", daemon=True)
         self._worker.start()
 
@@ -221,24 +222,28 @@ class TritonPythonModel:
             self.logger.log_warn(f"[qwen] could not send the error response ({exc}): {message}")
 
     def _handle(self, request, sender, trace: dict) -> None:
-        text_tensor = pb_utils.get_input_tensor_by_name(request, "text_input")
-        if text_tensor is None or text_tensor.as_numpy().size == 0:
+        # request.inputs() builds every input's Python object on each call (and
+        # pb_utils.get_input_tensor_by_name calls it once per name): read them once.
+        inputs = {tensor.name(): tensor for tensor in request.inputs()}
+        text_tensor = inputs.get("text_input")
+        texts = text_tensor.as_numpy().reshape(-1) if text_tensor is not None else ()
+        if len(texts) == 0:
             raise EngineError("the input 'text_input' (the prompt) is required")
-        prompt = text_tensor.as_numpy().reshape(-1)[0]
+        prompt = texts[0]
         prompt = prompt.decode("utf-8") if isinstance(prompt, bytes) else str(prompt)
-        image_tensor = pb_utils.get_input_tensor_by_name(request, "image")
+        image_tensor = inputs.get("image")
         t_images = time.perf_counter_ns()
         images = [decode_image(b) for b in image_tensor.as_numpy().reshape(-1)] if image_tensor is not None else []
         trace["image_decode_ns"] = time.perf_counter_ns() - t_images
-        stream = bool(_bool_input(request, "stream"))
-        exclude = _bool_input(request, "exclude_input_in_output")
+        stream = bool(_bool_input(inputs, "stream"))
+        exclude = _bool_input(inputs, "exclude_input_in_output")
         prepend_input = (not exclude) if exclude is not None else not stream
         if prepend_input and stream:
             raise EngineError("When streaming, `exclude_input_in_output` = False is not allowed.")
-        params_tensor = pb_utils.get_input_tensor_by_name(request, "sampling_parameters")
+        params_tensor = inputs.get("sampling_parameters")
         raw_params = params_tensor.as_numpy().reshape(-1)[0] if params_tensor is not None else request.parameters()
         params = SamplingParams.from_json(raw_params)
-        flags = {name: bool(_bool_input(request, name)) for name in RETURN_FLAGS}
+        flags = {name: bool(_bool_input(inputs, name)) for name in RETURN_FLAGS}
         want_cum = flags["return_cumulative_logprob"]
         trace["inputs"] = time.perf_counter_ns()
         trace["cancel_checks"] = 0
