@@ -791,7 +791,7 @@ class TritonClient:
     def _http_detect(self, body: dict[str, Any], version: str, stream: bool, request_id: str) -> Completion:
         endpoint = "generate_stream" if stream else "generate"
         url = f"{self.http_base}/v2/models/{self.model}/versions/{version}/{endpoint}"
-        data = json.dumps(body).encode("utf-8")
+        data = _json_body(body)
         session = self._http_session()
         collector = _Collector()
         context = dict(url=self.url, model=self.model, version=version, missing=self._missing_inputs(body))
@@ -954,6 +954,26 @@ class TritonClient:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _json_body(body: dict[str, Any]) -> bytes:
+    """``json.dumps(body)`` as UTF-8, with base64 images spliced in verbatim instead of escaped.
+
+    A label image is ~200 kB of base64, which never needs escaping; ``json.dumps`` still scans it
+    character by character (0.5 to 0.8 ms per request on the project's CPU machines, a third of the
+    HTTP overhead budget). An image string holding anything JSON must escape is encoded normally.
+    """
+    images = body.get("image")
+    if not (isinstance(images, list) and images and all(isinstance(i, str) and _json_safe(i) for i in images)):
+        return json.dumps(body).encode("utf-8")
+    rest = json.dumps({k: v for k, v in body.items() if k != "image"})
+    return (rest[:-1] + (", " if len(rest) > 2 else "") + '"image": ["' + '", "'.join(images) + '"]}').encode("ascii")
+
+
+def _json_safe(text: str) -> bool:
+    """True if ``text`` can stand in a JSON string as it is: ASCII, no quote, backslash or control character."""
+    return (text.isascii() and '"' not in text and "\\" not in text
+            and (not text or int(np.frombuffer(text.encode("ascii"), np.uint8).min()) >= 0x20))
 
 
 def _grpc_bytes(result, name: str) -> bytes | None:
