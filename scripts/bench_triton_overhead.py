@@ -7,8 +7,8 @@ weight bytes as the server reports them.
 Both sides do the same work on the same checkpoint and CPU: the label image as the dashboard sends it
 (JPEG via ``services.images``, base64), the default prompt, ``max_tokens`` 1 at temperature 0, one
 token. In-process: base64-decode and open the image (``decode_image``), parse the same
-``sampling_parameters`` JSON, ``Engine.generate`` with the cumulative log-probability on, because the
-client's request asks the server for it. Through Triton: the whole ``TritonClient.detect`` call, timed
+``sampling_parameters`` JSON as the client sends, ``Engine.generate`` with the cumulative
+log-probability only if the client's request asks the server for it. Through Triton: the whole ``TritonClient.detect`` call, timed
 around it (building and serializing the body included), over HTTP ``generate`` and over the gRPC stream.
 
 Calls are interleaved in rounds (engine, HTTP, gRPC, with the order rotated every round), so drift hits
@@ -162,7 +162,6 @@ def main(argv: list[str] | None = None) -> int:
     image_jpeg = label_image()
     image_b64 = base64.b64encode(image_jpeg).decode()
     prompt = build_prompt()
-    params_json = json.dumps(PARAMS)
     load_before = load_average()
 
     server = start_embedded_triton(checkpoint, workdir=workdir / "server",
@@ -175,11 +174,16 @@ def main(argv: list[str] | None = None) -> int:
         http = TritonClient(server.http_url, protocol="http")
         grpc = TritonClient(server.grpc_url, protocol="grpc")
         clients = {"http": http, "grpc": grpc}
+        # The in-process call does what the server's model does with the client's request: the same
+        # sampling_parameters JSON, and the cumulative log-probability only if the request asks for it.
+        body = http.request_body(image_b64, prompt, **PARAMS)
+        params_json = body["sampling_parameters"]
+        with_logprobs = bool(body.get("return_cumulative_logprob"))
 
         def in_process() -> dict:
             t0 = time.perf_counter_ns()
             result = engine.generate(prompt, [decode_image(image_b64)], SamplingParams.from_json(params_json),
-                                     with_logprobs=True)
+                                     with_logprobs=with_logprobs)
             t1 = time.perf_counter_ns()
             assert result.num_output_tokens == 1
             return {"t0": t0, "t1": t1}
