@@ -3,7 +3,7 @@ requests, at concurrency 1 and 32, side by side in one run against the local Tri
 CPU at 10 samples per second.
 
     .venv/bin/python scripts/bench_harness_overhead.py [--requests 32] [--concurrency 1 32] [--rounds 5]
-                                                       [--protocol grpc] [--checkpoint DIR]
+                                                       [--protocol grpc] [--checkpoint DIR] [--sampler-only]
 
 The server: the embedded Triton (``services.embedded_triton``) on free ports, serving the tiny
 random-weight checkpoint by default (``--checkpoint`` for another), both versions.
@@ -21,10 +21,10 @@ The harness: ``services.benchmark.run_benchmark`` with warm-up 0 and closed loop
 run does (a thread pool, TritonClient's pooled gRPC streams, box parsing and IoU, a committed SQLite
 row per request, progress bookkeeping, the memory samples written).
 
-The bare loop (gRPC): ``concurrency`` threads, each with its own ``tritonclient.grpc.InferenceServerClient``
-and its own stream (``start_stream`` with a callback putting responses on a queue), its inputs built
-before timing; each thread takes the next request from the shared plan (a lock around an iterator),
-calls ``async_stream_infer(model, inputs, model_version, request_id, enable_empty_final_response=True)``
+The bare loop (gRPC): ``concurrency`` threads (``closed_loop``, shared with the HTTP loop), each with its
+own ``tritonclient.grpc.InferenceServerClient`` and its own stream (``start_stream`` with a callback putting
+responses on a queue), its inputs built before timing; each thread takes the next request from the shared
+plan (a lock around an iterator), calls ``async_stream_infer(model, inputs, model_version, request_id, enable_empty_final_response=True)``
 and waits on its queue for the response flagged ``triton_final_response``; nothing is parsed or stored.
 (HTTP: each thread its own ``requests.Session`` posting the JSON body to ``.../generate_stream``, reading
 the events to the end.) The shared sampler is stopped while the bare loop runs.
@@ -38,8 +38,12 @@ load average after each pair (this machine's cores are shared: a load well above
 makes the CPU-bound server, and so both loops, several times slower and the ratios noisy).
 
 The sampler: a fresh ``gpu_sampler.Sampler`` at 10 samples/s on the server's metrics URL and pid, for
-``--sampler-seconds`` (20) while the server is idle; ``Sampler.cpu_fraction()`` is the sampling thread's
-CPU time per wall second. Target: < 2% of one core.
+``--sampler-seconds`` (20) while the server is idle, as the dashboard runs it (NVML and the serving
+processes' host memory at every tick, the metrics page every ``metrics_interval_s``, 0.5 s by default);
+then, for comparison, the same with the metrics page read at every tick. ``Sampler.cpu_fraction()`` is
+the sampling thread's CPU time (``thread_time``) per wall second; where NVML is absent (no GPU), that
+source costs only its failed retry once a second. Target: < 2% of one core. ``--sampler-only``
+skips the harness comparison.
 """
 
 from __future__ import annotations
@@ -56,10 +60,56 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 MODEL = "qwen"
+
+
+Sender = Callable[[int, Any], bool]
+
+
+def closed_loop(plan: list, concurrency: int, open_sender: Callable[[], tuple[Sender, Callable[[], None]]]
+                ) -> list[tuple[int, int, bool]]:
+    """The bare loops' timing: ``concurrency`` threads, each opening its own sender before the start
+    (``open_sender() -> (send, close)``; ``send(i, item) -> ok`` sends request ``i`` of the plan and
+    returns once its last response is in), all released together; each thread takes the next request
+    from the shared plan (a lock around an iterator) and stamps it with ``perf_counter_ns`` just
+    before ``send`` and just after it returns. Returns (send_ns, recv_ns, ok) per request."""
+    pending = iter(range(len(plan)))
+    take = threading.Lock()
+    results: list[tuple[int, int, bool]] = []
+    ready = threading.Barrier(concurrency + 1)
+    go = threading.Event()
+
+    def worker() -> None:
+        send, close = open_sender()
+        ready.wait()
+        go.wait()
+        mine = []
+        try:
+            while True:
+                with take:
+                    i = next(pending, None)
+                if i is None:
+                    break
+                t0 = time.perf_counter_ns()
+                ok = send(i, plan[i])
+                mine.append((t0, time.perf_counter_ns(), ok))
+        finally:
+            close()
+            with take:
+                results.extend(mine)
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    ready.wait()
+    go.set()
+    for t in threads:
+        t.join()
+    return results
 
 
 def bare_grpc(url: str, bodies: list[dict], plan: list, concurrency: int) -> list[tuple[int, int, bool]]:
@@ -80,100 +130,52 @@ def bare_grpc(url: str, bodies: list[dict], plan: list, concurrency: int) -> lis
             out.append(t)
         return out
 
-    pending = iter(range(len(plan)))
-    take = threading.Lock()
-    results: list[tuple[int, int, bool]] = []
-    ready = threading.Barrier(concurrency + 1)
-    go = threading.Event()
-
-    def worker() -> None:
+    def open_sender() -> tuple[Sender, Callable[[], None]]:
         client = grpcclient.InferenceServerClient(url)
         responses: queue.SimpleQueue = queue.SimpleQueue()
         client.start_stream(callback=lambda result, error: responses.put((result, error)))
         inputs = [inputs_of(b) for b in bodies]
-        ready.wait()
-        go.wait()
-        mine = []
-        try:
+
+        def send(i: int, item: Any) -> bool:
+            client.async_stream_infer(MODEL, inputs[item.image_index], model_version=item.version,
+                                      request_id=str(i), enable_empty_final_response=True)
             while True:
-                with take:
-                    i = next(pending, None)
-                if i is None:
-                    break
-                item = plan[i]
-                t0 = time.perf_counter_ns()
-                client.async_stream_infer(MODEL, inputs[item.image_index], model_version=item.version,
-                                          request_id=str(i), enable_empty_final_response=True)
-                ok = True
-                while True:
-                    result, error = responses.get()
-                    if error is not None:
-                        ok = False
-                        break
-                    params = result.get_response().parameters
-                    if "triton_final_response" in params and params["triton_final_response"].bool_param:
-                        break
-                mine.append((t0, time.perf_counter_ns(), ok))
-        finally:
+                result, error = responses.get()
+                if error is not None:
+                    return False
+                params = result.get_response().parameters
+                if "triton_final_response" in params and params["triton_final_response"].bool_param:
+                    return True
+
+        def close() -> None:
             client.stop_stream()
             client.close()
-            with take:
-                results.extend(mine)
 
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
-    for t in threads:
-        t.start()
-    ready.wait()
-    go.set()
-    for t in threads:
-        t.join()
-    return results
+        return send, close
+
+    return closed_loop(plan, concurrency, open_sender)
 
 
 def bare_http(url: str, bodies: list[dict], plan: list, concurrency: int, stream: bool) -> list[tuple[int, int, bool]]:
     """The bare HTTP loop: one requests.Session per thread, the generate(_stream) endpoint."""
     import requests
 
-    pending = iter(range(len(plan)))
-    take = threading.Lock()
-    results: list[tuple[int, int, bool]] = []
-    ready = threading.Barrier(concurrency + 1)
-    go = threading.Event()
     endpoint = "generate_stream" if stream else "generate"
     payloads = [json.dumps(b).encode() for b in bodies]
 
-    def worker() -> None:
+    def open_sender() -> tuple[Sender, Callable[[], None]]:
         session = requests.Session()
-        ready.wait()
-        go.wait()
-        mine = []
-        try:
-            while True:
-                with take:
-                    i = next(pending, None)
-                if i is None:
-                    break
-                item = plan[i]
-                t0 = time.perf_counter_ns()
-                with session.post(f"http://{url}/v2/models/{MODEL}/versions/{item.version}/{endpoint}",
-                                  data=payloads[item.image_index], headers={"Content-Type": "application/json"},
-                                  stream=True, timeout=120) as r:
-                    body = b"".join(r.iter_content(chunk_size=None))
-                    ok = r.status_code == 200 and b'"error"' not in body
-                mine.append((t0, time.perf_counter_ns(), ok))
-        finally:
-            session.close()
-            with take:
-                results.extend(mine)
 
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
-    for t in threads:
-        t.start()
-    ready.wait()
-    go.set()
-    for t in threads:
-        t.join()
-    return results
+        def send(i: int, item: Any) -> bool:
+            with session.post(f"http://{url}/v2/models/{MODEL}/versions/{item.version}/{endpoint}",
+                              data=payloads[item.image_index], headers={"Content-Type": "application/json"},
+                              stream=True, timeout=120) as r:
+                body = b"".join(r.iter_content(chunk_size=None))
+                return r.status_code == 200 and b'"error"' not in body
+
+        return send, session.close
+
+    return closed_loop(plan, concurrency, open_sender)
 
 
 def throughput(spans: list[tuple[int, int, bool]]) -> float:
@@ -181,8 +183,33 @@ def throughput(spans: list[tuple[int, int, bool]]) -> float:
     return sum(1 for *_, ok in spans if ok) / window
 
 
+def with_cpu(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """``fn()`` and this process's CPU seconds (every thread) while it ran."""
+    cpu0 = time.process_time()
+    out = fn()
+    return out, time.process_time() - cpu0
+
+
+def measure_sampler(metrics_url: str, pid: int, seconds: float, metrics_interval_s: float | None) -> dict:
+    """A fresh 10/s ``Sampler`` on the server for ``seconds``: its thread's CPU per wall second, the
+    samples taken, the metrics readings among them, the failing sources, the load average after."""
+    from services.gpu_sampler import Sampler
+
+    extra = {} if metrics_interval_s is None else {"metrics_interval_s": metrics_interval_s}
+    sampler = Sampler(rate_hz=10.0, metrics_url=metrics_url, root_pid=pid, thread_name="overhead-sampler", **extra)
+    sampler.start()
+    time.sleep(seconds)
+    fraction = sampler.cpu_fraction()
+    samples = sampler.samples()
+    errors = sampler.errors()
+    sampler.stop()
+    return {"fraction": fraction, "samples": len(samples), "interval": sampler.metrics_interval_s,
+            "reads": sum(1 for x in samples if x.metrics and x.metrics_fresh), "errors": errors,
+            "load": os.getloadavg()[0]}
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "),
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--requests", type=int, default=32, help="requests per version per run")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
@@ -192,7 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--images", type=int, default=8, help="generated images (seed 0)")
     parser.add_argument("--max-side", type=int, default=320)
-    parser.add_argument("--sampler-seconds", type=float, default=20.0)
+    parser.add_argument("--sampler-seconds", type=float, default=20.0,
+                        help="seconds of each sampler measurement (two: the default metrics interval, then every tick)")
+    parser.add_argument("--sampler-only", action="store_true",
+                        help="measure the sampler only, not the harness against the bare loop")
     parser.add_argument("--checkpoint", help="default: the tiny random-weight checkpoint")
     args = parser.parse_args(argv)
 
@@ -200,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     from services.benchmark import BenchmarkConfig, ImageSetSpec, load_image_set, request_plan, run_benchmark
     from services.checkpoint_builder import ensure_tiny_checkpoint
     from services.embedded_triton import start_embedded_triton
-    from services.gpu_sampler import Sampler, stop_shared_sampler
+    from services.gpu_sampler import stop_shared_sampler
     from services.run_store import RunStore
     from services.server_target import ServerTarget
     from services.triton_client import TritonClient
@@ -240,10 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         print()
 
         def run_bare(c: int) -> tuple[float, float]:
-            cpu0 = time.process_time()
-            spans = (bare_grpc(url, bodies, plan, c) if args.protocol == "grpc"
-                     else bare_http(url, bodies, plan, c, stream))
-            cpu = time.process_time() - cpu0
+            spans, cpu = with_cpu(lambda: bare_grpc(url, bodies, plan, c) if args.protocol == "grpc"
+                                  else bare_http(url, bodies, plan, c, stream))
             failed = sum(1 for *_, ok in spans if not ok)
             if failed:
                 print(f"  (bare loop: {failed} failed requests)")
@@ -253,9 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = BenchmarkConfig(versions=tuple(args.versions), image_set=spec, requests=args.requests, warmup=0,
                                   load="closed", concurrency=c, max_tokens=args.max_tokens, temperature=0.0,
                                   stream=stream, protocol=args.protocol, extra_sampling=dict(extra))
-            cpu0 = time.process_time()
-            outcome = run_benchmark(cfg, store=store, target=target)
-            cpu = time.process_time() - cpu0
+            outcome, cpu = with_cpu(lambda: run_benchmark(cfg, store=store, target=target))
             stop_shared_sampler()  # not left running under the bare loop
             if outcome.status != "completed":
                 raise SystemExit(f"harness run {outcome.run_id} {outcome.status}: {outcome.reason}")
@@ -265,12 +291,13 @@ def main(argv: list[str] | None = None) -> int:
             records = store.get_requests(outcome.run_id)
             return request_throughput(records), cpu / len(records) * 1e3
 
-        header = f"{'concurrency':>11}  {'round':>5}  {'bare req/s':>10}  {'harness req/s':>13}  {'ratio':>6}  " \
+        header = "" if args.sampler_only else f"{'concurrency':>11}  {'round':>5}  {'bare req/s':>10}  {'harness req/s':>13}  {'ratio':>6}  " \
                  f"{'bare CPU ms/req':>15}  {'harness CPU ms/req':>18}  {'load avg':>8}"
-        print(header)
-        print("-" * len(header))
+        if header:
+            print(header)
+            print("-" * len(header))
         verdicts = []
-        for c in args.concurrency:
+        for c in ([] if args.sampler_only else args.concurrency):
             ratios, bares, harnesses = [], [], []
             for r in range(args.rounds):
                 order = ("bare", "harness") if r % 2 == 0 else ("harness", "bare")
@@ -289,21 +316,20 @@ def main(argv: list[str] | None = None) -> int:
                             f"{min(ratios):.2f}..{max(ratios):.2f}; median throughputs: bare "
                             f"{statistics.median(bares):.2f}, harness {statistics.median(harnesses):.2f} req/s "
                             f"(ratio {statistics.median(harnesses) / statistics.median(bares):.3f})")
-        print()
-        print("\n".join(verdicts))
-
-        sampler = Sampler(rate_hz=10.0, metrics_url=server.metrics_url, root_pid=server.pid,
-                          thread_name="overhead-sampler")
-        sampler.start()
-        time.sleep(args.sampler_seconds)
-        fraction = sampler.cpu_fraction()
-        n = len(sampler.samples())
-        errors = sampler.errors()
-        sampler.stop()
-        print(f"sampler: {n} samples in {args.sampler_seconds:g} s ({n / args.sampler_seconds:.1f}/s; sources: "
-              f"NVML, metrics {server.metrics_url}, host memory of pid {server.pid} and its children), "
-              f"CPU {fraction * 100:.2f}% of one core ({'meets' if fraction < 0.02 else 'misses'} the target < 2%)"
-              + (f"; failing sources: {errors}" if errors else ""))
+        if verdicts:
+            print()
+            print("\n".join(verdicts))
+            print()
+        print(f"sampler at 10 samples/s, {args.sampler_seconds:g} s each, server idle; sources: NVML and the host memory "
+              f"of pid {server.pid} and its children at every tick, metrics {server.metrics_url} every metrics_interval_s")
+        for interval in (None, 0.0):  # the default interval, then (for comparison) a read at every tick
+            m = measure_sampler(server.metrics_url, server.pid, args.sampler_seconds, interval)
+            how = (f"metrics every {m['interval']:g} s (the default)" if interval is None
+                   else "metrics at every tick (metrics_interval_s=0, for comparison)")
+            verdict = f" ({'meets' if m['fraction'] < 0.02 else 'misses'} the target < 2%)" if interval is None else ""
+            print(f"  {how}: {m['samples']} samples, {m['reads']} metrics readings: "
+                  f"CPU {m['fraction'] * 100:.2f}% of one core{verdict}; load average {m['load']:.2f}"
+                  + (f"; failing sources: {m['errors']}" if m["errors"] else ""), flush=True)
         store.close()
     finally:
         server.stop()
