@@ -59,3 +59,31 @@ def label_image_bytes() -> bytes:
     buf = io.BytesIO()
     img.save(buf, "PNG")
     return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- GPU tests
+
+
+def _gpu_unavailable_reason() -> str | None:
+    """Why tests marked ``gpu`` cannot run here (None when torch sees a CUDA device)."""
+    try:
+        import torch  # imported only when a collected test needs a GPU
+    except ImportError as exc:
+        return f"needs an NVIDIA GPU: torch does not import here ({exc})"
+    if not torch.cuda.is_available():
+        return ("needs an NVIDIA GPU: torch.cuda.is_available() is False on this machine "
+                "(these tests run on the GPU machine: `bash scripts/gpu_run.sh tests`)")
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip the tests marked ``gpu`` where there is no CUDA device, saying so."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu_items:
+        return
+    reason = _gpu_unavailable_reason()
+    if reason is None:
+        return
+    skip = pytest.mark.skip(reason=reason)
+    for item in gpu_items:
+        item.add_marker(skip)
