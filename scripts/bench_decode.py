@@ -12,8 +12,9 @@ For each precision (one engine at a time on the GPU), on generated 1024x1024 lab
   TPOT = decode time / (tokens - 1) over ``--tokens`` forced tokens (``ignore_eos``), per image,
   and the median; its ratio to the floor (target: bf16 within 1.5x);
 * the **plain path** (transformers ``generate()``): TPOT over ``--plain-tokens`` forced tokens;
-* **equality**: greedy tokens of both paths on the same image (no forced length): equal or the
-  index of the first difference (random weights make near-ties; a trained checkpoint must match).
+* **equality**: greedy tokens of both paths on the same image (no forced length): equal, or the
+  index of the first difference with the plain path's top-2 margin there and whether it is a
+  rounding-level near tie (``services.graph_decode.greedy_agreement``; random weights make many).
 
 Prints a table and, with ``--json``, writes every figure. Needs CUDA, transformers and torchao.
 """
@@ -102,17 +103,11 @@ def profile_steps(engine, prompt: str, image, steps: int = 5) -> dict:
             "top": rows[:25]}
 
 
-def first_difference(a: list[int], b: list[int]) -> int | None:
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return i
-    return None if len(a) == len(b) else min(len(a), len(b))
-
-
 def bench_precision(args, precision: str, images: list, bandwidth: float) -> dict:
     import torch
 
     from services.engine import Engine, SamplingParams
+    from services.graph_decode import greedy_agreement
     from services.prompt import build_prompt
 
     torch.cuda.reset_peak_memory_stats()
@@ -129,7 +124,7 @@ def bench_precision(args, precision: str, images: list, bandwidth: float) -> dic
     fast, plain, equal = [], [], []
     forced = SamplingParams(max_tokens=args.tokens, temperature=0, ignore_eos=True)
     forced_plain = SamplingParams(max_tokens=args.plain_tokens, temperature=0, ignore_eos=True)
-    greedy = SamplingParams(max_tokens=args.equality_tokens, temperature=0)
+    greedy = SamplingParams(max_tokens=args.equality_tokens, temperature=0, logprobs=2)
     engine.generate(prompt, [images[0]], SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))  # warm-up
     for i, image in enumerate(images):
         r = engine.generate(prompt, [image], forced, fast=True)
@@ -147,8 +142,7 @@ def bench_precision(args, precision: str, images: list, bandwidth: float) -> dic
             a = engine.generate(prompt, [image], greedy, fast=False)
             b = engine.generate(prompt, [image], greedy, fast=True)
             equal.append({"image": i, "plain_tokens": len(a.token_ids), "fast_tokens": len(b.token_ids),
-                          "equal": a.token_ids == b.token_ids,
-                          "first_difference": first_difference(a.token_ids, b.token_ids)})
+                          **greedy_agreement(a, b)})
     profile = profile_steps(engine, prompt, images[0]) if args.profile else None
     tpot_fast = statistics.median(x["tpot_s"] for x in fast)
     # plain TPOT: (generate time - the fast path's prefill of the same image) / (tokens - 1)
@@ -224,7 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         r = bench_precision(args, precision, images, bandwidth)
         results.append(r)
         plain = f"{r['tpot_plain_s'] * 1e3:.1f}" if r["tpot_plain_s"] else "-"
-        eq = ", ".join("equal" if e["equal"] else f"differs at {e['first_difference']}" for e in r["greedy_equality"])
+        eq = ", ".join("equal" if e["equal"] else
+                       f"differs at {e['first_difference']} (margin {e['margin']:.3f} nats, near tie: {e['near_tie']})"
+                       if e["margin"] is not None else f"differs at {e['first_difference']}"
+                       for e in r["greedy_equality"])
         print(f"{precision}: mode {r['decode']['decode_mode']} (compiled: {r['decode'].get('compiled')}, "
               f"{r['decode'].get('compile_seconds')} s; error: {r['decode'].get('compile_error')}), weights read/step "
               f"{r['step_weight_bytes']['total'] / 1e9:.2f} GB, floor {r['floor_s'] * 1e3:.2f} ms, "

@@ -1,5 +1,8 @@
 """The fast decode path as the GPU runs it: compiled, captured in a CUDA graph, replayed per token.
 
+Its greedy tokens must equal transformers generate()'s, except after a rounding-level tie of the
+reference's top two candidates (services.graph_decode.greedy_agreement).
+
 Run on the GPU machine (``pytest -m gpu``); skipped elsewhere. The CPU-side checks of the same
 step (logits against the full forward pass, sampling, cancellation) are in test_graph_decode.py.
 """
@@ -32,6 +35,7 @@ def test_graph_replay_gives_the_plain_path_tokens(setup, precision):
     import torch
 
     from services.engine import Engine, SamplingParams
+    from services.graph_decode import greedy_agreement
 
     prompt, images = setup
     engine = Engine(DEMO, precision, device="cuda")
@@ -41,12 +45,17 @@ def test_graph_replay_gives_the_plain_path_tokens(setup, precision):
     assert report["compiled"] is True, report["compile_error"]
     if precision == "fp8":
         assert engine.quantization.mode == "fp8_dynamic_activation_weight"
+    outcomes = []
     for image in images:
-        params = SamplingParams(max_tokens=48, temperature=0)
+        params = SamplingParams(max_tokens=48, temperature=0, logprobs=2)
         plain = engine.generate(prompt, [image], params, fast=False)
         fast = engine.generate(prompt, [image], params, fast=True)
-        assert fast.token_ids == plain.token_ids, (precision, fast.text, plain.text)
+        agreement = greedy_agreement(plain, fast)
+        print(precision, agreement, repr(plain.text), repr(fast.text))
+        assert agreement["equal"] or agreement["near_tie"], (agreement, fast.text, plain.text)
         assert fast.text.startswith("nutrition-table(")
+        outcomes.append(agreement["equal"])
+    assert sum(outcomes) >= 2
     forced = engine.generate(prompt, [images[0]], SamplingParams(max_tokens=64, temperature=0, ignore_eos=True))
     assert forced.num_output_tokens == 64 and forced.finish_reason == "length"
     # Replays must not allocate: the graph's memory pool was set aside at capture.
