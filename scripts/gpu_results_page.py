@@ -249,7 +249,9 @@ def section_headline(comparison: Mapping[str, Any] | None, run: Mapping[str, Any
     lines = ["## Headline figures: bf16 (version 1) against fp8 (version 2)", ""]
     if not comparison:
         status = get(headline, "run")
-        return lines + [f"No comparison report in the results (run: {status}).", ""]
+        error = get(headline, "error")
+        return lines + [f"No comparison report in the results (run: {status}"
+                        + (f"; {error}" if error else "") + ").", ""]
     cfg = get(comparison, "runs", 0, "config") or get(run, "config") or {}
     img = cfg.get("image_set") or {}
     sides = [("a", get(comparison, "a", "label", default="A")), ("b", get(comparison, "b", "label", default="B"))]

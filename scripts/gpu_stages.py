@@ -294,8 +294,14 @@ def cmd_smoke(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"checkpoint": args.checkpoint, "device": args.device, "requests": [], "problems": []}
     t0 = time.perf_counter()
-    server = start_embedded_triton(args.checkpoint, device=args.device, ready_timeout=args.ready_timeout,
-                                   ports={"http": None, "grpc": None, "metrics": None})
+    try:
+        server = start_embedded_triton(args.checkpoint, device=args.device, ready_timeout=args.ready_timeout,
+                                       ports={"http": None, "grpc": None, "metrics": None})
+    except Exception as exc:
+        result.update(ok=False, problems=[f"the server did not start: {type(exc).__name__}: {exc}"])
+        write_json(out / "smoke.json", result)
+        say(f"smoke: FAILED: {result['problems'][0]}")
+        return 1
     try:
         result["ready_s"] = round(time.perf_counter() - t0, 1)
         say(f"server ready in {result['ready_s']} s: http {server.http_url} grpc {server.grpc_url} "
@@ -392,7 +398,14 @@ def cmd_headline(args: argparse.Namespace) -> int:
     say(f"starting the embedded Triton on {args.checkpoint} ({args.device}), ready timeout {ready_timeout:.0f} s; "
         f"{left():.0f} s left before the deadline")
     t0 = time.perf_counter()
-    server = embedded_triton.shared_server(checkpoint=args.checkpoint, device=args.device, ready_timeout=ready_timeout)
+    try:
+        server = embedded_triton.shared_server(checkpoint=args.checkpoint, device=args.device,
+                                               ready_timeout=ready_timeout)
+    except Exception as exc:
+        status["error"] = f"the server did not start: {type(exc).__name__}: {exc}"
+        write_json(out / "headline.json", status)
+        say(f"headline: FAILED: {status['error']}")
+        return 1
     steps["server_ready_s"] = round(time.perf_counter() - t0, 1)
     say(f"ready in {steps['server_ready_s']} s: http {server.http_url} grpc {server.grpc_url} metrics {server.metrics_url}")
     status["reports"] = {v: server.engine_report(v) for v in ("1", "2")}
