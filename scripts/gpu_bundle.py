@@ -129,6 +129,7 @@ def wanted_versions() -> dict[str, str]:
 
 def tar_xz(src_dir: Path, dest: Path) -> None:
     """A reproducible tar.xz of the contents of ``src_dir`` (sorted names, no owners, fixed times)."""
+    os.chmod(src_dir, 0o755)  # the archive's "." entry: unpacking must not make the target folder private
     tmp = dest.with_suffix(".partial")
     with open(tmp, "wb") as out:
         tar = subprocess.Popen(["tar", "--sort=name", "--owner=0", "--group=0", "--numeric-owner", "--mtime=@0",
@@ -348,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
                                 {"nvidia-pytriton": versions["nvidia-pytriton"], "stub": STUB_PY, "v": 1}),
         "site312.tar.xz": (lambda d: build_site(d, versions, torchao_wheel),
                            {"packages": {n: versions[n] for n in SITE_PACKAGES}, "v": 1}),
-        "fonts.tar.xz": (build_fonts, {"fonts": list(FONTS), "v": 1}),
+        "fonts.tar.xz": (build_fonts, {"fonts": list(FONTS), "v": 2}),
     }
     manifest = {"made_by": "scripts/gpu_bundle.py", "made_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "parts": {}}

@@ -30,6 +30,14 @@
 
 _genv_log() { echo "[gpu_env] $*"; }
 _genv_fail() { echo "[gpu_env] ERROR: $*" >&2; return 1; }
+# unpack a .tar.xz with tar + xz, or with Python's tarfile where the xz program is missing
+_genv_untar() {
+    if command -v xz >/dev/null 2>&1; then
+        tar -xJf "$1" -C "$2"
+    else
+        "$3" -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="fully_trusted")' "$1" "$2"
+    fi
+}
 
 qwen_gpu_env() {
     local repo bundle root venv base stamp site torch_site libdir f t0 missing found extra_sites
@@ -80,15 +88,15 @@ qwen_gpu_env() {
         site=$("$venv/bin/python3" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') \
             || { _genv_fail "the new virtualenv's python does not run"; return 1; }
         _genv_log "unpacking the carried packages and the Triton server into $site"
-        tar -xJf "$bundle/site312.tar.xz" -C "$site" || { _genv_fail "unpacking site312.tar.xz failed"; return 1; }
-        tar -xJf "$bundle/tritonserver.tar.xz" -C "$site" || { _genv_fail "unpacking tritonserver.tar.xz failed"; return 1; }
+        _genv_untar "$bundle/site312.tar.xz" "$site" "$base" || { _genv_fail "unpacking site312.tar.xz failed"; return 1; }
+        _genv_untar "$bundle/tritonserver.tar.xz" "$site" "$base" || { _genv_fail "unpacking tritonserver.tar.xz failed"; return 1; }
         {
             echo "import site; site.addsitedir('$torch_site')"
             while IFS= read -r f; do
                 [ -n "$f" ] && [ "$f" != "$torch_site" ] && [ -d "$f" ] && echo "import site; site.addsitedir('$f')"
             done <<< "$extra_sites"
         } > "$site/zz_qwen_machine_site.pth"
-        mkdir -p "$root/fonts" && tar -xJf "$bundle/fonts.tar.xz" -C "$root/fonts" \
+        mkdir -p "$root/fonts" && _genv_untar "$bundle/fonts.tar.xz" "$root/fonts" "$base" \
             || { _genv_fail "unpacking fonts.tar.xz failed"; return 1; }
         echo "$stamp" > "$venv/.qwen-bundle"
     fi
