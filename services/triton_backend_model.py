@@ -94,6 +94,25 @@ def _tune_malloc() -> dict | None:
     return {"mmap_threshold": MMAP_THRESHOLD_BYTES, "trim_threshold": TRIM_THRESHOLD_BYTES} if ok else None
 
 
+TORCH_MEMORY_KINDS = ("allocated", "reserved", "max_allocated")
+
+
+def torch_memory(device: str) -> dict[str, int] | None:
+    """torch's CUDA allocator counters for the engine's device (bytes); None unless it is a CUDA device.
+
+    ``allocated``, ``reserved`` and ``max_allocated`` are ``torch.cuda.memory_allocated``,
+    ``memory_reserved`` and ``max_memory_allocated``: this process's own (each version is a process
+    of its own), read from the caching allocator without synchronizing the device.
+    """
+    import torch
+
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return None
+    return {"allocated": int(torch.cuda.memory_allocated(dev)), "reserved": int(torch.cuda.memory_reserved(dev)),
+            "max_allocated": int(torch.cuda.max_memory_allocated(dev))}
+
+
 def _metric_family(name: str, description: str):
     with _METRIC_LOCK:
         if name not in _METRIC_FAMILIES:
@@ -125,6 +144,8 @@ class TritonPythonModel:
         )
         report = self.engine.quantization.as_dict()
         report.update(checkpoint=str(self.engine.checkpoint), load_seconds=round(self.engine.load_seconds, 3))
+        # torch's CUDA counters once the engine is loaded (null on the CPU, where there are none).
+        report["torch_memory_after_load"] = torch_memory(self.engine.device)
         self.logger.log_info(f"[qwen] version {self.version} engine: {json.dumps(report)}")
         with open(os.path.join(self.version_dir, ENGINE_REPORT_FILE), "w") as f:
             json.dump(report, f, indent=2)
@@ -140,7 +161,8 @@ class TritonPythonModel:
         self._worker.start()
 
     def _publish_metrics(self, report: dict) -> None:
-        """Per-version gauges on Triton's metrics port: what this version's weights hold, as applied."""
+        """Per-version gauges on Triton's metrics port: what this version's weights hold, as applied,
+        and (CUDA only) torch's memory counters of its process: ``qwen_engine_torch_memory_bytes``."""
         labels = {"model": self.model_name, "version": self.version, "precision": report["precision"],
                   "mode": report["mode"]}
         weights = _metric_family("qwen_engine_weight_bytes", "Weight bytes of the served model version")
@@ -153,6 +175,34 @@ class TritonPythonModel:
         ]
         for metric, value in self._metrics:
             metric.set(float(value))
+        self._memory_gauges: dict[str, object] = {}
+        self._memory_published: dict[str, int] = {}
+        memory = report.get("torch_memory_after_load")
+        if memory is not None:  # CUDA only: on the CPU this family is not published at all
+            family = _metric_family("qwen_engine_torch_memory_bytes",
+                                    "torch.cuda memory counters of the model version's process: "
+                                    "kind = allocated, reserved or max_allocated")
+            self._memory_gauges = {kind: family.Metric(labels={"model": self.model_name, "version": self.version,
+                                                               "kind": kind})
+                                   for kind in TORCH_MEMORY_KINDS}
+            self._publish_memory(memory)
+
+    def _publish_memory(self, memory: dict[str, int] | None = None) -> None:
+        """Set the torch memory gauges (CUDA only) to ``memory`` or a fresh reading.
+
+        Called after load and after each request, once its last response is out; only the values
+        that changed are sent (each set is a message to the server process).
+        """
+        if not self._memory_gauges:
+            return
+        try:
+            memory = memory or torch_memory(self.engine.device)
+            for kind, metric in self._memory_gauges.items():
+                if self._memory_published.get(kind) != memory[kind]:
+                    metric.set(float(memory[kind]))
+                    self._memory_published[kind] = memory[kind]
+        except Exception as exc:  # a gauge must never take the version down
+            self.logger.log_warn(f"[qwen] could not publish the torch memory gauges: {exc}")
 
     # ------------------------------------------------------------------ requests
 
@@ -185,6 +235,7 @@ class TritonPythonModel:
                                  else f"Error generating stream: {exc}")
             trace["done"] = time.perf_counter_ns()
             trace["minor_faults"] = _minor_faults() - faults
+            self._publish_memory()
             self._write_trace(trace)
 
     def _write_trace(self, trace: dict) -> None:
