@@ -16,8 +16,10 @@ endpoint every ``metrics_interval_s`` (default 0.5 s, see below):
   ``qwen_*`` series. Proxies from the environment are bypassed (a metrics port is reached directly).
   Parsing the page is most of a tick's CPU, so it is read every ``metrics_interval_s`` (0 = every
   tick); the ticks in between carry the last reading forward in ``Sample.metrics`` with the time
-  it was read (``Sample.metrics_t_mono``), and add no rows of it to :func:`sample_rows`, so that
-  each reading is stored and charted once, at the time it was taken. A failed read carries nothing.
+  it was read (``Sample.metrics_t_mono``, ``metrics_t_wall``). :func:`sample_rows` gives its rows
+  only on the tick that read it (what the run store writes) and :func:`series_for_chart` charts
+  each reading once, at the time it was taken, even from a thinned list of samples that left that
+  tick out. A failed read carries nothing.
 - ``"host"``: the resident set size (psutil) of the serving processes: a configured root pid (the
   tritonserver pid) and its descendants, or the processes named in ``process_names`` and their
   descendants; attributed to model/version the same way. This gives a true live memory chart
@@ -112,10 +114,10 @@ class Sample:
 
     ``metrics`` maps a series key (``name{label="value",...}``, labels sorted, see
     :func:`series_key`) to its value: the newest reading of the metrics endpoint, taken at
-    ``metrics_t_mono`` (``time.perf_counter()`` seconds). That is ``t_mono`` on a tick that read
-    the endpoint and an earlier tick's time on the ticks between two reads (see
-    :attr:`metrics_fresh`); None when there are no metrics, or in a sample built by hand (whose
-    metrics then count as read at ``t_mono``).
+    ``metrics_t_mono`` (``time.perf_counter()`` seconds; ``metrics_t_wall``, ``time.time()``).
+    Those are ``t_mono``/``t_wall`` on a tick that read the endpoint and an earlier tick's times on
+    the ticks between two reads (see :attr:`metrics_fresh`); None when there are no metrics, or in
+    a sample built by hand (whose metrics then count as read at ``t_mono``).
     ``source_errors`` maps a failing source to its last error message, ``source_error_times`` to
     the wall time of that failure; a source in back-off keeps its error until it succeeds again.
     """
@@ -128,6 +130,7 @@ class Sample:
     source_errors: dict[str, str] = field(default_factory=dict)
     source_error_times: dict[str, float] = field(default_factory=dict)
     metrics_t_mono: float | None = None
+    metrics_t_wall: float | None = None
 
     @property
     def metrics_fresh(self) -> bool:
@@ -352,7 +355,7 @@ class Sampler:
         self._next_discovery = 0.0
         self._attribution: dict[tuple[int, float], tuple[str | None, str | None, str]] = {}
         # the last metrics reading and when it was attempted (under _tick_lock)
-        self._metrics_last: tuple[dict[str, float], float] | None = None
+        self._metrics_last: tuple[dict[str, float], float, float] | None = None
         self._metrics_attempt: float | None = None
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         self.rate_hz = rate_hz
@@ -607,6 +610,7 @@ class Sampler:
             procs: list[ProcessReading] = []
             metrics: dict[str, float] = {}
             metrics_t: float | None = None
+            metrics_wall: float | None = None
             with self._lock:
                 url, want_nvml, want_host = self.metrics_url, self.nvml, self.host_memory
                 interval, rate_hz = self.metrics_interval_s, self.rate_hz
@@ -625,14 +629,14 @@ class Sampler:
                 self._metrics_last = None
                 try:
                     metrics = self._read_metrics(url)
-                    metrics_t = now
-                    self._metrics_last = (metrics, now)
+                    metrics_t, metrics_wall = now, wall
+                    self._metrics_last = (metrics, now, wall)
                     self._ok(SOURCE_METRICS)
                 except Exception as exc:
                     with self._lock:
                         self._fail(SOURCE_METRICS, exc, now)
             elif url and self._metrics_last is not None:
-                metrics, metrics_t = self._metrics_last
+                metrics, metrics_t, metrics_wall = self._metrics_last
 
             if want_host and self._due(SOURCE_HOST, now):
                 try:
@@ -658,6 +662,7 @@ class Sampler:
                     source_errors=errors,
                     source_error_times=times,
                     metrics_t_mono=metrics_t,
+                    metrics_t_wall=metrics_wall,
                 )
                 self._ring.append(sample)
                 sinks = list(self._sinks)
@@ -811,10 +816,15 @@ class Sampler:
 # --------------------------------------------------------------------------- long format
 
 
-def sample_rows(sample: Sample) -> list[SampleRow]:
+def sample_rows(sample: Sample, carried: bool = False) -> list[SampleRow]:
     """A sample as memory rows (see :class:`SampleRow`): GPUs, processes, Triton's GPU memory
-    and ``qwen_*_bytes`` gauges. The metrics rows come only from the tick that read them
-    (:attr:`Sample.metrics_fresh`), not from the ticks that carry them forward."""
+    and ``qwen_*_bytes`` gauges.
+
+    The metrics rows come from the tick that read them (:attr:`Sample.metrics_fresh`): a tick that
+    carries an earlier reading gives none (so that a reading is stored once), unless ``carried``,
+    then they are stamped with the time of that reading (``metrics_t_mono``/``metrics_t_wall``),
+    never with the carrying tick's.
+    """
     tw, tm = sample.t_wall, sample.t_mono
     rows = [
         SampleRow(t_wall=tw, t_mono=tm, source="nvml", kind="device",
@@ -829,7 +839,10 @@ def sample_rows(sample: Sample) -> list[SampleRow]:
                       gpu=None if p.gpu is None else str(p.gpu), model=p.model,
                       version=p.version, pid=p.pid)
         )
-    if sample.metrics and sample.metrics_fresh:
+    if sample.metrics and (carried or sample.metrics_fresh):
+        if not sample.metrics_fresh:
+            tm = sample.metrics_t_mono  # type: ignore[assignment]
+            tw = sample.metrics_t_wall if sample.metrics_t_wall is not None else tw - (sample.t_mono - tm)
         util = {
             labels.get("gpu_uuid"): v for labels, v in sample.metric_series("nv_gpu_utilization")
         }
@@ -876,11 +889,22 @@ def series_for_chart(samples: Iterable[Sample | SampleRow]) -> pd.DataFrame:
 
     Columns: ``time`` (UTC datetime), ``t_mono``, ``source``, ``kind``, ``gpu``, ``model``,
     ``version``, ``label``, ``memory_bytes``. Processes of the same kind, GPU and model version (several
-    instances of one version) are summed. Accepts sampler samples or stored rows.
+    instances of one version) are summed. Accepts sampler samples or stored rows. Each metrics
+    reading among the samples is charted once, at the time it was read, whether the tick that read
+    it is in ``samples`` or only ticks that carry it (a thinned list).
     """
     acc: dict[tuple, int] = {}
+    readings: set[float] = set()
     for item in samples:
-        rows = sample_rows(item) if isinstance(item, Sample) else [item]
+        if isinstance(item, Sample):
+            read_at = item.t_mono if item.metrics_t_mono is None else item.metrics_t_mono
+            rows = sample_rows(item, carried=True)
+            if item.metrics:
+                if read_at in readings:
+                    rows = [r for r in rows if r.source != "triton"]
+                readings.add(read_at)
+        else:
+            rows = [item]
         for r in rows:
             if r.memory_bytes is None:
                 continue

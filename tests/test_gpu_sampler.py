@@ -14,6 +14,7 @@ import tracemalloc
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Iterator
 
+import pandas as pd
 import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -327,9 +328,19 @@ def test_metrics_endpoint_is_read_every_interval_and_carried_between(
         assert not s.metrics_fresh
         assert s.metric("qwen_weight_bytes", version="2") == 1e10  # latest() readers still see it
         assert [r for r in sample_rows(s) if r.source == "triton"] == []  # stored once, not 4 times
-    assert len([r for r in sample_rows(first) if r.source == "triton"]) == 4  # device + 3 qwen gauges
-    chart = series_for_chart([first, *between])
-    assert set(chart.loc[chart["source"] == "triton", "t_mono"]) == {first.t_mono}
+    first_rows = [r for r in sample_rows(first) if r.source == "triton"]
+    assert len(first_rows) == 4  # device + 3 qwen gauges
+    # asked for, a carried reading's rows carry the time it was read, not the carrying tick's
+    assert [r for r in sample_rows(between[-1], carried=True) if r.source == "triton"] == first_rows
+    # a chart shows each reading once, at its own time: from every tick, or from a thinned list
+    # that left out the tick that read it (the live chart thins long runs)
+    whole = series_for_chart([first, *between])
+    thinned = series_for_chart(between[1:])
+    for chart in (whole, thinned):
+        triton = chart[chart["source"] == "triton"]
+        assert len(triton) == 4 and set(triton["t_mono"]) == {first.t_mono}
+        assert sorted(triton["memory_bytes"]) == sorted(r.memory_bytes for r in first_rows)  # not summed
+        assert set(triton["time"]) == {pd.Timestamp(first.t_wall, unit="s", tz="UTC")}
     time.sleep(0.3)
     again = sampler.sample_once()
     assert metrics_server.hits == 2 and again.metrics_fresh and again.metrics_t_mono == again.t_mono
