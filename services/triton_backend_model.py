@@ -11,6 +11,16 @@ Errors come back as a final response with ``text_output`` "N/A" and the error, a
 
 Each version reads its engine arguments from its own ``model.json`` (``model``: the checkpoint
 folder, ``quantization``: absent or "fp8", ``max_model_len``), as the vLLM backend does.
+
+What each version reports: ``engine_report.json`` in its folder (what was applied at load, and
+``torch_memory_after_load``: torch's CUDA counters, null on the CPU) and gauges on Triton's metrics
+port: ``qwen_engine_weight_bytes{version,part,mode}``, ``qwen_engine_quantized_layers`` and, on CUDA
+only, ``qwen_engine_torch_memory_bytes{version,kind}`` (kind allocated, reserved, max_allocated;
+refreshed after each request). With ``QWEN_TRITON_TRACE`` set to a file, one JSON line of timestamps
+per request (``_write_trace``; ``scripts/bench_triton_overhead.py`` reads them).
+
+Requests are handed by ``execute()`` to one worker thread through a blocking queue (no polling) and
+served one at a time; the process keeps its freed heap between requests (``_tune_malloc``).
 """
 
 from __future__ import annotations
