@@ -17,6 +17,10 @@
 #      them, with site.addsitedir so that their own .pth files are honoured;
 #   5. LD_LIBRARY_PATH = python's sysconfig LIBDIR (its libpython3.12, which the stub links) then
 #      nvidia_pytriton.libs; the virtualenv's bin first on PATH (the stub finds python3 there);
+#   4b. the machine's packages that need numpy 2 (QWEN_GPU_HIDDEN_PACKAGES, default "scipy sklearn":
+#      scipy's import fails on numpy 1.26 with "module 'numpy' has no attribute 'long'") are hidden
+#      from imports by a .pth hook, so that transformers, which imports scikit-learn in its generation
+#      code whenever it is installed, sees them as absent (the project uses neither);
 #   6. QWEN_DATA_DIR, LABEL_FONT_DIR (the carried DejaVu fonts), HF_HUB_OFFLINE=1,
 #      TRANSFORMERS_OFFLINE=1, PYTHONUNBUFFERED=1, TOKENIZERS_PARALLELISM=false, PYTHONPATH=repo.
 #
@@ -37,6 +41,37 @@ _genv_untar() {
     else
         "$3" -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="fully_trusted")' "$1" "$2"
     fi
+}
+
+# Hide packages of the machine's site-packages from every import in the virtualenv (the Triton stubs
+# included): a .pth hook puts a PathFinder first on sys.meta_path that answers "not found" for them, so
+# importlib.util.find_spec (transformers' is_sklearn_available, is_scipy_available) returns None.
+# Written on every source, so that a reused virtualenv follows the current list.
+_genv_hide_packages() {
+    local site=$1 names=$2
+    cat > "$site/qwen_hide_packages.py" <<EOF
+"""Written by scripts/gpu_env.sh: the machine's packages that cannot run with the carried numpy 1.26
+are hidden from imports (find_spec answers None), so that optional imports skip them."""
+import importlib.machinery
+import sys
+
+HIDDEN = frozenset("$names".split())
+
+
+class HidingPathFinder(importlib.machinery.PathFinder):
+    @classmethod
+    def find_spec(cls, fullname, path=None, target=None):
+        if fullname.partition(".")[0] in HIDDEN:
+            return None
+        return super().find_spec(fullname, path, target)
+
+
+if HIDDEN:
+    sys.meta_path[:] = [HidingPathFinder if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
+EOF
+    echo "import qwen_hide_packages" > "$site/aa_qwen_hide_packages.pth"
+    [ -n "$names" ] && _genv_log "hidden from imports (they need numpy 2): $names"
+    return 0
 }
 
 qwen_gpu_env() {
@@ -101,6 +136,7 @@ qwen_gpu_env() {
         echo "$stamp" > "$venv/.qwen-bundle"
     fi
     site=$("$venv/bin/python3" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') || return 1
+    _genv_hide_packages "$site" "${QWEN_GPU_HIDDEN_PACKAGES-scipy sklearn}" || return 1
     libdir=$("$venv/bin/python3" -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR") or "")')
 
     export QWEN_GPU_ROOT=$root QWEN_GPU_SITE=$site PYTHON=$venv/bin/python3
@@ -138,6 +174,11 @@ qwen_gpu_env() {
     "$PYTHON" scripts/gpu_stages.py envinfo --json "$root/env.json" || { _genv_fail "a package the run needs does not import (see above)"; return 1; }
     "$PYTHON" -c 'import services.benchmark, services.comparison_report, services.triton_client, services.gpu_sampler, services.engine' \
         || { _genv_fail "the project's services do not import in this environment"; return 1; }
+    # transformers imports lazily: ask for what the engine uses, so that a broken optional dependency
+    # shows here with its real cause rather than as "Could not import module 'AutoTokenizer'" in a stub
+    "$PYTHON" -c 'import transformers.generation.utils, transformers.models.qwen2_vl.modeling_qwen2_vl
+from transformers import AutoTokenizer, AutoProcessor, GenerationMixin, Qwen2VLForConditionalGeneration' \
+        || { _genv_fail "transformers' model and tokenizer classes do not import in this environment"; return 1; }
     export QWEN_GPU_ENV_OK=1
     _genv_log "ready in $(( $(date +%s) - t0 )) s"
 }

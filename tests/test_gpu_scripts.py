@@ -121,3 +121,26 @@ def test_the_bundle_takes_its_pins_from_requirements() -> None:
     versions = gpu_bundle.wanted_versions()
     assert versions["numpy"] == "1.26.4" and versions["torchao"] == pins["torchao"]
     assert set(gpu_bundle.SITE_PACKAGES) <= set(versions)
+
+
+def test_the_env_hides_the_machines_numpy2_packages_from_imports(tmp_path: Path) -> None:
+    """gpu_env.sh's .pth hook: hidden packages are absent to find_spec and import; others still import."""
+    import subprocess
+
+    script = (ROOT / "scripts" / "gpu_env.sh").read_text()
+    start = script.index("_genv_hide_packages() {")
+    func = script[start:script.index("\n}\n", start) + 3]
+    site, machine = tmp_path / "site", tmp_path / "machine"
+    site.mkdir()
+    for name in ("hiddenpkg", "keptpkg"):
+        (machine / name).mkdir(parents=True)
+        (machine / name / "__init__.py").write_text("VALUE = 1\n")
+    out = subprocess.run(["bash", "-c", '_genv_log() { echo "$*"; }\n' + func + '\n_genv_hide_packages "$1" "$2"',
+                          "bash", str(site), "hiddenpkg sklearn"], capture_output=True, text=True, check=True)
+    assert "hiddenpkg sklearn" in out.stdout
+    assert (site / "aa_qwen_hide_packages.pth").read_text().startswith("import qwen_hide_packages")
+    probe = ("import importlib.util, site, sys; sys.path.append(sys.argv[2]); site.addsitedir(sys.argv[1]); "
+             "import keptpkg; assert importlib.util.find_spec('hiddenpkg') is None\n"
+             "try:\n    import hiddenpkg.sub\nexcept ModuleNotFoundError:\n    print('hidden')\n")
+    res = subprocess.run([sys.executable, "-c", probe, str(site), str(machine)], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.strip() == "hidden", res.stderr
