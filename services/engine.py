@@ -543,7 +543,23 @@ class Engine:
             logits = decoder.prefill(inputs)
             token = choose(logits, seq, eos_ids if min_needed > 0 else None)
             t_first = time.perf_counter()
-            while True:
+            pipelined = params.temperature == 0 and seq is None and not with_logprobs
+            if pipelined:  # greedy: the device feeds each choice back, one step queued ahead
+                stream = decoder.greedy_tokens(token, params.max_tokens - 1, eos_ids, min_needed)
+                try:
+                    while True:
+                        self._on_token(state, token, params, eos, text_of, on_step, with_logprobs)
+                        if state["finished"]:
+                            break
+                        if is_cancelled is not None and is_cancelled():
+                            state["cancelled"] = True
+                            break
+                        token = next(stream, None)
+                        if token is None:
+                            break
+                finally:
+                    stream.close()
+            while not pipelined:
                 if is_cancelled is not None and is_cancelled():
                     state["cancelled"] = True
                     break

@@ -119,6 +119,9 @@ class GraphDecoder:
             self.mask = torch.full((1, 1, 1, max_len), self.closed, dtype=self.dtype, device=self.device)
             self.input_ids = torch.zeros((1, 1), dtype=torch.long, device=self.device)
             self.rope_delta = torch.zeros(1, dtype=torch.long, device=self.device)
+            vocab = model.lm_head.weight.shape[0]
+            self.bias = torch.zeros((1, vocab), dtype=torch.float32, device=self.device)  # -inf: suppressed
+            self.greedy_token = torch.zeros((1, 1), dtype=torch.long, device=self.device)
         self.graph = None
         self.logits = None
         self.capture_seconds: float | None = None
@@ -181,6 +184,21 @@ class GraphDecoder:
         position.add_(1)
         return logits
 
+    def _full_step(self):
+        """The step, then its greedy choice (argmax of logits + bias) fed back as the next input.
+
+        Feeding the choice back on the device lets greedy decoding queue the next step before the
+        host has read this one's token (``greedy_tokens``); sampled decoding overwrites
+        ``input_ids`` from the host before each replay instead (``step``).
+        """
+        import torch
+
+        logits = self._body()
+        token = torch.argmax(logits + self.bias, dim=-1, keepdim=True)
+        self.greedy_token.copy_(token)
+        self.input_ids.copy_(token)
+        return logits
+
     def _capture(self) -> None:
         import torch
 
@@ -194,12 +212,12 @@ class GraphDecoder:
                 side.wait_stream(torch.cuda.current_stream(self.device))
                 with torch.cuda.stream(side):
                     for _ in range(3):  # warm-up: lazy inits, cuBLAS handles and workspaces
-                        self._body()
+                        self._full_step()
                 torch.cuda.current_stream(self.device).wait_stream(side)
                 self._reset(1)
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                    self.logits = self._body()
+                    self.logits = self._full_step()
                 torch.cuda.synchronize(self.device)
             self.graph = graph
             self.capture_seconds = time.perf_counter() - t0
@@ -273,7 +291,51 @@ class GraphDecoder:
         if self.graph is not None:
             self.graph.replay()
             return self.logits
-        return self._body()
+        return self._full_step()
+
+    def greedy_tokens(self, first: int, count: int, suppress: list[int] | None = None, suppress_below: int = 0):
+        """Yield the ``count`` greedy tokens that follow ``first``, keeping one step queued ahead.
+
+        The answer's token ``k`` (``first`` is token 0) has the ids in ``suppress`` excluded while
+        ``k < suppress_below`` (min_tokens, ignore_eos). On CUDA the next graph replay is queued
+        before this token is read back (through pinned memory and an event), so the GPU never
+        waits for the host. Closing the generator early leaves at most one step computed in vain.
+        """
+        import torch
+
+        self.bias.zero_()
+        if suppress and suppress_below > 1:
+            self.bias[0, suppress] = float("-inf")
+        self.input_ids.fill_(first)
+        if self.graph is None:
+            for j in range(count):
+                if j + 1 == suppress_below:
+                    self.bias.zero_()
+                self._full_step()
+                yield int(self.greedy_token)
+            return
+        host = torch.empty(count, dtype=torch.long, pin_memory=True)
+        events = []
+
+        def enqueue(j: int) -> None:
+            if j + 1 == suppress_below:
+                self.bias.zero_()
+            self.graph.replay()
+            host[j].copy_(self.greedy_token[0, 0], non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            events.append(event)
+
+        try:
+            if count > 0:
+                enqueue(0)
+            for j in range(count):
+                if j + 1 < count:
+                    enqueue(j + 1)
+                events[j].synchronize()
+                yield int(host[j])
+        finally:
+            self.bias.zero_()
 
     def describe(self) -> dict[str, Any]:
         return {
