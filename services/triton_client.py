@@ -204,8 +204,10 @@ class Completion:
     ``num_output_tokens`` is the sum of the per-response counts (the server's count for the whole
     answer when there is one response); ``token_responses`` counts the responses that carried
     tokens or text, and ``chunk_ns`` holds their arrival times (for inter-token latency).
-    ``first_token_ns``/``ttft_ms`` are those of the first response carrying text, and ``None`` when
-    the request did not stream.
+    ``first_token_ns``/``ttft_ms`` are those of the first response carrying a token (counted by
+    the server, or visible as text: a token that decodes to nothing yet, such as a special token
+    or part of a multi-byte character, is still the first token), and ``None`` when the request
+    did not stream.
     """
 
     text: str
@@ -270,11 +272,11 @@ class _Collector:
             self.num_input_tokens = int(n_in)
         if text:
             self.text += text
-            if self.first_token_ns is None:
-                self.first_token_ns = t_ns
         if n_out:
             self.num_output_tokens += int(n_out)
         if text or n_out:
+            if self.first_token_ns is None:  # a token counts even when its text is not visible yet
+                self.first_token_ns = t_ns
             self.token_responses += 1
             self.chunk_ns.append(t_ns)
         if finish_reason not in (None, "", "None"):

@@ -476,3 +476,18 @@ def test_every_error_is_a_triton_client_error():
     for cls in (ServerUnreachable, VersionNotReady, RequestTimeout, StreamError, InferenceError, BadRequest):
         assert issubclass(cls, TritonClientError)
     assert issubclass(StreamError, InferenceError)
+
+
+def test_first_token_is_the_first_response_carrying_a_token_even_without_visible_text():
+    """A random-weight or special first token decodes to no text; TTFT must still start there."""
+    from services.triton_client import _Collector
+
+    c = _Collector()
+    c.add(100, None, 1316, None, None)  # a response with no token (e.g. input count only)
+    c.add(200, b"", 1316, 1, None)  # first token, no visible text
+    c.add(300, b"nutrition", 1316, 1, None)
+    c.add(400, b"", 1316, 1, "length")
+    done = c.completion(version="1", protocol="grpc", stream=True, request_id="r", send_ns=0, recv_ns=400)
+    assert done.first_token_ns == 200 and done.ttft_ms == 200 / 1e6
+    assert done.num_output_tokens == 3 and done.chunk_ns == [200, 300, 400]
+    assert done.tpot_ms == (400 - 200) / 1e6 / 2
