@@ -288,6 +288,19 @@ def parse_metrics(text: str) -> dict[str, float]:
     return out
 
 
+def _memory_info(pynvml, handle):
+    """Device memory as nvidia-smi reports it: NVML's v2 reading, whose ``used`` leaves out the
+    memory the driver reserves (v1's ``used`` counts it: +480 MiB on the H100, 1.6% of 29 GiB).
+    Falls back to v1 where the driver or binding lacks v2."""
+    version = getattr(pynvml, "nvmlMemory_v2", None)
+    if version is not None:
+        try:
+            return pynvml.nvmlDeviceGetMemoryInfo(handle, version=version)
+        except (pynvml.NVMLError, TypeError):
+            pass
+    return pynvml.nvmlDeviceGetMemoryInfo(handle)
+
+
 def attribute_cmdline(cmdline: Sequence[str], name: str = "") -> tuple[str | None, str | None]:
     """``(model, version)`` served by a process, from its command line and name.
 
@@ -352,6 +365,7 @@ class Sampler:
         self._nvml_names: dict[int, tuple[str, str | None]] = {}
         # host-process discovery and attribution caches (under _tick_lock)
         self._host_procs: list[psutil.Process] = []
+        self._seen_pids: set[int] | None = None  # every pid at the last discovery
         self._next_discovery = 0.0
         self._attribution: dict[tuple[int, float], tuple[str | None, str | None, str]] = {}
         # the last metrics reading and when it was attempted (under _tick_lock)
@@ -742,7 +756,7 @@ class Sampler:
                     uuid.decode() if isinstance(uuid, bytes) else str(uuid),
                 )
             name, uuid = self._nvml_names[i]
-            mem = pynvml.nvmlDeviceGetMemoryInfo(h)
+            mem = _memory_info(pynvml, h)
             try:
                 util: float | None = float(pynvml.nvmlDeviceGetUtilizationRates(h).gpu)
             except pynvml.NVMLError:  # not supported (e.g. MIG): memory still counts
@@ -769,7 +783,42 @@ class Sampler:
         return parse_metrics(body.decode("utf-8", "replace"))
 
     def _discover(self) -> list[psutil.Process]:
-        """The serving processes: the root pid or the named processes, and their descendants."""
+        """The serving processes: the root pid or the named processes, and their descendants.
+
+        Under a root pid, after a first walk of every process, only the pids that are new since the
+        last discovery are looked at: a process joins the tree by being forked from one of it (a
+        new pid, whose parent is known from the moment it exists, exec or not), so the parentage
+        of the others need not be read again (psutil's ``children(recursive=True)`` reads every
+        process's ``/proc/<pid>/stat``). Processes that ended are dropped by :meth:`_read_host`; a
+        tree without its root (ended, or changed by :meth:`configure`) and a burst of new pids (half
+        the machine's) are walked in full again. By name, every discovery walks every process (a
+        process that takes the name by exec keeps its pid).
+        """
+        pids = set(psutil.pids())  # before the walk: a process forked during it is new next time
+        known, self._seen_pids = self._seen_pids, pids
+        found = {p.pid: p for p in self._host_procs}
+        if (self.root_pid is None or known is None or self.root_pid not in found
+                or 2 * len(pids - known) > len(pids)):
+            return self._discover_all()  # the root's end is reported by the walk (NoSuchProcess)
+        parent_of: dict[int, tuple[psutil.Process, int]] = {}
+        for pid in pids - known - found.keys():
+            try:
+                proc = psutil.Process(pid)
+                parent_of[pid] = (proc, proc.ppid())
+            except psutil.Error:
+                continue  # ended already
+        added = True
+        while added:  # children before or after their parents in pid order (pids wrap around)
+            added = False
+            for pid, (proc, ppid) in list(parent_of.items()):
+                if ppid in found:
+                    found[pid] = proc
+                    del parent_of[pid]
+                    added = True
+        return list(found.values())
+
+    def _discover_all(self) -> list[psutil.Process]:
+        """:meth:`_discover` by walking every process."""
         if self.root_pid is not None:
             roots = [psutil.Process(self.root_pid)]  # NoSuchProcess is this source's error
         else:
