@@ -15,15 +15,17 @@ endpoint every ``metrics_interval_s`` (default 0.5 s, see below):
   ``nv_gpu_memory_total_bytes``, ``nv_gpu_utilization``, every ``nv_inference_*``, ``vllm:*`` and
   ``qwen_*`` series. Proxies from the environment are bypassed (a metrics port is reached directly).
   Parsing the page is most of a tick's CPU, so it is read every ``metrics_interval_s`` (0 = every
-  tick); the ticks in between carry the last reading forward in ``Sample.metrics`` with the time
-  it was read (``Sample.metrics_t_mono``, ``metrics_t_wall``). :func:`sample_rows` gives its rows
-  only on the tick that read it (what the run store writes) and :func:`series_for_chart` charts
-  each reading once, at the time it was taken, even from a thinned list of samples that left that
-  tick out. A failed read carries nothing.
+  tick). The ticks in between carry the last reading forward in ``Sample.metrics`` with the time it was read
+  (``Sample.metrics_t_mono``, ``metrics_t_wall``): :func:`sample_rows` gives its rows only on the
+  tick that read it (what the run store writes), and :func:`series_for_chart` charts each reading
+  once, at the time it was taken, even from a thinned list of samples that left that tick out. A
+  failed read carries nothing.
 - ``"host"``: the resident set size (psutil) of the serving processes: a configured root pid (the
   tritonserver pid) and its descendants, or the processes named in ``process_names`` and their
   descendants; attributed to model/version the same way. This gives a true live memory chart
-  where there is no GPU (the embedded CPU demo); it is always labelled ``kind="host"``.
+  where there is no GPU (the embedded CPU demo); it is always labelled ``kind="host"``. The
+  processes are looked for every ``discovery_interval_s`` (1 s); under a root pid, only among the
+  pids that are new since the last look (see :meth:`Sampler._discover`).
 
 A failing source is reported in each :class:`Sample`'s ``source_errors`` (its message) and
 ``source_error_times`` (wall time of its last failure); it is retried at most once per

@@ -443,6 +443,82 @@ def test_attribution_follows_exec_of_the_same_pid() -> None:
         proc.wait(10)
 
 
+class SpawningRoot:
+    """A real process that, told to on its stdin, forks a child (sh) which forks a grandchild
+    (sleep)."""
+
+    SCRIPT = ("import subprocess, sys; sys.stdin.readline();"
+              " c = subprocess.Popen(['sh', '-c', 'sleep 60 & wait']); print(c.pid, flush=True);"
+              " sys.stdin.readline()")
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", self.SCRIPT], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        self.pid = self.proc.pid
+        self.spawned: list[psutil.Process] = []
+
+    def spawn(self) -> list[psutil.Process]:
+        """Fork the child and grandchild; both, once the grandchild runs."""
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        child = psutil.Process(int(self.proc.stdout.readline()))
+        self.spawned.append(child)
+        assert _wait_for(lambda: len(child.children()) == 1)
+        self.spawned += child.children()
+        return list(self.spawned)
+
+    def kill_root(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def close(self) -> None:
+        self.kill_root()
+        for p in self.spawned:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+
+
+@pytest.fixture
+def spawning_root() -> Iterator[SpawningRoot]:
+    root = SpawningRoot()
+    try:
+        yield root
+    finally:
+        root.close()
+
+
+def test_discovery_after_the_first_walk_reads_only_new_pids(spawning_root: SpawningRoot) -> None:
+    sampler = Sampler(nvml=False, root_pid=spawning_root.pid, discovery_interval_s=0.0)
+    walks = []
+    walk = sampler._discover_all
+    sampler._discover_all = lambda: walks.append(1) or walk()  # type: ignore[method-assign]
+    first = sampler.sample_once()
+    assert [p.pid for p in first.processes] == [spawning_root.pid] and len(walks) == 1
+    child, grandchild = spawning_root.spawn()
+    s = sampler.sample_once()  # the new pids (and only they) are looked at: no second walk
+    assert len(walks) == 1
+    assert sorted(p.pid for p in s.processes) == sorted([spawning_root.pid, child.pid, grandchild.pid])
+    assert {p.pid: p.model for p in s.processes}[spawning_root.pid] == "server"
+    # a process that ends leaves the tree at the next tick, without a walk
+    grandchild.kill()
+    grandchild.wait(10)
+    assert _wait_for(lambda: grandchild.pid not in {p.pid for p in sampler.sample_once().processes})
+    assert len(walks) == 1 and SOURCE_HOST not in sampler.errors()
+
+
+def test_a_root_that_ends_before_its_children_is_reported(spawning_root: SpawningRoot) -> None:
+    sampler = Sampler(nvml=False, root_pid=spawning_root.pid, discovery_interval_s=0.0,
+                      retry_interval_s=0.0)
+    spawning_root.spawn()
+    assert len(sampler.sample_once().processes) == 3
+    spawning_root.kill_root()
+    ticks = [sampler.sample_once() for _ in range(3)]  # the root is missed, then walked for
+    assert "NoSuchProcess" in ticks[-1].source_errors[SOURCE_HOST]
+    assert ticks[-1].processes == ()
+
+
 def test_host_processes_found_by_name(fake_stub: subprocess.Popen) -> None:
     name = psutil.Process(fake_stub.pid).name()
     sampler = Sampler(nvml=False, root_pid=None, process_names=[name])
