@@ -39,7 +39,7 @@ makes the CPU-bound server, and so both loops, several times slower and the rati
 
 The sampler: a fresh ``gpu_sampler.Sampler`` at 10 samples/s on the server's metrics URL and pid, for
 ``--sampler-seconds`` (20) while the server is idle, as the dashboard runs it (NVML and the serving
-processes' host memory at every tick, the metrics page every ``metrics_interval_s``, 0.5 s by default);
+processes' host memory at every tick, the metrics page every ``metrics_interval_s``, 1 s by default);
 then, for comparison, the same with the metrics page read at every tick. ``Sampler.cpu_fraction()`` is
 the sampling thread's CPU time (``thread_time``) per wall second; where NVML is absent (no GPU), that
 source costs only its failed retry once a second. Target: < 2% of one core. ``--sampler-only``

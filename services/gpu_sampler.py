@@ -2,7 +2,7 @@
 
 One daemon thread ticks at a fixed rate (default 10 per second) and reads three independent
 sources, each in its own ``try``/``except``: NVML and the host processes at every tick, the metrics
-endpoint every ``metrics_interval_s`` (default 0.5 s, see below):
+endpoint every ``metrics_interval_s`` (default 1 s, see below):
 
 - ``"nvml"``: every GPU through NVML (``pynvml`` from nvidia-ml-py): name, used/total memory,
   utilization, and the used GPU memory of each compute process. A process is attributed to the
@@ -15,7 +15,8 @@ endpoint every ``metrics_interval_s`` (default 0.5 s, see below):
   ``nv_gpu_memory_total_bytes``, ``nv_gpu_utilization``, every ``nv_inference_*``, ``vllm:*`` and
   ``qwen_*`` series. Proxies from the environment are bypassed (a metrics port is reached directly).
   Parsing the page is most of a tick's CPU, so it is read every ``metrics_interval_s`` (0 = every
-  tick). The ticks in between carry the last reading forward in ``Sample.metrics`` with the time it was read
+  tick; the default, 1 s, is twice as often as Triton refreshes its GPU metrics by default). The
+  ticks in between carry the last reading forward in ``Sample.metrics`` with the time it was read
   (``Sample.metrics_t_mono``, ``metrics_t_wall``): :func:`sample_rows` gives its rows only on the
   tick that read it (what the run store writes), and :func:`series_for_chart` charts each reading
   once, at the time it was taken, even from a thinned list of samples that left that tick out. A
@@ -61,7 +62,9 @@ SOURCE_SINK = "sink"
 SOURCE_SAMPLER = "sampler"
 
 DEFAULT_RATE_HZ = 10.0
-DEFAULT_METRICS_INTERVAL_S = 0.5  # the live charts refresh once a second: two readings per refresh
+# Triton refreshes its per-interval metrics (GPU memory and utilization) every 2 s by default
+# (tritonserver --metrics-interval-ms 2000); the live charts refresh once a second
+DEFAULT_METRICS_INTERVAL_S = 1.0
 DEFAULT_MAXLEN = 36_000  # one hour at 10 samples per second
 MAX_METRICS_BYTES = 16 * 1024 * 1024
 
