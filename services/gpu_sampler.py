@@ -373,6 +373,7 @@ class Sampler:
         self._seen_pids: set[int] | None = None  # every pid at the last discovery
         self._next_discovery = 0.0
         self._attribution: dict[tuple[int, float], tuple[str | None, str | None, str]] = {}
+        self._unresolved: dict[tuple[int, float], tuple[tuple[str, ...], tuple[str | None, str | None, str]]] = {}
         # the last metrics reading and when it was attempted (under _tick_lock)
         self._metrics_last: tuple[dict[str, float], float, float] | None = None
         self._metrics_attempt: float | None = None
@@ -447,6 +448,7 @@ class Sampler:
                 self.host_memory, host_changed = host_memory, True
             if host_changed:
                 self._states.pop(SOURCE_HOST, None)
+                self._unresolved.clear()  # "server" answers depend on the root pid
                 self._host_procs = []
                 self._next_discovery = 0.0
             if nvml is not _UNSET and nvml != self.nvml:
@@ -709,26 +711,33 @@ class Sampler:
     def _attribute(self, proc: psutil.Process) -> tuple[str | None, str | None, str]:
         """``(model, version, name)`` of a process.
 
-        Only stub attributions (model and version found) are cached, per (pid, create time): a
-        process seen between fork and exec still shows its parent's command line, and exec keeps
-        pid and create time, so a "server" or unknown answer is looked up again each time.
+        Stub attributions (model and version found) are cached per (pid, create time). Other
+        answers ("server", unknown) are not final: a process seen between fork and exec still shows
+        its parent's command line, and exec keeps pid and create time; so its command line is read
+        again each time, and only when it has changed are the name and the answer looked up again.
         """
         key = (proc.pid, proc.create_time())
         hit = self._attribution.get(key)
         if hit is not None:
             return hit
-        name = proc.name()
         try:
-            cmdline = proc.cmdline()
+            cmdline = tuple(proc.cmdline())
         except psutil.AccessDenied:
-            cmdline = []
+            cmdline = ()
+        seen = self._unresolved.get(key)
+        if seen is not None and seen[0] == cmdline:
+            return seen[1]
+        name = proc.name()
         model, version = attribute_cmdline(cmdline, name)
         if model is None and proc.pid == self.root_pid:
             model = "server"
-        if version is None:
-            return model, version, name
-        if len(self._attribution) > 4096:
+        if len(self._attribution) > 4096 or len(self._unresolved) > 4096:
             self._attribution.clear()
+            self._unresolved.clear()
+        if version is None:
+            self._unresolved[key] = (cmdline, (model, version, name))
+            return model, version, name
+        self._unresolved.pop(key, None)
         self._attribution[key] = (model, version, name)
         return model, version, name
 

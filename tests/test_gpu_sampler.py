@@ -508,6 +508,20 @@ def test_discovery_after_the_first_walk_reads_only_new_pids(spawning_root: Spawn
     assert len(walks) == 1 and SOURCE_HOST not in sampler.errors()
 
 
+def test_a_new_root_is_the_server_at_once(spawning_root: SpawningRoot) -> None:
+    """Answers other than a stub's are kept while the command line stays the same; a new root
+    pid makes another process the server on the next tick."""
+    child, grandchild = spawning_root.spawn()
+    sampler = Sampler(nvml=False, root_pid=spawning_root.pid)
+    for _ in range(2):
+        got = {p.pid: (p.model, p.version) for p in sampler.sample_once().processes}
+        assert got == {spawning_root.pid: ("server", None), child.pid: (None, None),
+                       grandchild.pid: (None, None)}
+    sampler.configure(root_pid=child.pid)
+    got = {p.pid: (p.model, p.version) for p in sampler.sample_once().processes}
+    assert got == {child.pid: ("server", None), grandchild.pid: (None, None)}
+
+
 def test_a_root_that_ends_before_its_children_is_reported(spawning_root: SpawningRoot) -> None:
     sampler = Sampler(nvml=False, root_pid=spawning_root.pid, discovery_interval_s=0.0,
                       retry_interval_s=0.0)
