@@ -37,7 +37,8 @@
 #
 # Settings: QWEN_GPU_BUDGET_S (570), QWEN_7B_DIR (/tmp/qwen2-vl-7b), QWEN_7B_CONFIG (configs/qwen2-vl-7b.json),
 # QWEN_GPU_DEVICE (cuda),
-# HEADLINE_ARGS (extra arguments for `gpu_stages.py headline`, e.g. "--requests 16"), QWEN_GPU_ENV_SCRIPT
+# HEADLINE_ARGS (extra arguments for `gpu_stages.py headline`, e.g. "--requests 16"), DECODE_ARGS (extra
+# arguments for bench_decode.py, e.g. "--images 2 --profile"), DECODE_DEMO=0 (decode stage: the 7B only), QWEN_GPU_ENV_SCRIPT
 # (another file to source instead of scripts/gpu_env.sh: a dry run on CPU with the project's .venv).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
@@ -137,12 +138,18 @@ stage_decode() {
     fi
     mkdir -p "$RESULTS/decode"
     local rc=0
-    log "bench_decode on the demo detector"
-    bounded "$PYTHON" scripts/bench_decode.py --checkpoint models/demo-detector --json "$RESULTS/decode/decode-demo.json" || rc=1
+    if [ "${DECODE_DEMO:-1}" != 0 ]; then
+        log "bench_decode on the demo detector"
+        # shellcheck disable=SC2086
+        bounded "$PYTHON" scripts/bench_decode.py --checkpoint models/demo-detector ${DECODE_ARGS:-} \
+            --json "$RESULTS/decode/decode-demo.json" || rc=1
+    fi
     ensure_7b || rc=1
     if [ -f "$CKPT_7B/build_info.json" ]; then
         log "bench_decode on the 7B checkpoint"
-        bounded "$PYTHON" scripts/bench_decode.py --checkpoint "$CKPT_7B" --json "$RESULTS/decode/decode-7b.json" || rc=1
+        # shellcheck disable=SC2086
+        bounded "$PYTHON" scripts/bench_decode.py --checkpoint "$CKPT_7B" ${DECODE_ARGS:-} \
+            --json "$RESULTS/decode/decode-7b.json" || rc=1
     fi
     "$PYTHON" scripts/gpu_stages.py merge-json --out "$RESULTS/decode/decode.json" \
         "qwen2-vl-7b=$RESULTS/decode/decode-7b.json" "demo-detector=$RESULTS/decode/decode-demo.json"
