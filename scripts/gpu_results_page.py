@@ -371,7 +371,72 @@ def section_decode(decode: Any) -> list[str]:
         if isinstance(part, Mapping) and "missing" in part and len(part) == 1:
             lines += [f"Missing: {part['missing']}.", ""]
             continue
-        lines += table(["figure", "value"], [(k, plain(v)) for k, v in flatten(part)]) + [""]
+        results = part.get("results") if isinstance(part, Mapping) else None
+        if not results:  # not bench_decode's layout: show what is there
+            lines += table(["figure", "value"], [(k, plain(v)) for k, v in flatten(part)]) + [""]
+            continue
+        lines += decode_table(part) + [""]
+    return lines
+
+
+def _agreement(entries: Sequence[Mapping[str, Any]]) -> str:
+    words = []
+    for e in entries:
+        if e.get("equal"):
+            words.append(f"equal ({e.get('tokens')} tokens)")
+        else:
+            margin = e.get("margin")
+            words.append(f"differs at token {e.get('first_difference')}"
+                         + (f", top-2 margin {margin:.3f} nats" if margin is not None else "")
+                         + (" (near tie)" if e.get("near_tie") else " (NOT a near tie)"))
+    return "; ".join(words) or "n/a"
+
+
+def decode_table(part: Mapping[str, Any]) -> list[str]:
+    """bench_decode.py's figures per precision, side by side."""
+    env = part.get("environment") or {}
+    results = list(part["results"])
+    bw = num(env.get("copy_bandwidth_bytes_per_s"))
+
+    def row(label: str, f) -> list[str]:
+        return [label] + [f(r) for r in results]
+
+    def mode(r):
+        d = r.get("decode") or {}
+        text = str(d.get("decode_mode"))
+        if d.get("compiled"):
+            text += f", torch.compile'd ({d.get('compile_seconds')} s)"
+        if d.get("capture_error") or d.get("compile_error"):
+            text += f"; error: {d.get('capture_error') or d.get('compile_error')}"
+        return text
+
+    rows = [
+        row("decode path", mode),
+        row("weight bytes read per step", lambda r: gb(get(r, "step_weight_bytes", "total"))),
+        row("KV cache read per step (static, masked)", lambda r: gb(r.get("kv_cache_bytes_read_per_step"), 3)),
+        row("floor = weights read / copy bandwidth (ms)", lambda r: ms(num(r.get("floor_s")) * 1e3)),
+        row("fast path TPOT, median (ms)", lambda r: ms(num(r.get("tpot_fast_s")) * 1e3)),
+        row("fast path TPOT / floor", lambda r: f"{num(r.get('fast_over_floor')):.2f}x"),
+        row("plain generate() TPOT (ms)", lambda r: ms(num(r.get("tpot_plain_s")) * 1e3)
+            if r.get("tpot_plain_s") else "n/a"),
+        row("speed-up over plain", lambda r: f"{num(r.get('speedup_over_plain')):.1f}x"
+            if r.get("speedup_over_plain") else "n/a"),
+        row("prefill, median (ms)", lambda r: ms(num(r.get("prefill_s_median")) * 1e3)),
+        row("kernels per step / GPU time per step (ms)",
+            lambda r: f"{get(r, 'profile', 'kernels_per_step'):.0f} / {get(r, 'profile', 'gpu_ms_per_step'):.2f}"
+            if r.get("profile") else "n/a"),
+        row("torch allocated after load", lambda r: gb(r.get("allocated_bytes_after_load"))),
+        row("greedy tokens, fast vs plain", lambda r: _agreement(r.get("greedy_equality") or [])),
+    ]
+    header = ["figure"] + [str(r.get("precision")) for r in results]
+    lines = [f"Measured copy bandwidth {bw / 1e12:.2f} TB/s (bytes read + written); "
+             f"{get(results[0], 'fast_runs', 0, 'output_tokens')} forced tokens per request, "
+             f"{get(results[0], 'fast_runs', 0, 'input_tokens')} input tokens (a 1024x1024 label)."
+             if bw else "", ""]
+    lines += table(header, rows)
+    verdict = part.get("verdict") or {}
+    if verdict:
+        lines += ["", "Targets: " + ", ".join(f"{k}: {plain(v)}" for k, v in verdict.items()) + "."]
     return lines
 
 
