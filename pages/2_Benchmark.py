@@ -29,6 +29,7 @@ from services.detection import VERSION_LABELS, version_label
 from services.gpu_sampler import get_shared_sampler
 from services.run_store import FINAL_STATUSES, RunStore, default_data_dir
 from ui.sidebar import render_sidebar
+from ui.store import open_store
 
 LIVE_REFRESH_S = 1.0  # the live fragment's period
 BASELINE_S = 2.0  # memory shown from this long before the run started (the baseline)
@@ -78,12 +79,6 @@ st.title("Benchmark bf16 against fp8")
 st.markdown("Send the same images, in the same order, to one or both versions; watch memory, latency and "
             "throughput while the run goes; compare the versions afterwards. Every request and memory "
             "reading is recorded, so a run stopped early keeps what it measured.")
-
-
-def open_store() -> RunStore:
-    """A store for one script run or one callback (closed by the caller, so that no SQLite
-    connection outlives the thread that opened it)."""
-    return RunStore(default_data_dir())
 
 
 def read_progress(job: LiveRun) -> BenchmarkProgress:

@@ -17,8 +17,9 @@ import streamlit as st
 from services import comparison_report as cr
 from services.benchmark import BenchmarkConfig, ImageSetSpec, start_benchmark
 from services.comparison import Comparison, RunChoice, build_comparison, run_choices, version_label
-from services.run_store import FINAL_STATUSES, RunStore, default_data_dir
+from services.run_store import FINAL_STATUSES
 from ui.sidebar import render_sidebar
+from ui.store import open_store
 
 PLOTLY_CONFIG = {"displaylogo": False}
 SOURCES = {
@@ -43,10 +44,6 @@ st.title("Compare bf16 and fp8")
 st.markdown("What does **fp8 (v2)** buy over **bf16 (v1)** for this model, and what does it cost? Both versions "
             "answer the same images in the same order (interleaved), so each image gives a pair; differences are "
             "B − A with a bootstrap 95% confidence interval over the pairs.")
-
-
-def open_store() -> RunStore:
-    return RunStore(default_data_dir())
 
 
 def side_choice(label: str, choices: list[RunChoice], key: str, default_version: str) -> tuple[int, str] | None:
