@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 import requests
@@ -30,6 +30,31 @@ def require_chromium() -> None:
     if os.environ.get("CI"):
         pytest.fail(f"{message}; CI installs it, so its absence is a failure here")
     pytest.skip(message)
+
+
+@contextlib.contextmanager
+def open_page(url: str, *, width: int = 1400, height: int = 1800, timeout_ms: int | None = None) -> Iterator[Any]:
+    """A Playwright page of Debian's headless Chromium (``CHROMIUM_ARGS``), at ``url``; downloads accepted.
+
+    With ``timeout_ms``, the page's default timeout and ``expect``'s (a process-wide setting, put back
+    to Playwright's default on exit) are that, before the page is loaded. The browser (reachable as
+    ``page.context.browser`` for more pages) and Playwright are closed on exit.
+    """
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height}, accept_downloads=True)
+            if timeout_ms is not None:
+                page.set_default_timeout(timeout_ms)
+                expect.set_options(timeout=timeout_ms)
+            page.goto(url)
+            yield page
+        finally:
+            if timeout_ms is not None:
+                expect.set_options(timeout=None)  # back to Playwright's default
+            browser.close()
 
 
 def free_port() -> int:

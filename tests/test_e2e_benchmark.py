@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser_support import CHROMIUM, CHROMIUM_ARGS, require_chromium, running_app
+from tests.browser_support import open_page, require_chromium, running_app
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -67,67 +67,61 @@ def _fill(page, key: str, value: str) -> None:
 
 def test_live_charts_grow_while_a_run_goes_then_the_summary_shows(app_url):
     from playwright.sync_api import Error as PlaywrightError
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 2000}, accept_downloads=True)
-            page.goto(f"{app_url}/Benchmark")
-            expect(page.get_by_role("heading", name="Benchmark bf16 against fp8")).to_be_visible(timeout=30_000)
-            expect(page.locator("[data-testid=stSidebar]").get_by_text("fp8 (v2): READY")).to_be_visible()
-            expect(page.get_by_text("No runs yet.")).to_be_visible()
+    with open_page(f"{app_url}/Benchmark", height=2000) as page:
+        expect(page.get_by_role("heading", name="Benchmark bf16 against fp8")).to_be_visible(timeout=30_000)
+        expect(page.locator("[data-testid=stSidebar]").get_by_text("fp8 (v2): READY")).to_be_visible()
+        expect(page.get_by_text("No runs yet.")).to_be_visible()
 
-            _fill(page, "bench_requests", str(REQUESTS_PER_VERSION))
-            _fill(page, "bench_warmup", "1")
-            _fill(page, "bench_max_tokens", "4")
-            page.locator(".st-key-bench_start button").click()
+        _fill(page, "bench_requests", str(REQUESTS_PER_VERSION))
+        _fill(page, "bench_warmup", "1")
+        _fill(page, "bench_max_tokens", "4")
+        page.locator(".st-key-bench_start button").click()
 
-            # the live panel: progress, a cancel button and the charts
-            expect(page.locator(".st-key-bench_cancel button")).to_be_visible(timeout=30_000)
-            expect(page.locator(".st-key-bench_live .js-plotly-plot")).to_have_count(3, timeout=30_000)
+        # the live panel: progress, a cancel button and the charts
+        expect(page.locator(".st-key-bench_cancel button")).to_be_visible(timeout=30_000)
+        expect(page.locator(".st-key-bench_live .js-plotly-plot")).to_have_count(3, timeout=30_000)
 
-            def points() -> dict[str, int]:
-                return page.evaluate(POINTS_JS)
+        def points() -> dict[str, int]:
+            return page.evaluate(POINTS_JS)
 
-            deadline = time.monotonic() + GROWTH_TIMEOUT_S
+        deadline = time.monotonic() + GROWTH_TIMEOUT_S
+        first = points()
+        while first.get("latency", 0) == 0:
+            assert time.monotonic() < deadline, f"no request drawn in the live latency chart: {first}"
+            page.wait_for_timeout(250)
             first = points()
-            while first.get("latency", 0) == 0:
-                assert time.monotonic() < deadline, f"no request drawn in the live latency chart: {first}"
-                page.wait_for_timeout(250)
-                first = points()
-            later = first
-            while not (later["latency"] > first["latency"] and later.get("memory", 0) > first.get("memory", 0)
-                       and later.get("throughput", 0) > 0):  # throughput: once measured requests (not warm-up) end
-                assert time.monotonic() < deadline, f"the live charts did not grow: {first} then {later}"
-                page.wait_for_timeout(500)
-                later = points()
-            # the form above the live panel keeps what was typed while the panel refreshes
-            expect(page.locator(".st-key-bench_requests input")).to_have_value(str(REQUESTS_PER_VERSION))
-            expect(page.locator("[data-testid=stException]")).to_have_count(0)
+        later = first
+        while not (later["latency"] > first["latency"] and later.get("memory", 0) > first.get("memory", 0)
+                   and later.get("throughput", 0) > 0):  # throughput: once measured requests (not warm-up) end
+            assert time.monotonic() < deadline, f"the live charts did not grow: {first} then {later}"
+            page.wait_for_timeout(500)
+            later = points()
+        # the form above the live panel keeps what was typed while the panel refreshes
+        expect(page.locator(".st-key-bench_requests input")).to_have_value(str(REQUESTS_PER_VERSION))
+        expect(page.locator("[data-testid=stException]")).to_have_count(0)
 
-            # cancel (the machine may be slow: the test does not wait for all the requests); on a fast
-            # machine the run may have completed already
-            cancel = page.locator(".st-key-bench_cancel button")
-            if cancel.count():
-                try:
-                    cancel.click(timeout=5_000)
-                except PlaywrightError:  # the run ended between the look and the click
-                    pass
+        # cancel (the machine may be slow: the test does not wait for all the requests); on a fast
+        # machine the run may have completed already
+        cancel = page.locator(".st-key-bench_cancel button")
+        if cancel.count():
+            try:
+                cancel.click(timeout=5_000)
+            except PlaywrightError:  # the run ended between the look and the click
+                pass
 
-            # the end: status, summary table, the run in the history; the live panel is gone
-            expect(page.get_by_text(re.compile(r"^Status: (cancelled|completed)"))).to_be_visible(
-                timeout=RUN_END_TIMEOUT_MS)
-            expect(page.get_by_role("heading", name="Run #1")).to_be_visible()
-            expect(page.locator(".st-key-bench_live")).to_have_count(0)
-            expect(page.locator(".st-key-bench_result .js-plotly-plot")).to_have_count(3)
-            expect(page.locator("[data-testid=stDataFrame]")).to_have_count(2)  # the summary and the history
-            # an export, made when its button is pressed, downloaded through the browser
-            with page.expect_download(timeout=30_000) as download:
-                page.get_by_text("latency_v1.json", exact=True).click()
-            assert download.value.suggested_filename == "latency_v1.json"
-            latency = json.loads(Path(download.value.path()).read_text())
-            assert latency["count"] >= 1 and latency["min_ms"] <= latency["mean_ms"] <= latency["max_ms"]
-            expect(page.locator("[data-testid=stException]")).to_have_count(0)
-        finally:
-            browser.close()
+        # the end: status, summary table, the run in the history; the live panel is gone
+        expect(page.get_by_text(re.compile(r"^Status: (cancelled|completed)"))).to_be_visible(
+            timeout=RUN_END_TIMEOUT_MS)
+        expect(page.get_by_role("heading", name="Run #1")).to_be_visible()
+        expect(page.locator(".st-key-bench_live")).to_have_count(0)
+        expect(page.locator(".st-key-bench_result .js-plotly-plot")).to_have_count(3)
+        expect(page.locator("[data-testid=stDataFrame]")).to_have_count(2)  # the summary and the history
+        # an export, made when its button is pressed, downloaded through the browser
+        with page.expect_download(timeout=30_000) as download:
+            page.get_by_text("latency_v1.json", exact=True).click()
+        assert download.value.suggested_filename == "latency_v1.json"
+        latency = json.loads(Path(download.value.path()).read_text())
+        assert latency["count"] >= 1 and latency["min_ms"] <= latency["mean_ms"] <= latency["max_ms"]
+        expect(page.locator("[data-testid=stException]")).to_have_count(0)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.browser_support import CHROMIUM, CHROMIUM_ARGS, require_chromium, running_app
+from tests.browser_support import open_page, require_chromium, running_app
 from services.figures import TRUTH_COLOR
 from services.sample_images import list_samples
 
@@ -51,7 +51,7 @@ def _relative_box(page, chart: str, path_selector: str) -> tuple[float, float, f
 
 
 def test_upload_and_sample_over_both_versions_in_the_browser(app_url, label_image_bytes, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     upload = tmp_path / "shelf photo.png"
     upload.write_bytes(label_image_bytes)
@@ -59,71 +59,62 @@ def test_upload_and_sample_over_both_versions_in_the_browser(app_url, label_imag
     truth = sample.boxes[0]
     r, g, b = (int(TRUTH_COLOR[i:i + 2], 16) for i in (1, 3, 5))
 
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1800}, accept_downloads=True)
-            page.set_default_timeout(UI_TIMEOUT_MS)
-            expect.set_options(timeout=UI_TIMEOUT_MS)
-            page.goto(f"{app_url}/Detect")
-            expect(page.get_by_role("heading", name="Detect nutrition tables")).to_be_visible()
-            expect(page.locator("[data-testid=stSidebar]").get_by_text("fp8 (v2): READY")).to_be_visible()
+    with open_page(f"{app_url}/Detect", timeout_ms=UI_TIMEOUT_MS) as page:
+        expect(page.get_by_role("heading", name="Detect nutrition tables")).to_be_visible()
+        expect(page.locator("[data-testid=stSidebar]").get_by_text("fp8 (v2): READY")).to_be_visible()
 
-            page.locator("[data-testid=stFileUploader] input[type=file]").set_input_files(str(upload))
-            expect(page.get_by_text("shelf photo.png")).to_be_visible()
-            page.locator(".st-key-detect_samples").click()
-            page.get_by_role("option", name=SAMPLE).click()
-            page.keyboard.press("Escape")
-            page.locator(".st-key-detect_versions").get_by_text("both", exact=False).click()
-            tokens = page.locator(".st-key-detect_max_tokens input")
-            tokens.fill("4")
-            tokens.press("Enter")
-            expect(tokens).to_have_value("4")
-            page.locator(".st-key-detect_run button").click()
-            expect(page.get_by_text("Download the results (JSON)")).to_be_visible(timeout=RESULTS_TIMEOUT_MS)
+        page.locator("[data-testid=stFileUploader] input[type=file]").set_input_files(str(upload))
+        expect(page.get_by_text("shelf photo.png")).to_be_visible()
+        page.locator(".st-key-detect_samples").click()
+        page.get_by_role("option", name=SAMPLE).click()
+        page.keyboard.press("Escape")
+        page.locator(".st-key-detect_versions").get_by_text("both", exact=False).click()
+        tokens = page.locator(".st-key-detect_max_tokens input")
+        tokens.fill("4")
+        tokens.press("Enter")
+        expect(tokens).to_have_value("4")
+        page.locator(".st-key-detect_run button").click()
+        expect(page.get_by_text("Download the results (JSON)")).to_be_visible(timeout=RESULTS_TIMEOUT_MS)
 
-            # each image, each version: its panel, with the no-box warning and the raw answer
-            for index in (0, 1):
-                for version, name in (("1", "bf16 (v1)"), ("2", "fp8 (v2)")):
-                    panel = page.locator(f".st-key-detect_result_{index}_v{version}")
-                    expect(panel).to_be_visible()
-                    expect(panel.get_by_text(f"{name}: no box in the answer")).to_be_visible()
-                    expect(panel.get_by_text("Raw answer", exact=True)).to_be_visible()
-                    expect(panel.locator("code")).not_to_have_text("")
-                    expect(panel.get_by_text("Latency", exact=True)).to_be_visible()
-            expect(page.locator("[data-testid=stException]")).to_have_count(0)
+        # each image, each version: its panel, with the no-box warning and the raw answer
+        for index in (0, 1):
+            for version, name in (("1", "bf16 (v1)"), ("2", "fp8 (v2)")):
+                panel = page.locator(f".st-key-detect_result_{index}_v{version}")
+                expect(panel).to_be_visible()
+                expect(panel.get_by_text(f"{name}: no box in the answer")).to_be_visible()
+                expect(panel.get_by_text("Raw answer", exact=True)).to_be_visible()
+                expect(panel.locator("code")).not_to_have_text("")
+                expect(panel.get_by_text("Latency", exact=True)).to_be_visible()
+        expect(page.locator("[data-testid=stException]")).to_have_count(0)
 
-            upload_chart = ".st-key-detect_result_0 .js-plotly-plot"
-            sample_chart = ".st-key-detect_result_1 .js-plotly-plot"
-            expect(page.locator(f"{upload_chart} .legendtext")).to_have_text(
-                ["bf16 (v1): no box", "fp8 (v2): no box"])
-            expect(page.locator(f"{sample_chart} .legendtext")).to_have_text(
-                ["ground truth: 1 box", "bf16 (v1): no box", "fp8 (v2): no box"])
+        upload_chart = ".st-key-detect_result_0 .js-plotly-plot"
+        sample_chart = ".st-key-detect_result_1 .js-plotly-plot"
+        expect(page.locator(f"{upload_chart} .legendtext")).to_have_text(
+            ["bf16 (v1): no box", "fp8 (v2): no box"])
+        expect(page.locator(f"{sample_chart} .legendtext")).to_have_text(
+            ["ground truth: 1 box", "bf16 (v1): no box", "fp8 (v2): no box"])
 
-            # the ground-truth box is drawn dashed in its colour, where the sample's truth lies
-            truth_line = f".scatterlayer .trace path.js-line[style*='stroke: rgb({r}, {g}, {b})']"
-            line = page.locator(f"{sample_chart} {truth_line}")
-            expect(line).to_have_count(1)
-            assert "stroke-dasharray" in (line.get_attribute("style") or "")
-            drawn = _relative_box(page, sample_chart, truth_line)
-            expected = (truth.x1 / sample.width, truth.y1 / sample.height,
-                        truth.x2 / sample.width, truth.y2 / sample.height)
-            assert drawn == pytest.approx(expected, abs=0.02), (drawn, expected)
-            expect(page.locator(f"{upload_chart} .scatterlayer .trace path.js-line")).to_have_count(0)
+        # the ground-truth box is drawn dashed in its colour, where the sample's truth lies
+        truth_line = f".scatterlayer .trace path.js-line[style*='stroke: rgb({r}, {g}, {b})']"
+        line = page.locator(f"{sample_chart} {truth_line}")
+        expect(line).to_have_count(1)
+        assert "stroke-dasharray" in (line.get_attribute("style") or "")
+        drawn = _relative_box(page, sample_chart, truth_line)
+        expected = (truth.x1 / sample.width, truth.y1 / sample.height,
+                    truth.x2 / sample.width, truth.y2 / sample.height)
+        assert drawn == pytest.approx(expected, abs=0.02), (drawn, expected)
+        expect(page.locator(f"{upload_chart} .scatterlayer .trace path.js-line")).to_have_count(0)
 
-            # the downloads, as the browser gets them
-            with page.expect_download() as got:
-                page.locator(".st-key-detect_result_1_png button").click()
-            png = Path(got.value.path()).read_bytes()
-            assert got.value.suggested_filename == f"02_{SAMPLE}-annotated.png"
-            picture = Image.open(io.BytesIO(png))
-            assert picture.format == "PNG" and picture.width == sample.width and picture.height > sample.height
-            with page.expect_download() as got:
-                page.locator(".st-key-detect_result_json button").click()
-            data = json.loads(Path(got.value.path()).read_text())
-            assert [i["name"] for i in data["images"]] == ["shelf photo.png", f"{SAMPLE}.jpg"]
-            assert all(set(i["versions"]) == {"1", "2"} for i in data["images"])
-            assert all(v["no_box"] and v["error"] is None for i in data["images"] for v in i["versions"].values())
-        finally:
-            expect.set_options(timeout=None)  # a process-wide setting: back to Playwright's default
-            browser.close()
+        # the downloads, as the browser gets them
+        with page.expect_download() as got:
+            page.locator(".st-key-detect_result_1_png button").click()
+        png = Path(got.value.path()).read_bytes()
+        assert got.value.suggested_filename == f"02_{SAMPLE}-annotated.png"
+        picture = Image.open(io.BytesIO(png))
+        assert picture.format == "PNG" and picture.width == sample.width and picture.height > sample.height
+        with page.expect_download() as got:
+            page.locator(".st-key-detect_result_json button").click()
+        data = json.loads(Path(got.value.path()).read_text())
+        assert [i["name"] for i in data["images"]] == ["shelf photo.png", f"{SAMPLE}.jpg"]
+        assert all(set(i["versions"]) == {"1", "2"} for i in data["images"])
+        assert all(v["no_box"] and v["error"] is None for i in data["images"] for v in i["versions"].values())
