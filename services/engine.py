@@ -501,18 +501,8 @@ class Engine:
         finally:
             if hook is not None:
                 hook.remove()
-        if state["cancelled"]:
-            raise EngineError("Request was cancelled")
         t2 = time.perf_counter()
-        return GenerationResult(
-            text=text_of(state["ids"]),
-            token_ids=list(state["ids"]),
-            num_input_tokens=n_input,
-            finish_reason=state["reason"] or "length",
-            cumulative_logprob=state["cum"] if with_logprobs else None,
-            logprobs=state["logprobs"] if want_logprobs else None,
-            timings={"prepare_s": t1 - t0, "generate_s": t2 - t1},
-        )
+        return _result(state, text_of, params, with_logprobs, {"prepare_s": t1 - t0, "generate_s": t2 - t1})
 
     def _generate_static(self, inputs, params: SamplingParams, state, eos: set[int], text_of, on_step,
                          is_cancelled, with_logprobs: bool, t0: float) -> GenerationResult:
@@ -527,7 +517,6 @@ class Engine:
         import torch
 
         n_input = state["n_input"]
-        want_logprobs = params.logprobs is not None
         limit = min(params.max_tokens, self.max_model_len - n_input)
         if limit < params.max_tokens:
             params = dataclasses.replace(params, max_tokens=limit, min_tokens=min(params.min_tokens, limit))
@@ -575,21 +564,12 @@ class Engine:
                 logits = next_logits
                 suppress = eos_ids if len(state["ids"]) < min_needed else None
                 token = choose(logits, seq, suppress)
-        if state["cancelled"]:
-            raise EngineError("Request was cancelled")
-        if not state["finished"]:  # cannot happen: the last token always carries a finish reason
+        if not state["finished"] and not state["cancelled"]:  # cannot happen: the last token carries a reason
             raise RuntimeError("static decode ended without a finish reason")
         t2 = time.perf_counter()
-        return GenerationResult(
-            text=text_of(state["ids"]),
-            token_ids=list(state["ids"]),
-            num_input_tokens=n_input,
-            finish_reason=state["reason"],
-            cumulative_logprob=state["cum"] if with_logprobs else None,
-            logprobs=state["logprobs"] if want_logprobs else None,
-            timings={"prepare_s": t1 - t0, "generate_s": t2 - t1, "prefill_s": t_first - t1,
-                     "decode_s": t2 - t_first},
-        )
+        return _result(state, text_of, params, with_logprobs,
+                       {"prepare_s": t1 - t0, "generate_s": t2 - t1, "prefill_s": t_first - t1,
+                        "decode_s": t2 - t_first})
 
     def _on_token(self, state, token: int, params: SamplingParams, eos: set[int], text_of, on_step,
                   with_logprobs: bool) -> None:
@@ -633,6 +613,22 @@ class Engine:
         if on_step is not None:
             on_step(StepOutput(delta, 1, bool(reason), reason, step_logprobs,
                                state["cum"] if with_logprobs else None, state["n_input"]))
+
+
+def _result(state: dict[str, Any], text_of, params: SamplingParams, with_logprobs: bool,
+            timings: dict[str, float]) -> GenerationResult:
+    """The finished answer of either decode path; a cancelled one is an error, as vLLM reports it."""
+    if state["cancelled"]:
+        raise EngineError("Request was cancelled")
+    return GenerationResult(
+        text=text_of(state["ids"]),
+        token_ids=list(state["ids"]),
+        num_input_tokens=state["n_input"],
+        finish_reason=state["reason"] or "length",
+        cumulative_logprob=state["cum"] if with_logprobs else None,
+        logprobs=state["logprobs"] if params.logprobs is not None else None,
+        timings=timings,
+    )
 
 
 def _token_chooser(params: SamplingParams):

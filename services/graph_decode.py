@@ -31,8 +31,6 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-DECODE_MODES = ("cuda_graph", "static_eager")  # graph_decode's modes; the engine adds "generate"
-
 
 class StaticKVCache:
     """Per-layer key/value buffers of a fixed length, written at ``position`` (a device tensor).
@@ -279,11 +277,6 @@ class GraphDecoder:
         self.cache.load_prefix(out.past_key_values, n)
         self._reset(n)
         return out.logits[:, -1, :].float()
-
-    @property
-    def room(self) -> int:
-        """Positions left in the cache after the current prefill (read before the first step)."""
-        return self.max_len - int(self.cache.position.item())
 
     def step(self, token: int):
         """Feed one token; returns the logits of the next position."""
