@@ -463,10 +463,21 @@ class Engine:
 
         class Cancelled(StoppingCriteria):
             def __call__(self, input_ids, scores, **kwargs):
-                if is_cancelled is not None and is_cancelled():
+                # Asked after each step, before its token reaches the streamer. After the answer's
+                # last token there is nothing left to cancel, so Triton is not asked (each question
+                # is a round trip to the server process).
+                if is_cancelled is not None and not self.last_token(input_ids) and is_cancelled():
                     state["cancelled"] = True
                     return torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
                 return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+            @staticmethod
+            def last_token(input_ids) -> bool:
+                n = input_ids.shape[1] - n_input
+                if n >= params.max_tokens:
+                    return True
+                min_needed = params.max_tokens if params.ignore_eos else params.min_tokens
+                return n >= min_needed and int(input_ids[0, -1]) in eos
 
         if self.fast_decode if fast is None else fast:
             return self._generate_static(inputs, params, state, eos, text_of, on_step, is_cancelled,
@@ -549,13 +560,14 @@ class Engine:
                 finally:
                     stream.close()
             while not pipelined:
-                if is_cancelled is not None and is_cancelled():
+                more = len(state["ids"]) + 1 < params.max_tokens
+                # Before the work of a step; the last token is reported without asking.
+                if more and is_cancelled is not None and is_cancelled():
                     state["cancelled"] = True
                     break
                 raw = logits.clone() if with_logprobs else None
                 if seq is not None:
                     seq = torch.cat([seq, seq.new_tensor([[token]])], dim=1)
-                more = len(state["ids"]) + 1 < params.max_tokens
                 next_logits = decoder.step(token) if more else None  # launched before the host work
                 state["pending_logits"] = raw
                 self._on_token(state, token, params, eos, text_of, on_step, with_logprobs)

@@ -19,8 +19,12 @@ only, ``qwen_engine_torch_memory_bytes{version,kind}`` (kind allocated, reserved
 refreshed after each request). With ``QWEN_TRITON_TRACE`` set to a file, one JSON line of timestamps
 per request (``_write_trace``; ``scripts/bench_triton_overhead.py`` reads them).
 
-Requests are handed by ``execute()`` to one worker thread through a blocking queue (no polling) and
-served one at a time; the process keeps its freed heap between requests (``_tune_malloc``).
+Requests are served one at a time inside ``execute()``: the decoupled policy lets it send each
+request's responses itself, and while it runs Triton holds the next requests in its own queue (where
+its queue metrics count them). A hand-off to a thread of our own would cost every request a wake-up
+and hide that queue. The engine asks Triton whether a request was cancelled only while there is
+something left to cancel (``_handle``). The process keeps its freed heap between requests
+(``_tune_malloc``).
 """
 
 from __future__ import annotations
@@ -29,7 +33,6 @@ import ctypes
 import json
 import os
 import platform
-import queue
 import threading
 import time
 import traceback
@@ -53,6 +56,9 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024  # glibc's own ceiling for its dynamic threshold (64-bit)
 TRIM_THRESHOLD_BYTES = 256 * 1024 * 1024
 CANCEL_ANSWER_REUSE_NS = 2_000_000  # see TritonPythonModel._handle
+# A request handed to execute() this soon after the previous one was done may have waited behind it
+# in Triton's queue, where its client may have given up: it is asked once before its prefill.
+QUEUED_BEHIND_NS = 1_000_000
 _METRIC_LOCK = threading.Lock()
 _METRIC_FAMILIES: dict[str, object] = {}
 
@@ -82,8 +88,7 @@ def _minor_faults() -> int:
 def _tune_malloc() -> dict | None:
     """Keep freed heap in this (model-only) process instead of handing it back after every request.
 
-    Requests are served on a worker thread, so glibc serves its allocations from a thread arena.
-    With glibc's defaults (trim threshold = twice a dynamic mmap threshold of a few MB), the arena's
+    With glibc's defaults (trim threshold = twice a dynamic mmap threshold of a few MB), the heap's
     top was trimmed with ``madvise(MADV_DONTNEED)`` at the end of each request (about 10 MB for one
     label image: the decoded image and the image processor's arrays) and faulted back in, zeroed
     page by page, by the next one: about 2,400 minor page faults, 5 to 8 ms of CPU per request on
@@ -166,10 +171,7 @@ class TritonPythonModel:
         self._trace_path = os.environ.get("QWEN_TRITON_TRACE") or None
         malloc = _tune_malloc()
         self.logger.log_info(f"[qwen] version {self.version} malloc tuning: {json.dumps(malloc)}")
-        # A blocking hand-off to the worker (a C lock, no polling); execute() returns at once.
-        self._requests: queue.SimpleQueue = queue.SimpleQueue()
-        self._worker = threading.Thread(target=self._work, name=f"qwen-v{self.version}", daemon=True)
-        self._worker.start()
+        self._last_done_ns: int | None = None  # when the previous request was done
 
     def _publish_metrics(self, report: dict) -> None:
         """Per-version gauges on Triton's metrics port: what this version's weights hold, as applied,
@@ -218,49 +220,45 @@ class TritonPythonModel:
     # ------------------------------------------------------------------ requests
 
     def execute(self, requests):
-        t_execute = time.perf_counter_ns()
+        """Serve the requests one at a time, each to its final response; nothing a request does may
+        escape (every failure becomes that request's final error response)."""
         for request in requests:
-            self._requests.put((request, t_execute))
+            self._serve(request, time.perf_counter_ns())
         return None
 
-    def _work(self) -> None:
-        """Serve queued requests one at a time. Nothing a request does may end this loop."""
-        while True:
-            item = self._requests.get()
-            if item is None:
-                return
-            request, t_execute = item
-            trace = {"execute": t_execute, "picked": time.perf_counter_ns()}
-            faults = _minor_faults()
-            try:
-                sender = request.get_response_sender()
-            except Exception:
-                self.logger.log_error(f"[qwen] no response sender: {traceback.format_exc()}")
-                continue
-            try:
-                self._handle(request, sender, trace)
-            except Exception as exc:  # every failure becomes a final error response
-                if not isinstance(exc, EngineError):
-                    self.logger.log_error(f"[qwen] error: {traceback.format_exc()}")
-                self._send_error(sender, "Request was cancelled" if _cancelled(sender)
-                                 else f"Error generating stream: {exc}")
-            trace["done"] = time.perf_counter_ns()
-            trace["minor_faults"] = _minor_faults() - faults
-            self._publish_memory()
-            self._write_trace(trace)
+    def _serve(self, request, t_execute: int) -> None:
+        trace = {"execute": t_execute, "picked": time.perf_counter_ns()}
+        faults = _minor_faults()
+        try:
+            sender = request.get_response_sender()
+        except Exception:
+            self.logger.log_error(f"[qwen] no response sender: {traceback.format_exc()}")
+            return
+        queued = self._last_done_ns is not None and t_execute - self._last_done_ns < QUEUED_BEHIND_NS
+        try:
+            self._handle(request, sender, trace, queued)
+        except Exception as exc:  # every failure becomes a final error response
+            if not isinstance(exc, EngineError):
+                self.logger.log_error(f"[qwen] error: {traceback.format_exc()}")
+            self._send_error(sender, "Request was cancelled" if _cancelled(sender)
+                             else f"Error generating stream: {exc}")
+        trace["done"] = self._last_done_ns = time.perf_counter_ns()
+        trace["minor_faults"] = _minor_faults() - faults
+        self._publish_memory()
+        self._write_trace(trace)
 
     def _write_trace(self, trace: dict) -> None:
         """With ``QWEN_TRITON_TRACE`` set to a file path: one JSON line of this request's timestamps.
 
         The stamps are ``time.perf_counter_ns()`` (CLOCK_MONOTONIC on Linux, so comparable with a
         client's stamps on the same machine): ``execute`` (Triton handed the request to execute()),
-        ``picked`` (the worker thread took it), ``inputs`` (tensors read, images base64-decoded and
+        ``picked`` (its serving began), ``inputs`` (tensors read, images base64-decoded and
         opened), ``generated`` (the engine returned), and for a non-streaming request
         ``response_built`` and ``sent`` (its one response's send() returned), ``done``; also
         ``image_decode_ns``, ``cancel_checks`` and ``cancel_check_ns`` (the engine's questions to
         Triton whether the request was cancelled, each a message to the server process), the
         engine's own ``engine`` timings (non-streaming) and ``minor_faults`` (page faults of the
-        worker thread during the request). Written after the response went out, so tracing does not
+        serving thread during the request). Written after the response went out, so tracing does not
         delay it.
         """
         if not self._trace_path:
@@ -283,7 +281,7 @@ class TritonPythonModel:
         except Exception as exc:  # the sender was closed meanwhile: nobody is listening
             self.logger.log_warn(f"[qwen] could not send the error response ({exc}): {message}")
 
-    def _handle(self, request, sender, trace: dict) -> None:
+    def _handle(self, request, sender, trace: dict, queued: bool = False) -> None:
         # request.inputs() builds every input's Python object on each call (and
         # pb_utils.get_input_tensor_by_name calls it once per name): read them once.
         inputs = {tensor.name(): tensor for tensor in request.inputs()}
@@ -328,6 +326,12 @@ class TritonPythonModel:
                 last_no[0] = done
             return answer
 
+        # A request that may have waited in Triton's queue is asked before its prefill (its client
+        # may have given up meanwhile); one served as it arrived is not: it cannot have been
+        # cancelled before anything was done, and the engine asks between steps.
+        if queued and is_cancelled():
+            raise EngineError("Request was cancelled")
+
         if not stream:
             result = self.engine.generate(prompt, images, params, with_logprobs=want_cum,
                                           is_cancelled=is_cancelled)
@@ -345,8 +349,10 @@ class TritonPythonModel:
 
         def on_step(step) -> None:
             nonlocal final_sent
-            if final_sent or is_cancelled():
-                return  # the engine's cancellation check ends the generation at the next step
+            if final_sent or (not step.finished and is_cancelled()):
+                # The engine's cancellation check ends the generation at the next step. The final
+                # response is sent without asking: a closed sender refuses it, and that is handled.
+                return
             response = self._response(flags, step.text, step.finish_reason, step.cumulative_logprob,
                                       step.logprobs, step.num_input_tokens, step.num_tokens)
             final_sent = step.finished
@@ -373,6 +379,4 @@ class TritonPythonModel:
         return pb_utils.InferenceResponse(output_tensors=tensors)
 
     def finalize(self):
-        self._requests.put(None)
-        self._worker.join(timeout=30)
         self.logger.log_info(f"[qwen] version {self.version} finalized")
