@@ -2,7 +2,7 @@
 same call into the engine in-process, side by side in one run; and the fp8/bf16 ratio of the decoder's
 weight bytes as the server reports them.
 
-    .venv/bin/python scripts/bench_triton_overhead.py [--requests 200] [--checkpoint DIR] [--threads 1]
+    .venv/bin/python scripts/bench_triton_overhead.py [--requests 200] [--checkpoint DIR] [--threads 1] [--device cuda]
 
 Both sides do the same work on the same checkpoint and CPU: the label image as the dashboard sends it
 (JPEG via ``services.images``, base64), the default prompt, ``max_tokens`` 1 at temperature 0, one
@@ -24,7 +24,7 @@ run torch with the same thread count, ``--threads`` (default 1): ``OMP_NUM_THREA
 
 Where the time goes: the server's model writes per-request timestamps (``QWEN_TRITON_TRACE``, see
 ``services.triton_backend_model``) on the same monotonic clock as the client's, so the script splits
-each Triton round trip into client, transport in, hand-off to the model's worker thread, reading the
+each Triton round trip into client, transport in, hand-off (execute() to the start of serving), reading the
 inputs, image decode and engine (the in-process work), cancellation checks, response back to the client,
 and client parsing (``--no-trace`` turns this off).
 """
@@ -97,11 +97,11 @@ def breakdown(calls: list[dict], traces: list[dict]) -> dict[str, float]:
     at a time). Segments (ms): client = building and serializing the request; transport in = request
     sent -> the model's execute() (client library, network, Triton's frontend and core, the Python
     backend's copy into shared memory and message to the model process); hand-off = execute() -> the
-    worker thread; inputs = reading the tensors and parameters; image decode and engine = the work the
+    request's serving begins; inputs = reading the tensors and parameters; image decode and engine = the work the
     in-process call also does; cancel checks = the engine asking Triton whether the request was
     cancelled (one message to the server per check); response = engine done -> the response received
     by the client (building it, the Python backend's send, Triton, the network); client parse =
-    response received -> detect() returned. Also ``page faults``: the model's worker thread's minor page
+    response received -> detect() returned. Also ``page faults``: the serving thread's minor page
     faults per request (a count, not ms).
     """
     segments: dict[str, list[float]] = {}
@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of the in-process engine and of the server's model processes")
     parser.add_argument("--no-trace", action="store_true", help="no per-request server timestamps")
+    parser.add_argument("--device", help="engine device of both sides (cpu, cuda); default: cuda where present")
     args = parser.parse_args(argv)
 
     # Before torch is imported anywhere; the server's model processes inherit the environment.
@@ -164,13 +165,13 @@ def main(argv: list[str] | None = None) -> int:
     prompt = build_prompt()
     load_before = load_average()
 
-    server = start_embedded_triton(checkpoint, workdir=workdir / "server",
+    server = start_embedded_triton(checkpoint, workdir=workdir / "server", device=args.device,
                                    ports={"http": None, "grpc": None, "metrics": None})
     http = grpc = None
     calls: dict[str, list[dict]] = {name: [] for name in (ENGINE, *TRANSPORTS)}
     try:
         precision = "fp8" if args.version == "2" else "bf16"
-        engine = Engine(checkpoint, precision)
+        engine = Engine(checkpoint, precision, device=args.device)
         http = TritonClient(server.http_url, protocol="http")
         grpc = TritonClient(server.grpc_url, protocol="grpc")
         clients = {"http": http, "grpc": grpc}
@@ -221,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
 
     times = {name: [(c["t1"] - c["t0"]) / 1e6 for c in cs] for name, cs in calls.items()}
     base = times[ENGINE]
-    print(f"checkpoint: {checkpoint}  version {args.version}  rounds: {args.requests}  "
+    print(f"checkpoint: {checkpoint}  version {args.version}  device: {engine.device}  rounds: {args.requests}  "
           f"torch threads per process: {args.threads}  image: {len(image_jpeg)} B JPEG, {len(image_b64)} B base64")
     print(f"load average (1/5/15 min): before {load_before}  after {load_after}  ({os.cpu_count()} CPUs)")
     print(f"{'path':<24}{'median ms':>11}{'p10 ms':>9}{'p90 ms':>9}{'overhead ms (paired median, 95% CI)':>40}")
@@ -254,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{sum(v for k, v in splits[name].items() if k not in ('image decode', 'engine', 'page faults')):24.3f}"
             for name in splits))
         print(f"{'page faults':<16}" + "".join(f"{splits[name].get('page faults', 0):24.0f}" for name in splits)
-              + "   (model's worker thread, per request)")
+              + "   (model's serving thread, per request)")
     bf16 = weights.get(("1", "decoder_linear"))
     fp8 = weights.get(("2", "decoder_linear"))
     if bf16 and fp8:
@@ -267,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         "paired_overhead_ms": overheads,
         "breakdown_ms": splits,
         "threads": args.threads,
+        "device": str(engine.device),
+        "cpus": os.cpu_count(),
         "load_average": {"before": load_before, "after": load_after},
         "fp8_bf16_decoder_ratio": (fp8[0] / bf16[0]) if bf16 and fp8 else None,
     }))

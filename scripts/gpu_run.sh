@@ -17,6 +17,9 @@
 #             comparison report; memory check with the report's figures (~6-8 min with the fast decode path:
 #             the load compiles each version's decode step, ~45 s bf16, up to ~3 min fp8; the server's ready
 #             timeout is what is left minus the report's reserve, at least 300 s where the deadline allows)
+#   overhead  scripts/bench_triton_overhead.py on models/demo-detector: Triton's overhead over the in-process
+#             engine for a 1-token request, engine on the GPU, then on the CPU (one torch thread, as on the
+#             development machines) (~3 min); overhead_cuda.json and overhead_cpu.json under overhead/
 #   all       smoke tests build7b decode headline (does NOT fit one 10-minute call: use the groups below)
 #
 # One device call is limited to 600 s; groups that fit (the machine is fresh each call: /tmp is empty):
@@ -38,7 +41,8 @@
 # Settings: QWEN_GPU_BUDGET_S (570), QWEN_7B_DIR (/tmp/qwen2-vl-7b), QWEN_7B_CONFIG (configs/qwen2-vl-7b.json),
 # QWEN_GPU_DEVICE (cuda),
 # HEADLINE_ARGS (extra arguments for `gpu_stages.py headline`, e.g. "--requests 16"), DECODE_ARGS (extra
-# arguments for bench_decode.py, e.g. "--images 2 --profile"), DECODE_DEMO=0 (decode stage: the 7B only), QWEN_GPU_ENV_SCRIPT
+# arguments for bench_decode.py, e.g. "--images 2 --profile"), DECODE_DEMO=0 (decode stage: the 7B only),
+# OVERHEAD_ARGS (extra arguments for bench_triton_overhead.py, e.g. "--requests 100"), QWEN_GPU_ENV_SCRIPT
 # (another file to source instead of scripts/gpu_env.sh: a dry run on CPU with the project's .venv).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
@@ -49,15 +53,15 @@ ROOT=${QWEN_GPU_ROOT:-/tmp/qwen-gpu}
 RESULTS=$ROOT/results
 CKPT_7B=${QWEN_7B_DIR:-/tmp/qwen2-vl-7b}
 DEVICE=${QWEN_GPU_DEVICE:-cuda}
-declare -A NEED_S=([smoke]=60 [tests]=60 [build7b]=45 [decode]=90 [headline]=360)
+declare -A NEED_S=([smoke]=60 [tests]=60 [build7b]=45 [decode]=90 [headline]=360 [overhead]=150)
 VERDICTS=()
 
-usage() { sed -n '2,41p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,46p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 STAGES=()
 for a in "$@"; do
     case "$a" in
         all) STAGES+=(smoke tests build7b decode headline) ;;
-        smoke|tests|build7b|decode|headline) STAGES+=("$a") ;;
+        smoke|tests|build7b|decode|headline|overhead) STAGES+=("$a") ;;
         -h|--help) usage ;;
         *) echo "unknown stage '$a'"; usage ;;
     esac
@@ -162,6 +166,20 @@ stage_headline() {
     # shellcheck disable=SC2086
     MARGIN_S=5 bounded "$PYTHON" scripts/gpu_stages.py headline --checkpoint "$CKPT_7B" --device "$DEVICE" \
         --out "$RESULTS/headline" --deadline "$(( QWEN_GPU_DEADLINE - 15 ))" ${HEADLINE_ARGS:-}
+}
+
+stage_overhead() {
+    mkdir -p "$RESULTS/overhead"
+    local rc=0 device
+    # A 1-token request never reaches a decode step: nothing to compile at load.
+    for device in cuda cpu; do
+        log "Triton overhead, engine on $device"
+        QWEN_COMPILE_DECODE=0 bounded "$PYTHON" scripts/bench_triton_overhead.py --device "$device" \
+            ${OVERHEAD_ARGS:-} > "$RESULTS/overhead/overhead_$device.log" 2>&1 || rc=$?
+        grep -v '^{' "$RESULTS/overhead/overhead_$device.log" | grep -A40 '^checkpoint:'
+        tail -1 "$RESULTS/overhead/overhead_$device.log" > "$RESULTS/overhead/overhead_$device.json"
+    done
+    return $rc
 }
 
 run_stage() {
