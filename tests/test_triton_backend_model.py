@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import platform
+import time
 
 import pytest
 import requests
@@ -84,3 +85,59 @@ def test_trace_stamps_are_ordered_and_on_the_clients_clock(tmp_path, monkeypatch
     assert "malloc tuning" in log
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         assert "trim_threshold" in log and "268435456" in log  # the model process keeps its freed heap
+
+
+def test_cancellation_is_asked_only_while_there_is_something_to_cancel(tmp_path, monkeypatch, tiny_checkpoint,
+                                                                       label_image_bytes):
+    """Each "was this request cancelled?" is a round trip to the server process, so the model asks only
+    while it matters: never for a 1-token answer (there is no step after its token), between the steps
+    of a longer one, and before the prefill of a request that waited in Triton's queue behind another
+    and whose client gave up meanwhile: that one is never generated, and the version keeps serving."""
+    import threading
+
+    from services.embedded_triton import start_embedded_triton
+    from services.triton_client import RequestTimeout
+
+    trace_path = tmp_path / "trace.jsonl"
+    monkeypatch.setenv("QWEN_TRITON_TRACE", str(trace_path))
+    server = start_embedded_triton(tiny_checkpoint, workdir=tmp_path / "triton", ports=FREE_PORTS,
+                                   versions={"1": "bf16"})
+    image = base64.b64encode(label_image_bytes).decode()
+    forced = {"ignore_eos": True}
+
+    def traces() -> list[dict]:
+        return [json.loads(line) for line in trace_path.read_text().splitlines()]
+
+    try:
+        for protocol, stream in (("http", False), ("http", True), ("grpc", False), ("grpc", True)):
+            with TritonClient(server.url(protocol), protocol=protocol) as client:
+                done = client.detect(image, version="1", max_tokens=1, stream=stream, extra_sampling=forced)
+            assert done.num_output_tokens == 1
+            assert traces()[-1]["cancel_checks"] == 0, (protocol, stream)
+        with TritonClient(server.grpc_url, protocol="grpc") as client:
+            assert client.detect(image, version="1", max_tokens=50, extra_sampling=forced).num_output_tokens == 50
+            assert traces()[-1]["cancel_checks"] >= 1
+
+            # A long answer holds the only instance; a second request waits in Triton's queue behind it
+            # until its client gives up (the gRPC stream is closed with the request cancelled).
+            first: dict = {}
+            worker = threading.Thread(target=lambda: first.update(
+                done=client.detect(image, version="1", max_tokens=3000, extra_sampling=forced)))
+            worker.start()
+            time.sleep(0.5)  # the long one is being served (3000 tokens: seconds on a CPU)
+            with TritonClient(server.grpc_url, protocol="grpc", timeout_s=0.5) as impatient:
+                with pytest.raises(RequestTimeout):
+                    impatient.detect(image, version="1", max_tokens=50, extra_sampling=forced)
+            impatient_gave_up = time.perf_counter_ns()
+            worker.join(timeout=120)
+            assert first["done"].num_output_tokens == 3000
+            deadline = time.monotonic() + 30
+            while len(traces()) < 7 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            long_one, waited = traces()[5:7]
+            # It waited: it was handed to the model as the long one ended, after its client had left.
+            assert waited["execute"] - long_one["done"] < 1e6 and waited["execute"] > impatient_gave_up
+            assert waited["cancel_checks"] == 1 and "generated" not in waited and "inputs" in waited
+            assert client.detect(image, version="1", max_tokens=3, extra_sampling=forced).num_output_tokens == 3
+    finally:
+        server.stop()
