@@ -22,6 +22,13 @@ OpenMP workers take the cores from the busy one and the timings swing by hundred
 run torch with the same thread count, ``--threads`` (default 1): ``OMP_NUM_THREADS`` and
 ``MKL_NUM_THREADS`` are set before torch is imported, and the server's model processes inherit them.
 
+The floor (``--no-floor`` skips it): the same rounds through a second server whose model has the same
+interface but no engine: it reads the request as this project's model does, computes (``compute_for``:
+hashing, with the GIL released as in torch's kernels) for as long as the in-process call took at the
+median, and answers one token; against the same computation run in-process. Its overhead is what Triton and its Python backend cost around any model on this machine
+(its frontends, the copies into shared memory, the messages and wake-ups between the processes); the
+difference to the real overhead is what this project's model adds on top.
+
 Where the time goes: the server's model writes per-request timestamps (``QWEN_TRITON_TRACE``, see
 ``services.triton_backend_model``) on the same monotonic clock as the client's, so the script splits
 each Triton round trip into client, transport in, hand-off (execute() to the start of serving), reading the
@@ -33,6 +40,8 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
+import inspect
 import io
 import json
 import os
@@ -49,6 +58,54 @@ TARGET_MS = 2.0
 PARAMS = {"max_tokens": 1, "temperature": 0}
 ENGINE = "in-process engine"
 TRANSPORTS = {"Triton HTTP generate": "http", "Triton gRPC stream": "grpc"}
+SPIN = "in-process compute"
+FLOOR_MODEL_PY = '''"""Written by scripts/bench_triton_overhead.py: the floor model. The vLLM backend's interface and
+no engine: it reads each request as the project's model does, computes for QWEN_FLOOR_COMPUTE_MS
+(compute_for: hashing, which like torch's kernels runs with the GIL released) and answers one token
+with the outputs the request asks for."""
+import hashlib
+import json
+import os
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+COMPUTE_NS = int(float(os.environ["QWEN_FLOOR_COMPUTE_MS"]) * 1e6)
+
+
+COMPUTE_FOR_SOURCE
+
+def flag(inputs, name):
+    return name in inputs and bool(inputs[name].as_numpy().reshape(-1)[0])
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        output = pb_utils.get_output_config_by_name(config, "text_output")
+        self.dtype = pb_utils.triton_string_to_numpy(output["data_type"])
+
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+            inputs = {tensor.name(): tensor for tensor in request.inputs()}
+            inputs["text_input"].as_numpy()
+            if "image" in inputs:
+                inputs["image"].as_numpy()
+            json.loads(inputs["sampling_parameters"].as_numpy().reshape(-1)[0])
+            compute_for(COMPUTE_NS)
+            tensors = [pb_utils.Tensor("text_output", np.asarray([b"0"], dtype=self.dtype))]
+            if flag(inputs, "return_finish_reason"):
+                tensors.append(pb_utils.Tensor("finish_reason", np.asarray(["length"], dtype=np.object_)))
+            if flag(inputs, "return_num_input_tokens"):
+                tensors.append(pb_utils.Tensor("num_input_tokens", np.asarray([1], dtype=np.uint32)))
+            if flag(inputs, "return_num_output_tokens"):
+                tensors.append(pb_utils.Tensor("num_output_tokens", np.asarray([1], dtype=np.uint32)))
+            sender.send(pb_utils.InferenceResponse(output_tensors=tensors),
+                        flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+'''
 
 
 def label_image() -> bytes:
@@ -139,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch threads of the in-process engine and of the server's model processes")
     parser.add_argument("--no-trace", action="store_true", help="no per-request server timestamps")
     parser.add_argument("--device", help="engine device of both sides (cpu, cuda); default: cuda where present")
+    parser.add_argument("--no-floor", action="store_true", help="skip the floor (a model with no engine)")
     args = parser.parse_args(argv)
 
     # Before torch is imported anywhere; the server's model processes inherit the environment.
@@ -168,7 +226,6 @@ def main(argv: list[str] | None = None) -> int:
     server = start_embedded_triton(checkpoint, workdir=workdir / "server", device=args.device,
                                    ports={"http": None, "grpc": None, "metrics": None})
     http = grpc = None
-    calls: dict[str, list[dict]] = {name: [] for name in (ENGINE, *TRANSPORTS)}
     try:
         precision = "fp8" if args.version == "2" else "bf16"
         engine = Engine(checkpoint, precision, device=args.device)
@@ -197,13 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             return {"t0": t0, "t1": t1, "send_ns": done.send_ns, "recv_ns": done.recv_ns}
 
         paths = {ENGINE: in_process, **{name: (lambda p=p: through(p)) for name, p in TRANSPORTS.items()}}
-        for _ in range(args.warmup):
-            for fn in paths.values():
-                fn()
-        names = list(paths)
-        for i in range(args.requests):
-            for name in names[i % 3:] + names[: i % 3]:  # rotate so no path always runs first
-                calls[name].append(paths[name]())
+        calls = interleaved(paths, args.requests, args.warmup)
 
         metrics = http_metrics(server.metrics_url)
         weights = {}
@@ -216,33 +267,34 @@ def main(argv: list[str] | None = None) -> int:
             if client is not None:
                 client.close()  # open gRPC streams would hold the server's shutdown
         server.stop()
+    times = {name: [(c["t1"] - c["t0"]) / 1e6 for c in cs] for name, cs in calls.items()}
+    base = times[ENGINE]
+    floor_times = None
+    if not args.no_floor:
+        floor_times = measure_floor(checkpoint, workdir / "floor", statistics.median(base), image_b64, prompt,
+                                    args.version, args.requests, args.warmup)
     load_after = load_average()
     traces = read_traces(trace_path)
     shutil.rmtree(workdir, ignore_errors=True)
 
-    times = {name: [(c["t1"] - c["t0"]) / 1e6 for c in cs] for name, cs in calls.items()}
-    base = times[ENGINE]
     print(f"checkpoint: {checkpoint}  version {args.version}  device: {engine.device}  rounds: {args.requests}  "
           f"torch threads per process: {args.threads}  image: {len(image_jpeg)} B JPEG, {len(image_b64)} B base64")
     print(f"load average (1/5/15 min): before {load_before}  after {load_after}  ({os.cpu_count()} CPUs)")
-    print(f"{'path':<24}{'median ms':>11}{'p10 ms':>9}{'p90 ms':>9}{'overhead ms (paired median, 95% CI)':>40}")
-    overheads: dict[str, dict[str, float]] = {}
-    for name, values in times.items():
-        over = ""
-        if name != ENGINE:
-            # Each round ran every path back to back: the median of the per-round differences is the
-            # overhead with the machine's drift taken out.
-            diffs = [v - b for v, b in zip(values, base)]
-            lo, hi = bootstrap_median_ci(diffs)
-            overheads[name] = {"median": statistics.median(diffs), "ci95": [lo, hi]}
-            over = f"{overheads[name]['median']:10.2f}  [{lo:.2f}, {hi:.2f}]"
-        print(f"{name:<24}{statistics.median(values):11.2f}{percentile(values, 10):9.2f}"
-              f"{percentile(values, 90):9.2f}{over:>40}")
+    overheads = print_table(times, ENGINE)
     worst = max(overheads, key=lambda n: overheads[n]["median"])
     w = overheads[worst]
     print(f"Triton overhead at the median (worst transport, {worst}): {w['median']:.2f} ms, 95% CI "
           f"[{w['ci95'][0]:.2f}, {w['ci95'][1]:.2f}]  (target <= {TARGET_MS:g} ms: "
           f"{'met' if w['median'] <= TARGET_MS else 'NOT met'})")
+
+    floor: dict[str, dict] = {}
+    if floor_times is not None:
+        print(f"\nthe floor: the same rounds through Triton to a model with no engine that computes (hashing, GIL"
+              f" released) for {statistics.median(base):.2f} ms, the in-process median above, and answers one token")
+        floor = print_table(floor_times, SPIN)
+        print("what this project's model adds to the floor (overhead - floor, paired medians): " + ", ".join(
+            f"{name.removeprefix('Triton ')} {overheads[name]['median'] - floor[name]['median']:.2f} ms"
+            for name in TRANSPORTS))
 
     splits = {name: breakdown(calls[name], traces) for name in TRANSPORTS} if traces else {}
     if any(splits.values()):
@@ -266,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({
         "medians_ms": {k: statistics.median(v) for k, v in times.items()},
         "paired_overhead_ms": overheads,
+        "floor_overhead_ms": floor or None,
         "breakdown_ms": splits,
         "threads": args.threads,
         "device": str(engine.device),
@@ -274,6 +327,89 @@ def main(argv: list[str] | None = None) -> int:
         "fp8_bf16_decoder_ratio": (fp8[0] / bf16[0]) if bf16 and fp8 else None,
     }))
     return 0
+
+
+def interleaved(paths: dict, rounds: int, warmup: int) -> dict[str, list[dict]]:
+    """Call every path once per round, the order rotated every round so that no path always runs first
+    (drift of the machine hits every path alike); each call returns its stamps."""
+    for _ in range(warmup):
+        for fn in paths.values():
+            fn()
+    names = list(paths)
+    calls: dict[str, list[dict]] = {name: [] for name in names}
+    for i in range(rounds):
+        k = i % len(names)
+        for name in names[k:] + names[:k]:
+            calls[name].append(paths[name]())
+    return calls
+
+
+def print_table(times: dict[str, list[float]], base_name: str) -> dict[str, dict]:
+    """Print each path's median and spread and, against ``base_name``, its paired overhead."""
+    base = times[base_name]
+    print(f"{'path':<24}{'median ms':>11}{'p10 ms':>9}{'p90 ms':>9}{'overhead ms (paired median, 95% CI)':>40}")
+    overheads: dict[str, dict[str, float]] = {}
+    for name, values in times.items():
+        over = ""
+        if name != base_name:
+            # Each round ran every path back to back: the median of the per-round differences is the
+            # overhead with the machine's drift taken out.
+            diffs = [v - b for v, b in zip(values, base)]
+            lo, hi = bootstrap_median_ci(diffs)
+            overheads[name] = {"median": statistics.median(diffs), "ci95": [lo, hi]}
+            over = f"{overheads[name]['median']:10.2f}  [{lo:.2f}, {hi:.2f}]"
+        print(f"{name:<24}{statistics.median(values):11.2f}{percentile(values, 10):9.2f}"
+              f"{percentile(values, 90):9.2f}{over:>40}")
+    return overheads
+
+
+def compute_for(ns: int, block: bytes = bytes(256 * 1024)) -> None:
+    """Compute for ``ns`` nanoseconds: SHA-256 of a block, over and over; hashing runs with the GIL
+    released, as torch's kernels do (the floor model runs this same function)."""
+    end = time.perf_counter_ns() + ns
+    while time.perf_counter_ns() < end:
+        hashlib.sha256(block).digest()
+
+
+def floor_model_py() -> str:
+    """The floor model's source, with ``compute_for`` as defined here."""
+    return FLOOR_MODEL_PY.replace("COMPUTE_FOR_SOURCE\n", inspect.getsource(compute_for) + "\n")
+
+
+def measure_floor(checkpoint: Path, workdir: Path, compute_ms: float, image_b64: str, prompt: str, version: str,
+                  rounds: int, warmup: int) -> dict[str, list[float]]:
+    """Round trips through a server whose model only computes for ``compute_ms`` (FLOOR_MODEL_PY), and
+    the same computation in-process, interleaved as the main measurement is."""
+    from services.embedded_triton import start_embedded_triton
+    from services.triton_client import TritonClient
+
+    os.environ["QWEN_FLOOR_COMPUTE_MS"] = repr(compute_ms)  # the server's model processes inherit it
+    compute_ns = int(compute_ms * 1e6)
+    server = start_embedded_triton(checkpoint, workdir=workdir, versions={version: "bf16"}, model_py=floor_model_py(),
+                                   ports={"http": None, "grpc": None, "metrics": None})
+    clients = {}
+    try:
+        clients = {p: TritonClient(server.url(p), protocol=p) for p in TRANSPORTS.values()}
+
+        def spin() -> dict:
+            t0 = time.perf_counter_ns()
+            compute_for(compute_ns)
+            return {"t0": t0, "t1": time.perf_counter_ns()}
+
+        def through(protocol: str) -> dict:
+            t0 = time.perf_counter_ns()
+            done = clients[protocol].detect(image_b64, prompt, version=version, **PARAMS)
+            t1 = time.perf_counter_ns()
+            assert done.num_output_tokens == 1
+            return {"t0": t0, "t1": t1}
+
+        paths = {SPIN: spin, **{name: (lambda p=p: through(p)) for name, p in TRANSPORTS.items()}}
+        calls = interleaved(paths, rounds, warmup)
+    finally:
+        for client in clients.values():
+            client.close()
+        server.stop()
+    return {name: [(c["t1"] - c["t0"]) / 1e6 for c in cs] for name, cs in calls.items()}
 
 
 def http_metrics(url: str) -> str:

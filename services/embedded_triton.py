@@ -131,8 +131,14 @@ def config_pbtxt(versions: dict[str, str]) -> str:
 
 
 def write_model_repository(repo: Path, checkpoint: Path, versions: dict[str, str] | None = None,
-                           max_model_len: int = 4096, device: str | None = None) -> Path:
-    """Write ``repo/qwen`` with one folder per version, each with its ``model.json`` as vLLM's has."""
+                           max_model_len: int = 4096, device: str | None = None,
+                           model_py: str | None = None) -> Path:
+    """Write ``repo/qwen`` with one folder per version, each with its ``model.json`` as vLLM's has.
+
+    ``model_py``: the source of each version's ``model.py`` (default: this project's model,
+    ``services.triton_backend_model``). ``scripts/bench_triton_overhead.py`` passes a model that only
+    computes for a set time, to measure what Triton costs around any model on the machine.
+    """
     versions = versions or dict(settings.VERSIONS)
     model_dir = repo / settings.MODEL_NAME
     if model_dir.exists():
@@ -142,7 +148,8 @@ def write_model_repository(repo: Path, checkpoint: Path, versions: dict[str, str
     for version, precision in versions.items():
         vdir = model_dir / version
         vdir.mkdir()
-        (vdir / "model.py").write_text(MODEL_PY.format(root=str(settings.PROJECT_ROOT)))
+        (vdir / "model.py").write_text(model_py if model_py is not None
+                                       else MODEL_PY.format(root=str(settings.PROJECT_ROOT)))
         engine_args = {"model": str(checkpoint), "dtype": "bfloat16", "max_model_len": max_model_len}
         if precision == "fp8":
             engine_args["quantization"] = "fp8"
@@ -358,15 +365,19 @@ def start_embedded_triton(
     versions: dict[str, str] | None = None,
     ready_timeout: float = 300.0,
     device: str | None = None,
+    model_py: str | None = None,
 ) -> EmbeddedTriton:
-    """Start ``tritonserver`` serving ``qwen`` (versions 1 = bf16, 2 = fp8) and wait until it is ready."""
+    """Start ``tritonserver`` serving ``qwen`` (versions 1 = bf16, 2 = fp8) and wait until it is ready.
+
+    ``model_py`` replaces the model each version runs (see ``write_model_repository``).
+    """
     import tritonclient.http as httpclient
 
     dist = TritonDistribution.locate()
     ckpt = resolve_checkpoint(checkpoint)
     work = Path(workdir) if workdir else settings.data_dir() / "embedded_triton" / f"server-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     work.mkdir(parents=True, exist_ok=True)
-    repo = write_model_repository(work / "model_repository", ckpt, versions, device=device)
+    repo = write_model_repository(work / "model_repository", ckpt, versions, device=device, model_py=model_py)
     backends = prepare_backend_dir(dist, settings.data_dir() / "embedded_triton" / "backends")
     chosen = choose_ports(ports)
     shm_prefix = f"qwen_triton_{uuid.uuid4().hex[:10]}_"
