@@ -42,7 +42,8 @@
 # QWEN_GPU_DEVICE (cuda),
 # HEADLINE_ARGS (extra arguments for `gpu_stages.py headline`, e.g. "--requests 16"), DECODE_ARGS (extra
 # arguments for bench_decode.py, e.g. "--images 2 --profile"), DECODE_DEMO=0 (decode stage: the 7B only),
-# OVERHEAD_ARGS (extra arguments for bench_triton_overhead.py, e.g. "--requests 100"), QWEN_GPU_ENV_SCRIPT
+# OVERHEAD_ARGS (extra arguments for bench_triton_overhead.py, e.g. "--requests 100"), OVERHEAD_DEVICES
+# (overhead stage: "cuda cpu"), QWEN_GPU_ENV_SCRIPT
 # (another file to source instead of scripts/gpu_env.sh: a dry run on CPU with the project's .venv).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
@@ -53,10 +54,10 @@ ROOT=${QWEN_GPU_ROOT:-/tmp/qwen-gpu}
 RESULTS=$ROOT/results
 CKPT_7B=${QWEN_7B_DIR:-/tmp/qwen2-vl-7b}
 DEVICE=${QWEN_GPU_DEVICE:-cuda}
-declare -A NEED_S=([smoke]=60 [tests]=60 [build7b]=45 [decode]=90 [headline]=360 [overhead]=150)
+declare -A NEED_S=([smoke]=60 [tests]=60 [build7b]=45 [decode]=90 [headline]=360 [overhead]=90)
 VERDICTS=()
 
-usage() { sed -n '2,46p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,47p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 STAGES=()
 for a in "$@"; do
     case "$a" in
@@ -172,7 +173,7 @@ stage_overhead() {
     mkdir -p "$RESULTS/overhead"
     local rc=0 device
     # A 1-token request never reaches a decode step: nothing to compile at load.
-    for device in cuda cpu; do
+    for device in ${OVERHEAD_DEVICES:-cuda cpu}; do
         log "Triton overhead, engine on $device"
         QWEN_COMPILE_DECODE=0 bounded "$PYTHON" scripts/bench_triton_overhead.py --device "$device" \
             ${OVERHEAD_ARGS:-} > "$RESULTS/overhead/overhead_$device.log" 2>&1 || rc=$?
