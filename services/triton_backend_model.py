@@ -22,8 +22,8 @@ per request (``_write_trace``; ``scripts/bench_triton_overhead.py`` reads them).
 Requests are served one at a time inside ``execute()``: the decoupled policy lets it send each
 request's responses itself, and while it runs Triton holds the next requests in its own queue (where
 its queue metrics count them). A hand-off to a thread of our own would cost every request a wake-up
-and hide that queue. The engine asks Triton whether a request was cancelled only while there is
-something left to cancel (``_handle``). The process keeps its freed heap between requests
+and hide that queue. Whether a request was cancelled is asked once before its prefill and then
+between steps while something is left to cancel (``_handle``). The process keeps its freed heap between requests
 (``_tune_malloc``).
 """
 
@@ -56,9 +56,6 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024  # glibc's own ceiling for its dynamic threshold (64-bit)
 TRIM_THRESHOLD_BYTES = 256 * 1024 * 1024
 CANCEL_ANSWER_REUSE_NS = 2_000_000  # see TritonPythonModel._handle
-# A request handed to execute() this soon after the previous one was done may have waited behind it
-# in Triton's queue, where its client may have given up: it is asked once before its prefill.
-QUEUED_BEHIND_NS = 1_000_000
 _METRIC_LOCK = threading.Lock()
 _METRIC_FAMILIES: dict[str, object] = {}
 
@@ -171,7 +168,6 @@ class TritonPythonModel:
         self._trace_path = os.environ.get("QWEN_TRITON_TRACE") or None
         malloc = _tune_malloc()
         self.logger.log_info(f"[qwen] version {self.version} malloc tuning: {json.dumps(malloc)}")
-        self._last_done_ns: int | None = None  # when the previous request was done
 
     def _publish_metrics(self, report: dict) -> None:
         """Per-version gauges on Triton's metrics port: what this version's weights hold, as applied,
@@ -234,15 +230,14 @@ class TritonPythonModel:
         except Exception:
             self.logger.log_error(f"[qwen] no response sender: {traceback.format_exc()}")
             return
-        queued = self._last_done_ns is not None and t_execute - self._last_done_ns < QUEUED_BEHIND_NS
         try:
-            self._handle(request, sender, trace, queued)
+            self._handle(request, sender, trace)
         except Exception as exc:  # every failure becomes a final error response
             if not isinstance(exc, EngineError):
                 self.logger.log_error(f"[qwen] error: {traceback.format_exc()}")
             self._send_error(sender, "Request was cancelled" if _cancelled(sender)
                              else f"Error generating stream: {exc}")
-        trace["done"] = self._last_done_ns = time.perf_counter_ns()
+        trace["done"] = time.perf_counter_ns()
         trace["minor_faults"] = _minor_faults() - faults
         self._publish_memory()
         self._write_trace(trace)
@@ -281,7 +276,7 @@ class TritonPythonModel:
         except Exception as exc:  # the sender was closed meanwhile: nobody is listening
             self.logger.log_warn(f"[qwen] could not send the error response ({exc}): {message}")
 
-    def _handle(self, request, sender, trace: dict, queued: bool = False) -> None:
+    def _handle(self, request, sender, trace: dict) -> None:
         # request.inputs() builds every input's Python object on each call (and
         # pb_utils.get_input_tensor_by_name calls it once per name): read them once.
         inputs = {tensor.name(): tensor for tensor in request.inputs()}
@@ -326,10 +321,10 @@ class TritonPythonModel:
                 last_no[0] = done
             return answer
 
-        # A request that may have waited in Triton's queue is asked before its prefill (its client
-        # may have given up meanwhile); one served as it arrived is not: it cannot have been
-        # cancelled before anything was done, and the engine asks between steps.
-        if queued and is_cancelled():
+        # Asked once before the prefill: the request may have waited in Triton's queue behind another
+        # (Triton hands it over even if its client gave up meanwhile; nothing tells us whether it
+        # waited). After that the engine asks between steps, never after the answer's last token.
+        if is_cancelled():
             raise EngineError("Request was cancelled")
 
         if not stream:

@@ -30,7 +30,7 @@ def test_the_overhead_benchmark_reports_overheads_floor_and_breakdown(tiny_check
             assert math.isfinite(figures[name]["median"]) and low <= figures[name]["median"] <= high
         segments = report["breakdown_ms"][name]
         assert segments["engine"] > 0 and segments["transport in"] > 0 and segments["response"] > 0
-        assert segments["cancel checks"] == 0  # a 1-token answer never asks whether it was cancelled
+        assert segments["cancel checks"] > 0  # asked once, before the prefill
     assert 0 < report["fp8_bf16_decoder_ratio"] < 1
     assert "the floor:" in out and "what this project's model adds to the floor" in out
     assert "Triton overhead at the median" in out
