@@ -106,18 +106,25 @@ def test_cancellation_is_asked_before_the_prefill_and_while_the_answer_is_unfini
     image = base64.b64encode(label_image_bytes).decode()
     forced = {"ignore_eos": True}
 
-    def traces() -> list[dict]:
-        return [json.loads(line) for line in trace_path.read_text().splitlines()]
+    def traces(count: int) -> list[dict]:
+        """The first ``count`` traces; each is written just after its request's last response went out."""
+        deadline = time.monotonic() + 30
+        while True:
+            lines = trace_path.read_text().splitlines() if trace_path.exists() else []
+            if len(lines) >= count or time.monotonic() > deadline:
+                return [json.loads(line) for line in lines[:count]]
+            time.sleep(0.02)
 
     try:
-        for protocol, stream in (("http", False), ("http", True), ("grpc", False), ("grpc", True)):
+        cases = (("http", False), ("http", True), ("grpc", False), ("grpc", True))
+        for n, (protocol, stream) in enumerate(cases, start=1):
             with TritonClient(server.url(protocol), protocol=protocol) as client:
                 done = client.detect(image, version="1", max_tokens=1, stream=stream, extra_sampling=forced)
             assert done.num_output_tokens == 1
-            assert traces()[-1]["cancel_checks"] == 1, (protocol, stream)
+            assert traces(n)[-1]["cancel_checks"] == 1, (protocol, stream)
         with TritonClient(server.grpc_url, protocol="grpc") as client:
             assert client.detect(image, version="1", max_tokens=50, extra_sampling=forced).num_output_tokens == 50
-            assert traces()[-1]["cancel_checks"] >= 2
+            assert traces(5)[-1]["cancel_checks"] >= 2
 
             # A long answer holds the only instance; a second request waits in Triton's queue behind it
             # until its client gives up (the gRPC stream is closed with the request cancelled).
@@ -132,10 +139,7 @@ def test_cancellation_is_asked_before_the_prefill_and_while_the_answer_is_unfini
             impatient_gave_up = time.perf_counter_ns()
             worker.join(timeout=120)
             assert first["done"].num_output_tokens == 3000
-            deadline = time.monotonic() + 30
-            while len(traces()) < 7 and time.monotonic() < deadline:
-                time.sleep(0.05)
-            long_one, waited = traces()[5:7]
+            long_one, waited = traces(7)[5:7]
             # It waited: its client gave up while the long one was being served, and it was handed to
             # the model only when the long one ended.
             assert impatient_gave_up < long_one["done"] <= waited["execute"]
