@@ -473,11 +473,7 @@ class Engine:
 
             @staticmethod
             def last_token(input_ids) -> bool:
-                n = input_ids.shape[1] - n_input
-                if n >= params.max_tokens:
-                    return True
-                min_needed = params.max_tokens if params.ignore_eos else params.min_tokens
-                return n >= min_needed and int(input_ids[0, -1]) in eos
+                return _finish_reason(input_ids.shape[1] - n_input, int(input_ids[0, -1]), params, eos) is not None
 
         if self.fast_decode if fast is None else fast:
             return self._generate_static(inputs, params, state, eos, text_of, on_step, is_cancelled,
@@ -531,7 +527,7 @@ class Engine:
         limit = min(params.max_tokens, self.max_model_len - n_input)
         if limit < params.max_tokens:
             params = dataclasses.replace(params, max_tokens=limit, min_tokens=min(params.min_tokens, limit))
-        min_needed = params.max_tokens if params.ignore_eos else params.min_tokens
+        min_needed = _min_tokens(params)
         eos_ids = sorted(eos)
         choose = _token_chooser(params)
         seq = inputs["input_ids"] if params.repetition_penalty != 1.0 else None
@@ -608,13 +604,7 @@ class Engine:
                 step_logprobs = [entry]
                 state["logprobs"].append(entry)
         state["ids"].append(token)
-        n = len(state["ids"])
-        min_needed = params.max_tokens if params.ignore_eos else params.min_tokens
-        reason = None
-        if token in eos and n >= min_needed and not params.ignore_eos:
-            reason = "stop"
-        elif n >= params.max_tokens:
-            reason = "length"
+        reason = _finish_reason(len(state["ids"]), token, params, eos)
         full = text_of(state["ids"])
         # Hold back an incomplete multi-byte character until its last byte arrives.
         visible = full if reason or not full.endswith("\ufffd") else full.rstrip("\ufffd")
@@ -625,6 +615,20 @@ class Engine:
         if on_step is not None:
             on_step(StepOutput(delta, 1, bool(reason), reason, step_logprobs,
                                state["cum"] if with_logprobs else None, state["n_input"]))
+
+
+def _min_tokens(params: SamplingParams) -> int:
+    """Tokens the answer must have before an end-of-sequence token may end it."""
+    return params.max_tokens if params.ignore_eos else params.min_tokens
+
+
+def _finish_reason(n: int, token: int, params: SamplingParams, eos: set[int]) -> str | None:
+    """Why an answer whose ``n``-th token is ``token`` ends there ("stop", "length"), or None."""
+    if token in eos and n >= _min_tokens(params) and not params.ignore_eos:
+        return "stop"
+    if n >= params.max_tokens:
+        return "length"
+    return None
 
 
 def _result(state: dict[str, Any], text_of, params: SamplingParams, with_logprobs: bool,
