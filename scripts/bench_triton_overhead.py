@@ -25,15 +25,16 @@ run torch with the same thread count, ``--threads`` (default 1): ``OMP_NUM_THREA
 The floor (``--no-floor`` skips it): the same rounds through a second server whose model has the same
 interface but no engine: it reads the request as this project's model does, computes (``compute_for``:
 hashing, with the GIL released as in torch's kernels) for as long as the in-process call took at the
-median, and answers one token; against the same computation run in-process. Its overhead is what Triton and its Python backend cost around any model on this machine
-(its frontends, the copies into shared memory, the messages and wake-ups between the processes); the
-difference to the real overhead is what this project's model adds on top.
+median, and answers one token; against the same computation run in-process. Its overhead is what
+Triton and its Python backend cost around any model on this machine (its frontends, the copies into
+shared memory, the messages and wake-ups between the processes); the difference to the real overhead
+is what this project's model adds on top.
 
 Where the time goes: the server's model writes per-request timestamps (``QWEN_TRITON_TRACE``, see
 ``services.triton_backend_model``) on the same monotonic clock as the client's, so the script splits
-each Triton round trip into client, transport in, hand-off (execute() to the start of serving), reading the
-inputs, image decode and engine (the in-process work), cancellation checks, response back to the client,
-and client parsing (``--no-trace`` turns this off).
+each Triton round trip into client, transport in, hand-off (execute() to the start of serving), reading
+the inputs, image decode and engine (the in-process work), cancellation checks, response back to the
+client, and client parsing (``--no-trace`` turns this off).
 """
 
 from __future__ import annotations
@@ -154,8 +155,8 @@ def breakdown(calls: list[dict], traces: list[dict]) -> dict[str, float]:
     at a time). Segments (ms): client = building and serializing the request; transport in = request
     sent -> the model's execute() (client library, network, Triton's frontend and core, the Python
     backend's copy into shared memory and message to the model process); hand-off = execute() -> the
-    request's serving begins; inputs = reading the tensors and parameters; image decode and engine = the work the
-    in-process call also does; cancel checks = the engine asking Triton whether the request was
+    request's serving begins; inputs = reading the tensors and parameters; image decode and engine =
+    the work the in-process call also does; cancel checks = the engine asking Triton whether the request was
     cancelled (one message to the server per check); response = engine done -> the response received
     by the client (building it, the Python backend's send, Triton, the network); client parse =
     response received -> detect() returned. Also ``page faults``: the serving thread's minor page
@@ -246,14 +247,8 @@ def main(argv: list[str] | None = None) -> int:
             assert result.num_output_tokens == 1
             return {"t0": t0, "t1": t1}
 
-        def through(protocol: str) -> dict:
-            t0 = time.perf_counter_ns()
-            done = clients[protocol].detect(image_b64, prompt, version=args.version, **PARAMS)
-            t1 = time.perf_counter_ns()
-            assert done.num_output_tokens == 1
-            return {"t0": t0, "t1": t1, "send_ns": done.send_ns, "recv_ns": done.recv_ns}
-
-        paths = {ENGINE: in_process, **{name: (lambda p=p: through(p)) for name, p in TRANSPORTS.items()}}
+        paths = {ENGINE: in_process, **{name: (lambda p=p: timed_detect(clients[p], image_b64, prompt, args.version))
+                                        for name, p in TRANSPORTS.items()}}
         calls = interleaved(paths, args.requests, args.warmup)
 
         metrics = http_metrics(server.metrics_url)
@@ -267,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             if client is not None:
                 client.close()  # open gRPC streams would hold the server's shutdown
         server.stop()
-    times = {name: [(c["t1"] - c["t0"]) / 1e6 for c in cs] for name, cs in calls.items()}
+    times = durations_ms(calls)
     base = times[ENGINE]
     floor_times = None
     if not args.no_floor:
@@ -327,6 +322,20 @@ def main(argv: list[str] | None = None) -> int:
         "fp8_bf16_decoder_ratio": (fp8[0] / bf16[0]) if bf16 and fp8 else None,
     }))
     return 0
+
+
+def timed_detect(client, image_b64: str, prompt: str, version: str) -> dict:
+    """One 1-token request through Triton, timed around the whole ``detect`` call; with the client's
+    send and receive stamps."""
+    t0 = time.perf_counter_ns()
+    done = client.detect(image_b64, prompt, version=version, **PARAMS)
+    t1 = time.perf_counter_ns()
+    assert done.num_output_tokens == 1
+    return {"t0": t0, "t1": t1, "send_ns": done.send_ns, "recv_ns": done.recv_ns}
+
+
+def durations_ms(calls: dict[str, list[dict]]) -> dict[str, list[float]]:
+    return {name: [(c["t1"] - c["t0"]) / 1e6 for c in cs] for name, cs in calls.items()}
 
 
 def interleaved(paths: dict, rounds: int, warmup: int) -> dict[str, list[dict]]:
@@ -396,20 +405,14 @@ def measure_floor(checkpoint: Path, workdir: Path, compute_ms: float, image_b64:
             compute_for(compute_ns)
             return {"t0": t0, "t1": time.perf_counter_ns()}
 
-        def through(protocol: str) -> dict:
-            t0 = time.perf_counter_ns()
-            done = clients[protocol].detect(image_b64, prompt, version=version, **PARAMS)
-            t1 = time.perf_counter_ns()
-            assert done.num_output_tokens == 1
-            return {"t0": t0, "t1": t1}
-
-        paths = {SPIN: spin, **{name: (lambda p=p: through(p)) for name, p in TRANSPORTS.items()}}
+        paths = {SPIN: spin, **{name: (lambda p=p: timed_detect(clients[p], image_b64, prompt, version))
+                                for name, p in TRANSPORTS.items()}}
         calls = interleaved(paths, rounds, warmup)
     finally:
         for client in clients.values():
             client.close()
         server.stop()
-    return {name: [(c["t1"] - c["t0"]) / 1e6 for c in cs] for name, cs in calls.items()}
+    return durations_ms(calls)
 
 
 def http_metrics(url: str) -> str:

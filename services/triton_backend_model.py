@@ -23,8 +23,8 @@ Requests are served one at a time inside ``execute()``: the decoupled policy let
 request's responses itself, and while it runs Triton holds the next requests in its own queue (where
 its queue metrics count them). A hand-off to a thread of our own would cost every request a wake-up
 and hide that queue. Whether a request was cancelled is asked once before its prefill and then
-between steps while something is left to cancel (``_handle``). The process keeps its freed heap between requests
-(``_tune_malloc``).
+between steps while something is left to cancel (``_handle``). The process keeps its freed heap
+between requests (``_tune_malloc``).
 """
 
 from __future__ import annotations
