@@ -289,11 +289,14 @@ class EmbeddedTriton:
         # The server leads its own process group (new session), so its id is the server's pid even
         # after the server is gone; the stubs share it. Leave none behind, and sweep any process
         # whose command line names this server's repository (a stub that changed its group).
+        # A killed stub that holds a model takes a while to unmap it (tens of ms on a loaded
+        # machine), so wait until every process sent SIGKILL here is gone before returning.
+        leftovers = _processes_in_group(self.process.pid) + _processes_naming(str(self.repository))
         try:
             os.killpg(self.process.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-        for proc in _processes_naming(str(self.repository)):
+        for proc in leftovers:
             try:
                 proc.kill()
             except Exception:
@@ -302,6 +305,7 @@ class EmbeddedTriton:
             self.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
+        _wait_gone(leftovers, timeout=5)
         remove_shm_files(self.shm_prefix)
         _RUNNING.discard(self)
 
@@ -316,6 +320,41 @@ class EmbeddedTriton:
 
 
 _RUNNING: set[EmbeddedTriton] = set()
+
+
+def _processes_in_group(pgid: int) -> list:
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid != os.getpid() and os.getpgid(proc.pid) == pgid:
+                found.append(proc)
+        except (ProcessLookupError, psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return found
+
+
+def _wait_gone(procs: list, timeout: float) -> None:
+    """Wait for these processes to exit; an orphan reparented to a non-reaping init counts once a zombie."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    alive = list(procs)
+    while alive and time.monotonic() < deadline:
+        _, alive = psutil.wait_procs(alive, timeout=0.05)
+        alive = [p for p in alive if _status(p) not in (None, psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)]
+    if alive:
+        log.warning("processes still alive after stop: %s", [p.pid for p in alive])
+
+
+def _status(proc) -> str | None:
+    import psutil
+
+    try:
+        return proc.status()
+    except psutil.NoSuchProcess:
+        return None
 
 
 def _processes_naming(text: str) -> list:
