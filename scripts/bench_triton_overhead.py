@@ -14,7 +14,8 @@ around it (building and serializing the body included), over HTTP ``generate`` a
 Calls are interleaved in rounds (engine, HTTP, gRPC, with the order rotated every round), so drift hits
 every path alike. The overhead of a transport is the median of its per-round differences (Triton round
 trip - in-process call in the same round), with a 95 % bootstrap confidence interval over rounds.
-Target: 2 ms or less at the median.
+Target: 2 ms or less at the median, judged on the larger of the paired difference and the round trip's
+segments outside the engine (``verdict()`` says why).
 
 Threads: the client, the in-process engine and the server's two model processes share this machine's
 cores. With torch's default (one OpenMP thread per core in every process), the idle processes' spinning
@@ -187,6 +188,41 @@ def breakdown(calls: list[dict], traces: list[dict]) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in segments.items()}
 
 
+ENGINE_WORK = ("image decode", "engine")  # the segments the in-process call also runs
+
+
+def outside_engine(segments: dict[str, float]) -> float:
+    """The sum of a round trip's segment medians outside the engine's work: what Triton adds, measured."""
+    return sum(v for k, v in segments.items() if k not in (*ENGINE_WORK, "page faults"))
+
+
+def verdict(paired: dict[str, dict], splits: dict[str, dict], in_process_ms: float) -> dict:
+    """The figure the target is judged on, per transport, and the worst transport's.
+
+    The paired difference (round trip - in-process call) is Triton's cost only while the engine runs as
+    fast in the server's model process as in this one. It need not: on the H100 host the same engine
+    call took 7.6 ms longer in this process, and the paired difference came out at -3.7 ms. So where the
+    model's trace is on, each transport is judged on the larger of its paired difference and its
+    segments outside the engine (measured directly, whatever the engine's speed), and the engine's time
+    on both sides is reported; without the trace, on the paired difference alone.
+    """
+    judged: dict[str, dict] = {}
+    for name, pair in paired.items():
+        entry = {"paired_ms": pair["median"], "ms": pair["median"], "basis": "paired difference"}
+        segments = splits.get(name) or {}
+        if segments:
+            entry["outside_ms"] = outside_engine(segments)
+            entry["server_work_ms"] = sum(segments.get(k, 0.0) for k in ENGINE_WORK)
+            entry["in_process_ms"] = in_process_ms
+            if entry["outside_ms"] > entry["ms"]:
+                entry["ms"] = entry["outside_ms"]
+                entry["basis"] = "segments outside the engine (above the paired difference)"
+        judged[name] = entry
+    worst_name = max(judged, key=lambda n: judged[n]["ms"])
+    worst = {"transport": worst_name, **judged[worst_name]}
+    return {"transports": judged, "worst": worst, "met": worst["ms"] <= TARGET_MS, "target_ms": TARGET_MS}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200, help="timed rounds (one request per path each)")
@@ -276,11 +312,16 @@ def main(argv: list[str] | None = None) -> int:
           f"torch threads per process: {args.threads}  image: {len(image_jpeg)} B JPEG, {len(image_b64)} B base64")
     print(f"load average (1/5/15 min): before {load_before}  after {load_after}  ({os.cpu_count()} CPUs)")
     overheads = print_table(times, ENGINE)
-    worst = max(overheads, key=lambda n: overheads[n]["median"])
-    w = overheads[worst]
-    print(f"Triton overhead at the median (worst transport, {worst}): {w['median']:.2f} ms, 95% CI "
-          f"[{w['ci95'][0]:.2f}, {w['ci95'][1]:.2f}]  (target <= {TARGET_MS:g} ms: "
-          f"{'met' if w['median'] <= TARGET_MS else 'NOT met'})")
+    splits = {name: breakdown(calls[name], traces) for name in TRANSPORTS} if traces else {}
+    judged = verdict(overheads, splits, statistics.median(base))
+    w = judged["worst"]
+    print(f"Triton overhead at the median (worst transport, {w['transport']}): {w['ms']:.2f} ms, the "
+          f"{w['basis']}  (target <= {TARGET_MS:g} ms: {'met' if judged['met'] else 'NOT met'})")
+    for name, j in judged["transports"].items():
+        if "server_work_ms" in j:
+            print(f"  {name}: paired {j['paired_ms']:.2f} ms, segments outside the engine {j['outside_ms']:.2f} ms;"
+                  f" the engine's work took {j['server_work_ms']:.2f} ms in the server, "
+                  f"{statistics.median(base):.2f} ms in-process")
 
     floor: dict[str, dict] = {}
     if floor_times is not None:
@@ -291,16 +332,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{name.removeprefix('Triton ')} {overheads[name]['median'] - floor[name]['median']:.2f} ms"
             for name in TRANSPORTS))
 
-    splits = {name: breakdown(calls[name], traces) for name in TRANSPORTS} if traces else {}
     if any(splits.values()):
         print("\nwhere a Triton round trip goes (medians per segment, ms; see breakdown() for the segments):")
         seg_names = [s for s in next(v for v in splits.values() if v) if s != "page faults"]
         print(f"{'segment':<16}" + "".join(f"{name:>24}" for name in splits))
         for seg in seg_names:
             print(f"{seg:<16}" + "".join(f"{splits[name].get(seg, float('nan')):24.3f}" for name in splits))
-        print(f"{'overhead parts':<16}" + "".join(
-            f"{sum(v for k, v in splits[name].items() if k not in ('image decode', 'engine', 'page faults')):24.3f}"
-            for name in splits))
+        print(f"{'overhead parts':<16}" + "".join(f"{outside_engine(splits[name]):24.3f}" for name in splits))
         print(f"{'page faults':<16}" + "".join(f"{splits[name].get('page faults', 0):24.0f}" for name in splits)
               + "   (model's serving thread, per request)")
     bf16 = weights.get(("1", "decoder_linear"))
@@ -315,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         "paired_overhead_ms": overheads,
         "floor_overhead_ms": floor or None,
         "breakdown_ms": splits,
+        "verdict": judged,
         "threads": args.threads,
         "device": str(engine.device),
         "cpus": os.cpu_count(),
