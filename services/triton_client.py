@@ -29,6 +29,14 @@ therefore keeps a pool of streams, each used by one request at a time: a call bo
 stream whose request timed out is closed with its pending request cancelled, so no late response can
 reach the next borrower. Opening a stream costs a channel and a thread; reusing one costs nothing.
 
+A version that is not ready is never sent down a stream. Triton 2.51 (the embedded server) aborts
+with ``proto_buffer_writer.h: ASSERTION FAILED: !byte_buffer->Valid()`` when a stream request for an
+unknown or unavailable version follows a served request on the same stream: it writes the error
+while the previous response's write is still pending (reproduced: a few pairs suffice). So before a
+stream request for a version not checked in the last ``VERSION_RECHECK_S`` seconds, the client asks
+the unary ModelReady (and, for a version that is not ready, ModelMetadata for the server's own
+message). A version unloaded within that window can still reach the stream.
+
 Example::
 
     client = TritonClient("127.0.0.1:8001", protocol="grpc")
@@ -69,6 +77,7 @@ Protocol = Literal["http", "grpc"]
 PROTOCOLS = ("http", "grpc")
 DEFAULT_MODEL = settings.MODEL_NAME
 RETURN_FLAGS = ("return_finish_reason", "return_num_input_tokens", "return_num_output_tokens")
+VERSION_RECHECK_S = 5.0  # how long a version found ready goes without a new check before gRPC stream requests
 _JSON_HEADERS = {"Content-Type": "application/json"}
 
 
@@ -539,6 +548,7 @@ class TritonClient:
         self._max_streams = max_streams
         self._idle_close_s = idle_close_s
         self._lock = threading.Lock()
+        self._stream_ready: dict[str, float] = {}  # version -> when ModelReady last said yes (monotonic)
 
     @classmethod
     def from_settings(cls, **kwargs: Any) -> "TritonClient":
@@ -891,9 +901,25 @@ class TritonClient:
             inputs.append(tensor)
         return inputs
 
+    def _check_stream_version(self, version: str) -> None:
+        """Raise ``VersionNotReady`` unless the version is ready: ModelReady, at most once per
+        ``VERSION_RECHECK_S`` while it stays ready (the module docstring says why)."""
+        with self._lock:
+            checked = self._stream_ready.get(version)
+        if checked is not None and time.monotonic() - checked < VERSION_RECHECK_S:
+            return
+        if not self.is_model_ready(version):
+            with self._admin(version) as client:  # the server's own reason, as a stream error would give it
+                client.get_model_metadata(self.model, version, client_timeout=self.timeout_s)
+            raise VersionNotReady(f"Version {version} of model '{self.model}' is not loaded and ready on the "
+                                  f"Triton server at {self.url}", url=self.url, version=version)
+        with self._lock:
+            self._stream_ready[version] = time.monotonic()
+
     def _grpc_detect(self, body: dict[str, Any], version: str, stream: bool, request_id: str) -> Completion:
         inputs = self._grpc_inputs(body)
         context = dict(url=self.url, model=self.model, version=version, missing=self._missing_inputs(body))
+        self._check_stream_version(version)
         collector = _Collector()
         start_ns = time.perf_counter_ns()
         deadline = start_ns + int(self.timeout_s * 1e9)
@@ -934,6 +960,10 @@ class TritonClient:
         except TimeoutError as exc:  # no stream could be borrowed in time
             raise RequestTimeout(f"The request to the Triton server at {self.url} waited {self.timeout_s:g} s "
                                  f"for a free gRPC stream: {exc}", url=self.url, version=version) from exc
+        except (VersionNotReady, ServerUnreachable):  # unloaded, or a new server: check before the next one
+            with self._lock:
+                self._stream_ready.pop(version, None)
+            raise
         return collector.completion(version=version, protocol="grpc", stream=stream, request_id=request_id,
                                     send_ns=send_ns, recv_ns=recv_ns)
 

@@ -252,6 +252,19 @@ def test_unknown_version_is_version_not_ready(clients, image_b64, transport):
     assert "version 3" in str(caught.value) and "is not found" in str(caught.value)
 
 
+def test_unknown_versions_after_served_requests_on_one_grpc_stream_leave_the_server_up(own_triton_server, image_b64):
+    # Triton 2.51 aborts (proto_buffer_writer.h: !byte_buffer->Valid()) when a stream request for an
+    # unknown version follows a served one on the same stream; before the client checked versions
+    # first, this loop killed the server within 2 to 91 pairs. One stream: the calls run one at a time.
+    with TritonClient(own_triton_server.grpc_url, protocol="grpc", max_streams=1) as client:
+        for _ in range(120):
+            assert client.detect(image_b64, version="1", max_tokens=1, stream=True).num_output_tokens == 1
+            with pytest.raises(VersionNotReady, match="is not found"):
+                client.detect(image_b64, version="3", max_tokens=1, stream=True)
+        assert own_triton_server.process.poll() is None
+        assert client.detect(image_b64, version="2", max_tokens=1).num_output_tokens == 1
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_corrupt_image_is_an_inference_error_and_the_server_keeps_serving(clients, image_b64, transport):
     protocol = TRANSPORTS[transport][0]
