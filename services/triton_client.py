@@ -549,6 +549,7 @@ class TritonClient:
         self._idle_close_s = idle_close_s
         self._lock = threading.Lock()
         self._stream_ready: dict[str, float] = {}  # version -> when ModelReady last said yes (monotonic)
+        self._version_gates: dict[str, threading.Lock] = {}  # version -> held while one thread asks
 
     @classmethod
     def from_settings(cls, **kwargs: Any) -> "TritonClient":
@@ -903,18 +904,38 @@ class TritonClient:
 
     def _check_stream_version(self, version: str) -> None:
         """Raise ``VersionNotReady`` unless the version is ready: ModelReady, at most once per
-        ``VERSION_RECHECK_S`` while it stays ready (the module docstring says why)."""
+        ``VERSION_RECHECK_S`` while it stays ready (the module docstring says why).
+
+        The first check of a version is made by one thread while concurrent requests for it wait. A
+        re-check is made by the one request that finds the answer stale; the others go on with the
+        last answer meanwhile, so a busy server's slow ModelReady holds up one request, not all.
+        """
         with self._lock:
-            checked = self._stream_ready.get(version)
-        if checked is not None and time.monotonic() - checked < VERSION_RECHECK_S:
-            return
-        if not self.is_model_ready(version):
-            with self._admin(version) as client:  # the server's own reason, as a stream error would give it
-                client.get_model_metadata(self.model, version, client_timeout=self.timeout_s)
-            raise VersionNotReady(f"Version {version} of model '{self.model}' is not loaded and ready on the "
-                                  f"Triton server at {self.url}", url=self.url, version=version)
-        with self._lock:
-            self._stream_ready[version] = time.monotonic()
+            checked, now = self._stream_ready.get(version), time.monotonic()
+            if checked is not None:
+                if now - checked < VERSION_RECHECK_S:
+                    return
+                self._stream_ready[version] = now  # this thread re-checks; the others go on
+            gate = self._version_gates.setdefault(version, threading.Lock())
+        with gate:
+            if checked is None:
+                with self._lock:
+                    if version in self._stream_ready:  # another thread has just found it ready
+                        return
+            ready = False
+            try:
+                ready = self.is_model_ready(version)
+            finally:  # an error of the check itself (server gone) leaves the version unchecked
+                with self._lock:
+                    if ready:
+                        self._stream_ready[version] = time.monotonic()
+                    else:
+                        self._stream_ready.pop(version, None)
+            if not ready:
+                with self._admin(version) as client:  # the server's own reason, as a stream error would give
+                    client.get_model_metadata(self.model, version, client_timeout=self.timeout_s)
+                raise VersionNotReady(f"Version {version} of model '{self.model}' is not loaded and ready on "
+                                      f"the Triton server at {self.url}", url=self.url, version=version)
 
     def _grpc_detect(self, body: dict[str, Any], version: str, stream: bool, request_id: str) -> Completion:
         inputs = self._grpc_inputs(body)
