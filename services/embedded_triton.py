@@ -291,7 +291,7 @@ class EmbeddedTriton:
         # whose command line names this server's repository (a stub that changed its group).
         # A killed stub that holds a model takes a while to unmap it (tens of ms on a loaded
         # machine), so wait until every process sent SIGKILL here is gone before returning.
-        leftovers = _processes_in_group(self.process.pid) + _processes_naming(str(self.repository))
+        leftovers = _server_processes(self.process.pid, str(self.repository))
         try:
             os.killpg(self.process.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
@@ -322,19 +322,6 @@ class EmbeddedTriton:
 _RUNNING: set[EmbeddedTriton] = set()
 
 
-def _processes_in_group(pgid: int) -> list:
-    import psutil
-
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if proc.pid != os.getpid() and os.getpgid(proc.pid) == pgid:
-                found.append(proc)
-        except (ProcessLookupError, psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return found
-
-
 def _wait_gone(procs: list, timeout: float) -> None:
     """Wait for these processes to exit; an orphan reparented to a non-reaping init counts once a zombie."""
     import psutil
@@ -357,15 +344,18 @@ def _status(proc) -> str | None:
         return None
 
 
-def _processes_naming(text: str) -> list:
+def _server_processes(pgid: int, text: str) -> list:
+    """The processes of the server's group, and any whose command line names ``text`` (the server's
+    repository: a stub that changed its group), in one pass; never this process."""
     import psutil
 
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         try:
-            if text in " ".join(proc.info["cmdline"] or []):
+            if proc.pid != os.getpid() and (os.getpgid(proc.pid) == pgid
+                                            or text in " ".join(proc.info["cmdline"] or [])):
                 found.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
+        except (ProcessLookupError, psutil.NoSuchProcess, psutil.AccessDenied):
             pass
     return found
 
