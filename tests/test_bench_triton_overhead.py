@@ -53,7 +53,7 @@ def _bench_module():
 
 
 def test_a_negative_paired_difference_does_not_meet_the_target():
-    # The H100 run: the engine ran 7 ms slower in the benchmark's process than in the server's, so the
+    # The H100 run: the engine ran 7.6 ms slower in the benchmark's process than in the server's, so the
     # paired difference was negative while the segments outside the engine came to 3.6 ms.
     bench = _bench_module()
     segments = {"client": 0.18, "transport in": 1.64, "hand-off": 0.0, "inputs": 0.12, "image decode": 5.17,
