@@ -10,7 +10,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from services.detection import VERSION_LABELS, version_label
+from services.core.versions import VERSION_LABELS, version_label
 from ui.sidebar import health_line, model_notice, render_sidebar
 
 st.set_page_config(page_title="Nutrition-table detector: bf16 vs fp8", page_icon="🏷️", layout="wide")

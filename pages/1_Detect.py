@@ -1,6 +1,6 @@
 """Detect: upload label images (or pick samples), pick bf16, fp8 or both, see the boxes drawn.
 
-A thin view over ``services.detection`` (the batch, results, IoU, JSON) and ``services.figures``
+A thin view over ``services.detect.detection`` (the batch, results, IoU, JSON) and ``services.detect.figures``
 (the plotly figure and the annotated PNG). Uploaded files are read as bytes; their names are only
 shown, never used as paths.
 """
@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from services.detection import (
+from services.core.images import UPLOAD_TYPES
+from services.detect.detection import (
     DEFAULT_MAX_TOKENS,
     VERSION_LABELS,
     DetectionOptions,
@@ -19,12 +20,11 @@ from services.detection import (
     sample_inputs,
     version_label,
 )
-from services.images import DEFAULT_MAX_SIDE
-from services.sample_images import list_samples
+from services.core.images import DEFAULT_MAX_SIDE
+from services.image_sets.samples import list_samples
 from ui.results import render_batch
 from ui.sidebar import render_sidebar
 
-IMAGE_TYPES = ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"]
 BOTH = "both"
 RESULT_KEY = "detect_batch"
 
@@ -44,7 +44,7 @@ def _samples() -> list[tuple[str, str]]:
 
 
 samples = dict(_samples())
-uploads = st.file_uploader("Label images", type=IMAGE_TYPES, accept_multiple_files=True, key="detect_uploads",
+uploads = st.file_uploader("Label images", type=list(UPLOAD_TYPES), accept_multiple_files=True, key="detect_uploads",
                            help="JPEG, PNG, WebP, GIF, BMP or TIFF; several at once are run one after the other.")
 chosen_samples = st.multiselect("Sample images (with ground truth)", list(samples), key="detect_samples",
                                 format_func=lambda name: samples.get(name, name))

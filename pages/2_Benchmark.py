@@ -1,9 +1,9 @@
 """Benchmark: send the same requests to bf16 and fp8, watch memory, latency and throughput live.
 
-A thin view over ``services.benchmark`` (the run, in a background thread), ``services.run_store``
-(every request and memory sample, the history, the exports), ``services.bench_stats`` (the
-numbers), ``services.gpu_sampler`` (the process-wide memory sampler) and
-``services.bench_figures`` (figures and tables).
+A thin view over ``services.bench.runner`` (the run, in a background thread), ``services.bench.store``
+(every request and memory sample, the history, the exports), ``services.bench.stats`` (the
+numbers), ``services.bench.sampler`` (the process-wide memory sampler) and
+``services.bench.figures`` (figures and tables).
 
 Per session: the handle of the session's own run lives in ``st.session_state`` (never in a module
 global), so two browser sessions each run and watch their own run; the sampler is shared. While a
@@ -22,12 +22,13 @@ from typing import Any, Callable
 import pandas as pd
 import streamlit as st
 
-from services import bench_figures as bf
-from services.bench_stats import summarize
-from services.benchmark import BenchmarkConfig, BenchmarkProgress, ImageSetSpec, start_benchmark
-from services.detection import VERSION_LABELS, version_label
-from services.gpu_sampler import get_shared_sampler
-from services.run_store import FINAL_STATUSES, RunStore, default_data_dir
+from services.core.images import UPLOAD_TYPES
+from services.bench import figures as bf
+from services.bench.stats import summarize
+from services.bench.runner import BenchmarkConfig, BenchmarkProgress, ImageSetSpec, start_benchmark
+from services.core.versions import VERSION_LABELS, version_label
+from services.bench.sampler import get_shared_sampler
+from services.bench.store import FINAL_STATUSES, RunStore, default_data_dir
 from ui.sidebar import render_sidebar
 from ui.store import open_store
 
@@ -36,7 +37,6 @@ BASELINE_S = 2.0  # memory shown from this long before the run started (the base
 LIVE_MAX_POINTS = 600  # per memory series in the live chart
 FINISH_WAIT_S = 10.0  # how long the page waits for a finished run's outcome
 HISTORY_LIMIT = 200
-IMAGE_TYPES = ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"]
 IMAGE_KINDS = {
     "samples": "bundled samples",
     "generated": "generated set",
@@ -62,7 +62,7 @@ PICK = "bench_history_pick"
 class LiveRun:
     """This session's running benchmark: its handle, its own store, and when it started."""
 
-    handle: Any  # services.benchmark handle: progress() / cancel() / wait()
+    handle: Any  # services.bench.runner handle: progress() / cancel() / wait()
     store: RunStore  # given to the run; closed when it has ended
     t_start: float  # time.perf_counter() just before the start
     started_wall: float
@@ -162,7 +162,7 @@ with st.form("bench_form", border=True):
         gen_seed = g[0].number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, step=1, key="bench_gen_seed")
         gen_count = g[1].number_input("Images", min_value=1, max_value=1000, value=16, step=1, key="bench_gen_count")
     elif image_kind == "uploaded":
-        uploads = st.file_uploader("Label images", type=IMAGE_TYPES, accept_multiple_files=True,
+        uploads = st.file_uploader("Label images", type=list(UPLOAD_TYPES), accept_multiple_files=True,
                                    key="bench_uploads")
     elif image_kind == "folder":
         folder = st.text_input("Dataset folder", key="bench_folder", placeholder="/path/to/dataset",

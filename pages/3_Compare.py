@@ -1,8 +1,8 @@
 """Compare: what fp8 buys over bf16, and what it costs, from a paired run.
 
-A thin view over ``services.comparison`` (the numbers and the verdict, from the run store),
-``services.comparison_report`` (figures, tables, the HTML/JSON/CSV report) and
-``services.benchmark`` (a fresh paired run: both versions interleaved on the same images in the
+A thin view over ``services.compare.comparison`` (the numbers and the verdict, from the run store),
+``services.compare.report`` (figures, tables, the HTML/JSON/CSV report) and
+``services.bench.runner`` (a fresh paired run: both versions interleaved on the same images in the
 same order). The comparison of a run is computed once per session and run state and kept in
 ``st.session_state``; a fresh run's handle lives there too (never in a module global).
 """
@@ -14,10 +14,11 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from services import comparison_report as cr
-from services.benchmark import BenchmarkConfig, ImageSetSpec, start_benchmark
-from services.comparison import Comparison, RunChoice, build_comparison, run_choices, version_label
-from services.run_store import FINAL_STATUSES
+from services.compare import report as cr
+from services.bench.runner import BenchmarkConfig, ImageSetSpec, start_benchmark
+from services.compare.comparison import Comparison, RunChoice, build_comparison, run_choices
+from services.core.versions import version_label
+from services.bench.store import FINAL_STATUSES
 from ui.sidebar import render_sidebar
 from ui.store import open_store
 

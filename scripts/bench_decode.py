@@ -8,13 +8,13 @@ For each precision (one engine at a time on the GPU), on generated 1024x1024 lab
   i.e. fp8 for version 2, plus ``lm_head``, norms and the one embedding row), divided by the
   device-to-device copy bandwidth measured in this run (bytes read + written per second, the
   figure ``gpu-notes.md`` quotes); the KV cache read per step is reported beside it;
-* the **fast path** (static KV cache, one CUDA-graph replay per token: ``services.graph_decode``):
+* the **fast path** (static KV cache, one CUDA-graph replay per token: ``services.serving.graph_decode``):
   TPOT = decode time / (tokens - 1) over ``--tokens`` forced tokens (``ignore_eos``), per image,
   and the median; its ratio to the floor (target: bf16 within 1.5x);
 * the **plain path** (transformers ``generate()``): TPOT over ``--plain-tokens`` forced tokens;
 * **equality**: greedy tokens of both paths on the same image (no forced length): equal, or the
   index of the first difference with the plain path's top-2 margin there and whether it is a
-  rounding-level near tie (``services.graph_decode.greedy_agreement``; random weights make many).
+  rounding-level near tie (``services.serving.graph_decode.greedy_agreement``; random weights make many).
 
 Prints a table and, with ``--json``, writes every figure. Needs CUDA, transformers and torchao.
 """
@@ -57,7 +57,7 @@ def step_weight_bytes(engine) -> dict[str, int]:
     """Bytes of weights one decode step reads: decoder linears (as served), lm_head, norms, one embedding row."""
     import torch
 
-    from services.engine import tensor_bytes
+    from services.serving.engine import tensor_bytes
 
     decoder = engine.decoder()
     linears = sum(tensor_bytes(m.weight) + (tensor_bytes(m.bias) if m.bias is not None else 0)
@@ -106,9 +106,9 @@ def profile_steps(engine, prompt: str, image, steps: int = 5) -> dict:
 def bench_precision(args, precision: str, images: list, bandwidth: float) -> dict:
     import torch
 
-    from services.engine import Engine, SamplingParams
-    from services.graph_decode import greedy_agreement
-    from services.prompt import build_prompt
+    from services.serving.engine import Engine, SamplingParams
+    from services.serving.graph_decode import greedy_agreement
+    from services.core.prompt import build_prompt
 
     torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated()
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import transformers
 
-    from services.label_generator import GeneratorConfig, generate_label
+    from services.image_sets.generator import GeneratorConfig, generate_label
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True)

@@ -5,7 +5,7 @@ CPU at 10 samples per second.
     .venv/bin/python scripts/bench_harness_overhead.py [--requests 32] [--concurrency 1 32] [--rounds 5]
                                                        [--protocol grpc] [--checkpoint DIR] [--sampler-only]
 
-The server: the embedded Triton (``services.embedded_triton``) on free ports, serving the tiny
+The server: the embedded Triton (``services.serving.embedded_triton``) on free ports, serving the tiny
 random-weight checkpoint by default (``--checkpoint`` for another), both versions.
 
 The requests, the same for both loops: ``--requests`` per version, versions interleaved on the same
@@ -16,7 +16,7 @@ bytes, so that generating them is not counted as harness work), ``--max-tokens``
 request bodies are ``TritonClient.request_body`` of the same images, so both loops send byte-identical
 inputs; the sha256 of every image the harness sent is checked against the bare loop's.
 
-The harness: ``services.benchmark.run_benchmark`` with warm-up 0 and closed loop at the concurrency, a
+The harness: ``services.bench.runner.run_benchmark`` with warm-up 0 and closed loop at the concurrency, a
 ``RunStore`` in a temporary folder and the shared sampler at 10 samples/s attached: everything a real
 run does (a thread pool, TritonClient's pooled gRPC streams, box parsing and IoU, a committed SQLite
 row per request, progress bookkeeping, the memory samples written).
@@ -193,7 +193,7 @@ def with_cpu(fn: Callable[[], Any]) -> tuple[Any, float]:
 def measure_sampler(metrics_url: str, pid: int, seconds: float, metrics_interval_s: float | None) -> dict:
     """A fresh 10/s ``Sampler`` on the server for ``seconds``: its thread's CPU per wall second, the
     samples taken, the metrics readings among them, the failing sources, the load average after."""
-    from services.gpu_sampler import Sampler
+    from services.bench.sampler import Sampler
 
     extra = {} if metrics_interval_s is None else {"metrics_interval_s": metrics_interval_s}
     sampler = Sampler(rate_hz=10.0, metrics_url=metrics_url, root_pid=pid, thread_name="overhead-sampler", **extra)
@@ -226,16 +226,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", help="default: the tiny random-weight checkpoint")
     args = parser.parse_args(argv)
 
-    from services.bench_stats import request_throughput
-    from services.benchmark import BenchmarkConfig, ImageSetSpec, load_image_set, request_plan, run_benchmark
-    from services.checkpoint_builder import ensure_tiny_checkpoint
-    from services.embedded_triton import start_embedded_triton
-    from services.gpu_sampler import stop_shared_sampler
-    from services.run_store import RunStore
-    from services.server_target import ServerTarget
-    from services.triton_client import TritonClient
+    from services.bench.stats import request_throughput
+    from services.bench.runner import BenchmarkConfig, ImageSetSpec, load_image_set, request_plan, run_benchmark
+    from services.serving.checkpoint_builder import ensure_tiny_checkpoint
+    from services.serving.embedded_triton import start_embedded_triton
+    from services.bench.sampler import stop_shared_sampler
+    from services.bench.store import RunStore
+    from services.client.server_target import ServerTarget
+    from services.client.triton_client import TritonClient
 
-    from services.label_generator import generate_dataset
+    from services.image_sets.generator import generate_dataset
 
     checkpoint = args.checkpoint or ensure_tiny_checkpoint()
     # the generated images, handed to the harness as uploaded bytes: generating them is not its cost

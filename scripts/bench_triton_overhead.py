@@ -5,7 +5,7 @@ weight bytes as the server reports them.
     .venv/bin/python scripts/bench_triton_overhead.py [--requests 200] [--checkpoint DIR] [--threads 1] [--device cuda]
 
 Both sides do the same work on the same checkpoint and CPU: the label image as the dashboard sends it
-(JPEG via ``services.images``, base64), the default prompt, ``max_tokens`` 1 at temperature 0, one
+(JPEG via ``services.core.images``, base64), the default prompt, ``max_tokens`` 1 at temperature 0, one
 token. In-process: base64-decode and open the image (``decode_image``), parse the same
 ``sampling_parameters`` JSON as the client sends, ``Engine.generate`` with the cumulative
 log-probability only if the client's request asks the server for it. Through Triton: the whole ``TritonClient.detect`` call, timed
@@ -32,7 +32,7 @@ shared memory, the messages and wake-ups between the processes); the difference 
 is what this project's model adds on top.
 
 Where the time goes: the server's model writes per-request timestamps (``QWEN_TRITON_TRACE``, see
-``services.triton_backend_model``) on the same monotonic clock as the client's, so the script splits
+``services.serving.backend_model``) on the same monotonic clock as the client's, so the script splits
 each Triton round trip into client, transport in, hand-off (execute() to the start of serving), reading
 the inputs, image decode and engine (the in-process work), cancellation checks, response back to the
 client, and client parsing (``--no-trace`` turns this off).
@@ -111,9 +111,9 @@ class TritonPythonModel:
 
 
 def label_image() -> bytes:
-    """A generated label photo, encoded as the dashboard sends it (services.images: JPEG, <= 1024 px)."""
-    from services.images import load_image
-    from services.label_generator import generate_label
+    """A generated label photo, encoded as the dashboard sends it (services.core.images: JPEG, <= 1024 px)."""
+    from services.core.images import load_image
+    from services.image_sets.generator import generate_label
 
     sample = generate_label(seed=424242)
     buf = io.BytesIO()
@@ -248,10 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from prometheus_client.parser import text_string_to_metric_families
 
-    from services.embedded_triton import resolve_checkpoint, start_embedded_triton
-    from services.engine import Engine, SamplingParams, decode_image
-    from services.prompt import build_prompt
-    from services.triton_client import TritonClient
+    from services.serving.embedded_triton import resolve_checkpoint, start_embedded_triton
+    from services.serving.engine import Engine, SamplingParams, decode_image
+    from services.core.prompt import build_prompt
+    from services.client.triton_client import TritonClient
 
     torch.set_num_threads(args.threads)
     checkpoint = resolve_checkpoint(args.checkpoint)
@@ -429,8 +429,8 @@ def measure_floor(checkpoint: Path, workdir: Path, compute_ms: float, image_b64:
                   rounds: int, warmup: int) -> dict[str, list[float]]:
     """Round trips through a server whose model only computes for ``compute_ms`` (FLOOR_MODEL_PY), and
     the same computation in-process, interleaved as the main measurement is."""
-    from services.embedded_triton import start_embedded_triton
-    from services.triton_client import TritonClient
+    from services.serving.embedded_triton import start_embedded_triton
+    from services.client.triton_client import TritonClient
 
     os.environ["QWEN_FLOOR_COMPUTE_MS"] = repr(compute_ms)  # the server's model processes inherit it
     compute_ns = int(compute_ms * 1e6)

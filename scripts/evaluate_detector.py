@@ -1,11 +1,11 @@
 """Evaluate a detector checkpoint through the real local Triton server, both versions (bf16, fp8).
 
-Held-out images come from ``services.label_generator.generate_label(EVAL_SEED_BASE + i)`` with the
+Held-out images come from ``services.image_sets.generator.generate_label(EVAL_SEED_BASE + i)`` with the
 default GeneratorConfig (some have no table, some two); no training or in-training check used these
-seeds. Each image goes the dashboard's way: ``services.images.load_image`` (longest side <= 1024,
+seeds. Each image goes the dashboard's way: ``services.core.images.load_image`` (longest side <= 1024,
 JPEG q95), base64, the project prompt (``build_prompt()``), temperature 0, ``max_tokens`` enough for
 two boxes, over HTTP ``/v2/models/qwen/versions/{v}/generate``; the answer is read with
-``services.boxes.parse_answer``. Versions are asked alternately, image by image, after a warm-up.
+``services.core.boxes.parse_answer``. Versions are asked alternately, image by image, after a warm-up.
 
 Per version: mean IoU of the matched box per ground-truth table (0 when missed; one-to-one
 matching), share of tables found at IoU >= 0.5 (and 0.75), false alarms on no-table images,
@@ -36,10 +36,10 @@ if str(ROOT) not in sys.path:
 
 import requests  # noqa: E402
 
-from services.boxes import parse_answer  # noqa: E402
-from services.images import encode_base64, load_image  # noqa: E402
-from services.label_generator import GeneratorConfig, generate_label  # noqa: E402
-from services.prompt import build_prompt  # noqa: E402
+from services.core.boxes import parse_answer  # noqa: E402
+from services.core.images import encode_base64, load_image  # noqa: E402
+from services.image_sets.generator import GeneratorConfig, generate_label  # noqa: E402
+from services.core.prompt import build_prompt  # noqa: E402
 from training.metrics import ImageResult, agreement, score  # noqa: E402
 from training.train_detector import EVAL_SEED_BASE  # noqa: E402
 
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.url:
         url = args.url
     else:
-        from services.embedded_triton import start_embedded_triton
+        from services.serving.embedded_triton import start_embedded_triton
 
         if not (args.checkpoint / "config.json").is_file():
             p.error(f"{args.checkpoint} is not a checkpoint folder (no config.json)")
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         "steps": build_info.get("steps"),
         "seed_range": [args.seed_base, args.seed_base + args.count - 1],
         "max_tokens": args.max_tokens,
-        "server": "embedded Triton (services.embedded_triton)" if server else args.url,
+        "server": "embedded Triton (services.serving.embedded_triton)" if server else args.url,
         "engine_reports": engine,
         "machine": f"{platform.machine()} {os.cpu_count()} CPUs, {platform.processor() or platform.platform()}",
         "command": "python scripts/evaluate_detector.py " + " ".join(argv if argv is not None else sys.argv[1:]),

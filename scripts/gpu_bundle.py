@@ -9,7 +9,7 @@ The GPU machine (Python 3.12, torch, transformers, pandas, pillow, grpcio, proto
 and its HTTP stack, torchao and plotly, and has no internet. This script makes, in ``carry/gpu/``:
 
 * ``tritonserver.tar.xz``: the Triton 2.51 server parts of the ``nvidia-pytriton`` wheel, laid out as
-  that wheel installs them so that ``services.embedded_triton.TritonDistribution.locate`` finds them
+  that wheel installs them so that ``services.serving.embedded_triton.TritonDistribution.locate`` finds them
   once unpacked into a site-packages folder: ``pytriton/__init__.py`` (a one-line placeholder: the
   wheel's Python API is not carried), ``pytriton/tritonserver/bin/tritonserver``,
   ``pytriton/tritonserver/backends/python/``, ``pytriton/tritonserver/python_backend_stubs/3.12/``

@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from services.boxes import iou, match_boxes, parse_answer
-    from services.engine import Engine, SamplingParams, decode_image
-    from services.label_generator import generate_label
-    from services.prompt import build_prompt
+    from services.core.boxes import iou, match_boxes, parse_answer
+    from services.serving.engine import Engine, SamplingParams, decode_image
+    from services.image_sets.generator import generate_label
+    from services.core.prompt import build_prompt
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default="models/demo-detector")

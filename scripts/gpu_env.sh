@@ -12,7 +12,7 @@
 #      stack, torchao, plotly) unpacked into its own site-packages, so they come first;
 #   3. the Triton server parts of nvidia-pytriton unpacked there too, as the wheel lays them out
 #      (site-packages/pytriton/tritonserver/..., site-packages/nvidia_pytriton.libs/), which is where
-#      services.embedded_triton.TritonDistribution.locate looks;
+#      services.serving.embedded_triton.TritonDistribution.locate looks;
 #   4. a .pth file that appends the machine's site-packages (torch, transformers, pandas, ...) after
 #      them, with site.addsitedir so that their own .pth files are honoured;
 #   5. LD_LIBRARY_PATH = python's sysconfig LIBDIR (its libpython3.12, which the stub links) then
@@ -81,8 +81,8 @@ qwen_gpu_env() {
     bundle=${QWEN_GPU_BUNDLE:-$repo/carry/gpu}
     root=${QWEN_GPU_ROOT:-/tmp/qwen-gpu}
     venv=$root/venv
-    if [ ! -f "$repo/services/embedded_triton.py" ]; then
-        _genv_fail "run from the repository root (no services/embedded_triton.py in $repo)"; return 1
+    if [ ! -f "$repo/services/serving/embedded_triton.py" ]; then
+        _genv_fail "run from the repository root (no services/serving/embedded_triton.py in $repo)"; return 1
     fi
     for f in MANIFEST.json tritonserver.tar.xz site312.tar.xz fonts.tar.xz; do
         [ -f "$bundle/$f" ] || { _genv_fail "missing $bundle/$f: run '.venv/bin/python scripts/gpu_bundle.py' on the development machine and name \"carry/gpu\" in the device call's carry"; return 1; }
@@ -169,10 +169,10 @@ qwen_gpu_env() {
     done
     _genv_log "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
     _genv_log "PATH starts with $venv/bin; QWEN_DATA_DIR=$QWEN_DATA_DIR; LABEL_FONT_DIR=$LABEL_FONT_DIR"
-    "$PYTHON" -c 'from services.embedded_triton import TritonDistribution as T; d = T.locate(); print("[gpu_env] Triton server:", d.server); print("[gpu_env] stub:", d.stub)' \
-        || { _genv_fail "services.embedded_triton cannot locate the carried Triton server"; return 1; }
+    "$PYTHON" -c 'from services.serving.embedded_triton import TritonDistribution as T; d = T.locate(); print("[gpu_env] Triton server:", d.server); print("[gpu_env] stub:", d.stub)' \
+        || { _genv_fail "services.serving.embedded_triton cannot locate the carried Triton server"; return 1; }
     "$PYTHON" scripts/gpu_stages.py envinfo --json "$root/env.json" || { _genv_fail "a package the run needs does not import (see above)"; return 1; }
-    "$PYTHON" -c 'import services.benchmark, services.comparison_report, services.triton_client, services.gpu_sampler, services.engine' \
+    "$PYTHON" -c 'import services.bench.runner, services.compare.report, services.client.triton_client, services.bench.sampler, services.serving.engine' \
         || { _genv_fail "the project's services do not import in this environment"; return 1; }
     # transformers imports lazily: ask for what the engine uses, so that a broken optional dependency
     # shows here with its real cause rather than as "Could not import module 'AutoTokenizer'" in a stub

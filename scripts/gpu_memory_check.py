@@ -8,7 +8,7 @@ Run it on the machine of a running Triton serving ``qwen`` (the embedded one: it
 its model repository for the engine reports). It checks, and prints as a table:
 
 1. **Device total, sampler vs nvidia-smi**: ``--pairs`` back-to-back pairs (order alternated) of the
-   used memory of each GPU as ``services.gpu_sampler.Sampler`` reads it (NVML) and as
+   used memory of each GPU as ``services.bench.sampler.Sampler`` reads it (NVML) and as
    ``nvidia-smi --query-gpu=memory.used`` reports it; PASS when the largest relative difference is
    at most 1 %. NVML's v2 reading (allocated and driver-reserved memory apart) is recorded beside
    it: NVML's v1 ``used`` counts the memory the driver reserves, nvidia-smi's does not, and that
@@ -20,13 +20,13 @@ its model repository for the engine reports). It checks, and prints as a table:
    command line (``.../qwen/<version>/model.py``); tritonserver itself as ``server``; PASS when
    every version the server reports (or 1 and 2) has its process on the GPU.
 4. **Per version, the dashboard against torch** (the same functions the Compare page uses:
-   ``services.comparison.memory_side`` over the sampler's rows): the weights figure (the server's
+   ``services.compare.comparison.memory_side`` over the sampler's rows): the weights figure (the server's
    ``qwen_engine_weight_bytes{part="model"}`` gauge) against torch's allocated bytes after load
    (``engine_report.json`` -> ``torch_memory_after_load``, else the
    ``qwen_engine_torch_memory_bytes{kind="allocated"}`` gauge); the version's NVML process memory
    against torch's reserved bytes (the difference is the CUDA context, cuBLAS/NCCL handles and
    anything allocated outside torch's caching allocator); the dashboard's "rest" beside it.
-   With ``--comparison-json`` (a ``services.comparison_report`` JSON) the report's weights/peak/rest
+   With ``--comparison-json`` (a ``services.compare.report`` JSON) the report's weights/peak/rest
    are put beside the same torch counters.
 
 Every part that cannot be read is reported as such (``null`` and a note), never guessed. Exit status
@@ -174,7 +174,7 @@ def device_check(pairs: Sequence[Mapping[str, Any]], tolerance: float = TOLERANC
                      "sampler's reading) counts and nvidia-smi's memory.used does not")
             if v2 and max(v2) <= tolerance:
                 text += (f"; NVML's v2 'used' agrees with nvidia-smi within {max(v2) * 100:.2f} %: reading "
-                         "nvmlDeviceGetMemoryInfo(handle, version=nvmlMemory_v2) in services/gpu_sampler.py "
+                         "nvmlDeviceGetMemoryInfo(handle, version=nvmlMemory_v2) in services/bench/sampler.py "
                          "would make the sampler agree")
         result["explanation"] = text
     return result
@@ -219,7 +219,7 @@ def attribution_check(sampler: Mapping[int, Mapping[str, Any]], versions: Iterab
 
 def torch_from_metrics(metrics: Mapping[str, float], version: str) -> dict[str, int | None]:
     """torch's counters of a version from the ``qwen_engine_torch_memory_bytes{version,kind}`` gauges."""
-    from services.gpu_sampler import parse_series_key
+    from services.bench.sampler import parse_series_key
 
     out: dict[str, int | None] = {k: None for k in TORCH_KINDS}
     for key, value in metrics.items():
@@ -274,7 +274,7 @@ def version_check(version: str, dashboard: Mapping[str, Any], nvml_bytes: int | 
 
 
 def report_versions(comparison: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
-    """The memory figures of a ``services.comparison_report`` JSON, by version."""
+    """The memory figures of a ``services.compare.report`` JSON, by version."""
     out: dict[str, dict[str, Any]] = {}
     mem = (comparison or {}).get("memory") or {}
     for side in ("a", "b"):
@@ -327,10 +327,10 @@ def checks_of(result: Mapping[str, Any]) -> list[dict[str, Any]]:
 def collect(args: argparse.Namespace) -> dict[str, Any]:
     import pandas as pd
 
-    from services import settings
-    from services.comparison import memory_side
-    from services.gpu_sampler import Sampler, sample_rows
-    from services.run_store import SAMPLE_COLUMNS
+    from services.core import settings
+    from services.compare.comparison import memory_side
+    from services.bench.sampler import Sampler, sample_rows
+    from services.bench.store import SAMPLE_COLUMNS
 
     result: dict[str, Any] = {"made_by": "scripts/gpu_memory_check.py", "time": time.time(),
                               "metrics_url": args.metrics_url, "http_url": args.http_url,
@@ -415,7 +415,7 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     versions = ["1", "2"]
     if args.http_url:
         try:
-            from services.triton_client import TritonClient
+            from services.client.triton_client import TritonClient
 
             with TritonClient(args.http_url, protocol="http", timeout_s=10) as client:
                 states = client.versions()
@@ -512,7 +512,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--repository", help="the embedded server's model repository (for engine_report.json; "
                                         "processes naming it are this server's)")
     p.add_argument("--server-pid", type=int, help="the tritonserver pid (it and its children are this server's)")
-    p.add_argument("--comparison-json", help="a services.comparison_report JSON to check as well")
+    p.add_argument("--comparison-json", help="a services.compare.report JSON to check as well")
     p.add_argument("--pairs", type=int, default=5, help="back-to-back sampler / nvidia-smi pairs")
     p.add_argument("--json", help="write the whole result here")
     args = p.parse_args(argv)

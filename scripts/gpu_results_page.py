@@ -13,8 +13,8 @@ RESULTS_DIR is the folder ``scripts/gpu_run.sh`` fills (it comes back inside ``r
 | ``tests/junit.xml`` | ``pytest -m gpu`` | the GPU tests' outcomes |
 | ``decode/decode.json`` | ``scripts/bench_decode.py`` (merged) | decode speed against the floor |
 | ``headline/headline.json`` | ``gpu_stages.py headline`` | the exact commands, the run's status |
-| ``headline/bench/run_<id>.json`` | ``services.bench_cli --out`` | the run's summary, config and manifest |
-| ``headline/report/comparison_run<id>_v1_v2.json`` | ``services.comparison_report`` | every compared figure |
+| ``headline/bench/run_<id>.json`` | ``services.bench.cli --out`` | the run's summary, config and manifest |
+| ``headline/report/comparison_run<id>_v1_v2.json`` | ``services.compare.report`` | every compared figure |
 | ``headline/memory_after_load.json``, ``memory_after_bench.json`` | ``scripts/gpu_memory_check.py`` | memory checks |
 
 Every figure is copied from those files (nothing is recomputed); what is missing is said to be

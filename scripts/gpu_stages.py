@@ -8,20 +8,20 @@ or, for a dry run of everything but the GPU itself, on CPU (``--device cpu``).
     python scripts/gpu_stages.py merge-json --out decode.json 7b=a.json demo=b.json
 
 ``build7b``: a checkpoint of Qwen2-VL-7B's exact architecture with random weights and the project's
-tokenizer, from the spec kept in ``configs/qwen2-vl-7b.json`` (``services.checkpoint_builder``,
+tokenizer, from the spec kept in ``configs/qwen2-vl-7b.json`` (``services.serving.checkpoint_builder``,
 initialised on the GPU, about 16.6 GB of safetensors), written to a temporary folder and renamed
 when complete; skipped when a complete one of the same spec is there. The parameter counts are
 read back from the written safetensors headers and checked against the config's ``expected``.
 
-``smoke``: the embedded Triton (``services.embedded_triton``) on a checkpoint with versions 1 (bf16)
+``smoke``: the embedded Triton (``services.serving.embedded_triton``) on a checkpoint with versions 1 (bf16)
 and 2 (fp8) loaded together, one HTTP and one gRPC request to each version on a generated label,
 each version's engine report and the GPU processes as the sampler attributes them.
 
 ``headline``: the embedded Triton on the (7B) checkpoint, both versions, a generous ready timeout;
-``scripts/gpu_memory_check.py`` after load; the benchmark command line (``services.bench_cli``,
+``scripts/gpu_memory_check.py`` after load; the benchmark command line (``services.bench.cli``,
 in this process, against the same server: closed loop, concurrency 1, 64 measured requests after 4
 warm-up per version, 16 generated 1024x1024 labels, 200 forced output tokens); the comparison
-report (``services.comparison_report``); the memory check again with the report's figures. With
+report (``services.compare.report``); the memory check again with the report's figures. With
 ``--deadline`` (epoch seconds), the benchmark is cancelled (Ctrl-C, as a person would: the run is
 stored as cancelled with every request it made) early enough for the report to be written.
 """
@@ -154,7 +154,7 @@ def cmd_envinfo(args: argparse.Namespace) -> int:
 
 
 def load_spec(config: Path):
-    from services.checkpoint_builder import CheckpointSpec
+    from services.serving.checkpoint_builder import CheckpointSpec
 
     doc = json.loads(config.read_text())
     raw = dict(doc["spec"])
@@ -189,7 +189,7 @@ def safetensors_counts(folder: Path) -> dict[str, int]:
 
 
 def cmd_build7b(args: argparse.Namespace) -> int:
-    from services.checkpoint_builder import PRESET_7B, build_checkpoint
+    from services.serving.checkpoint_builder import PRESET_7B, build_checkpoint
 
     spec, expected = load_spec(Path(args.config))
     diff = {k: (v, getattr(PRESET_7B, k)) for k, v in asdict(spec).items()
@@ -266,7 +266,7 @@ def expected_fp8_mode(device: str) -> str:
 
 
 def label_b64(seed: int, size: int | None = None) -> tuple[str, Any]:
-    from services.label_generator import GeneratorConfig, generate_label
+    from services.image_sets.generator import GeneratorConfig, generate_label
 
     sample = generate_label(seed, GeneratorConfig(size=(size, size)) if size else None)
     buf = io.BytesIO()
@@ -275,7 +275,7 @@ def label_b64(seed: int, size: int | None = None) -> tuple[str, Any]:
 
 
 def nvml_processes() -> list[dict[str, Any]]:
-    from services.gpu_sampler import Sampler
+    from services.bench.sampler import Sampler
 
     s = Sampler(nvml=True, host_memory=False).sample_once()
     if "nvml" in s.source_errors:
@@ -286,10 +286,10 @@ def nvml_processes() -> list[dict[str, Any]]:
 
 
 def cmd_smoke(args: argparse.Namespace) -> int:
-    from services.boxes import match_boxes, parse_answer
-    from services.embedded_triton import start_embedded_triton
-    from services.prompt import build_prompt
-    from services.triton_client import TritonClient
+    from services.core.boxes import match_boxes, parse_answer
+    from services.serving.embedded_triton import start_embedded_triton
+    from services.core.prompt import build_prompt
+    from services.client.triton_client import TritonClient
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -357,7 +357,7 @@ def cmd_smoke(args: argparse.Namespace) -> int:
 
 
 def bench_argv(args: argparse.Namespace, data_dir: Path, exports: Path) -> list[str]:
-    """The benchmark command line of the headline figures (``python -m services.bench_cli`` arguments)."""
+    """The benchmark command line of the headline figures (``python -m services.bench.cli`` arguments)."""
     argv = ["--versions", "1", "2", "--requests", str(args.requests), "--warmup", str(args.warmup),
             "--load", "closed", "--concurrency", str(args.concurrency), "--images", "generated",
             "--count", str(args.count), "--image-seed", str(args.image_seed), "--max-tokens", str(args.max_tokens),
@@ -379,9 +379,9 @@ def run_logged(cmd: list[str], timeout: float | None) -> int:
 
 
 def cmd_headline(args: argparse.Namespace) -> int:
-    from services import embedded_triton
-    from services.bench_cli import main as bench_main
-    from services.run_store import RunStore
+    from services.serving import embedded_triton
+    from services.bench.cli import main as bench_main
+    from services.bench.store import RunStore
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -427,7 +427,7 @@ def cmd_headline(args: argparse.Namespace) -> int:
                                                    timeout=max(30.0, min(180.0, left() - 60)))
 
         argv = bench_argv(args, data_dir, exports)
-        commands["bench"] = "python -m services.bench_cli --checkpoint " + args.checkpoint + " " + " ".join(argv)
+        commands["bench"] = "python -m services.bench.cli --checkpoint " + args.checkpoint + " " + " ".join(argv)
         bench_budget = left() - args.reserve_s
         say(f"benchmark: {bench_budget:.0f} s before it is cancelled to leave {args.reserve_s:.0f} s for the report")
         timer = None
@@ -451,7 +451,7 @@ def cmd_headline(args: argparse.Namespace) -> int:
             status["run"] = None if run is None else {"id": run.id, "status": run.status, "reason": run.reason}
         say(f"benchmark exit {steps['bench_rc']} in {steps['bench_s']} s; run {status['run']}")
         if run is not None:
-            rep_cmd = [py, "-m", "services.comparison_report", "--run", str(run.id), "--data-dir", str(data_dir),
+            rep_cmd = [py, "-m", "services.compare.report", "--run", str(run.id), "--data-dir", str(data_dir),
                        "--out", str(report_dir), "--gallery", str(args.gallery)]
             commands["comparison_report"] = " ".join(["python", *rep_cmd[1:]])
             steps["report_rc"] = run_logged(rep_cmd, timeout=max(30.0, left() - 40))

@@ -27,4 +27,7 @@ fi
 req=requirements.txt
 [[ "${1:-}" == "--dev" ]] && req=requirements-dev.txt
 .venv/bin/python -m pip install -q -r "$req"
+# The project itself, editable: its commands (qwen-serve, qwen-bench, qwen-report, qwen-check-repo)
+# land in .venv/bin and run the code of this checkout.
+.venv/bin/python -m pip install -q --no-deps -e .
 echo "environment ready: .venv ($(.venv/bin/python --version))"

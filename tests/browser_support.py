@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import pytest
 import requests
 
-from services import settings
+from services.core import settings
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package (scripts/setup.sh --dev): Playwright's own cannot be fetched
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -19,7 +19,7 @@ FREE_PORTS = {"http": None, "grpc": None, "metrics": None}
 @pytest.fixture(scope="session")
 def tiny_checkpoint() -> Path:
     """The deterministic tiny random-weight checkpoint (fast: protocol tests need no real answers)."""
-    from services.checkpoint_builder import ensure_tiny_checkpoint
+    from services.serving.checkpoint_builder import ensure_tiny_checkpoint
 
     return ensure_tiny_checkpoint()
 
@@ -27,7 +27,7 @@ def tiny_checkpoint() -> Path:
 @pytest.fixture(scope="session")
 def triton_server(tmp_path_factory, tiny_checkpoint):
     """A real tritonserver serving qwen versions 1 (bf16) and 2 (fp8) on free ports."""
-    from services.embedded_triton import start_embedded_triton
+    from services.serving.embedded_triton import start_embedded_triton
 
     server = start_embedded_triton(tiny_checkpoint, workdir=tmp_path_factory.mktemp("triton"), ports=FREE_PORTS)
     yield server
@@ -37,7 +37,7 @@ def triton_server(tmp_path_factory, tiny_checkpoint):
 @pytest.fixture
 def own_triton_server(tmp_path, tiny_checkpoint):
     """A server of the test's own, for tests that stop or kill it."""
-    from services.embedded_triton import start_embedded_triton
+    from services.serving.embedded_triton import start_embedded_triton
 
     server = start_embedded_triton(tiny_checkpoint, workdir=tmp_path / "triton", ports=FREE_PORTS)
     yield server
@@ -76,8 +76,25 @@ def _gpu_unavailable_reason() -> str | None:
     return None
 
 
+# Fixtures that start or use a real Triton server: a test that asks for one is marked ``server``.
+SERVER_FIXTURES = {"triton_server", "own_triton_server"}
+
+
+def _mark_server_tests(items) -> None:
+    """Mark ``server`` every test that uses a server fixture or drives the browser (``e2e``).
+
+    Modules whose tests start servers, apps or subprocesses by themselves set
+    ``pytestmark = pytest.mark.server``; `pytest -m "not server"` is the fast subset.
+    """
+    for item in items:
+        uses_server = SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        if uses_server or item.get_closest_marker("e2e") is not None:
+            item.add_marker(pytest.mark.server)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Skip the tests marked ``gpu`` where there is no CUDA device, saying so."""
+    """Mark the server tests; skip the tests marked ``gpu`` where there is no CUDA device, saying so."""
+    _mark_server_tests(items)
     gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
     if not gpu_items:
         return

@@ -1,7 +1,7 @@
 """Detection metrics shared by the training script's held-out check and scripts/evaluate_detector.py.
 
 All boxes are on the 0..1000 grid (IoU is the same in pixels). Per image, predictions and ground
-truth are matched one to one (``services.boxes.match_boxes``: greedy by IoU), so a table counts
+truth are matched one to one (``services.core.boxes.match_boxes``: greedy by IoU), so a table counts
 once and a second box on the same table is a false positive.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from statistics import fmean
 
-from services.boxes import Box, iou, match_boxes
+from services.core.boxes import Box, iou, match_boxes
 
 
 @dataclass

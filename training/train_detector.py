@@ -1,17 +1,17 @@
 """Train the demo detector: a small Qwen2-VL-architecture model, from scratch, on synthetic labels.
 
-The model is built with ``services.checkpoint_builder`` (same tokenizer, config and image processor
+The model is built with ``services.serving.checkpoint_builder`` (same tokenizer, config and image processor
 as every checkpoint of this project) and taught to answer the project's prompt
-(``services.prompt.build_prompt()``) with ``services.boxes.format_answer(grid_boxes)`` followed by
+(``services.core.prompt.build_prompt()``) with ``services.core.boxes.format_answer(grid_boxes)`` followed by
 ``<|im_end|>`` (an image without a table: ``<|im_end|>`` alone). Images come from
-``services.label_generator.generate_label`` on the fly, in DataLoader worker processes, from the
+``services.image_sets.generator.generate_label`` on the fly, in DataLoader worker processes, from the
 training seed range (``TRAIN_SEED_BASE`` + i); held-out checks use other ranges
 (``VAL_SEED_BASE`` here, ``EVAL_SEED_BASE`` in scripts/evaluate_detector.py).
 
 What the model sees is what the served model sees: each generated image goes through
-``services.images.load_image`` (longest side <= 1024, JPEG q95 4:4:4, as the dashboard sends it),
+``services.core.images.load_image`` (longest side <= 1024, JPEG q95 4:4:4, as the dashboard sends it),
 then the checkpoint's ``Qwen2VLImageProcessorPil``; the prompt's ``<|image_pad|>`` is expanded with
-``services.engine.expand_image_placeholders``. Workers ship the processor's patches as uint8 (one
+``services.serving.engine.expand_image_placeholders``. Workers ship the processor's patches as uint8 (one
 temporal copy); the GPU applies the processor's rescale and normalization (checked equal to the
 processor's own output by ``--self-check``).
 
@@ -63,16 +63,16 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from services.boxes import Box, format_answer, parse_answer  # noqa: E402
-from services.checkpoint_builder import (  # noqa: E402
+from services.core.boxes import Box, format_answer, parse_answer  # noqa: E402
+from services.serving.checkpoint_builder import (  # noqa: E402
     CheckpointSpec,
     build_config,
     build_image_processor,
     build_tokenizer,
 )
-from services.engine import IMAGE_PAD, expand_image_placeholders  # noqa: E402
-from services.label_generator import GeneratorConfig, generate_label  # noqa: E402
-from services.prompt import build_prompt  # noqa: E402
+from services.serving.engine import IMAGE_PAD, expand_image_placeholders  # noqa: E402
+from services.image_sets.generator import GeneratorConfig, generate_label  # noqa: E402
+from services.core.prompt import build_prompt  # noqa: E402
 from training.metrics import ImageResult, score  # noqa: E402
 
 # Seed ranges of generate_label: training, the in-training held-out check, the final evaluation.
@@ -144,10 +144,10 @@ class TrainConfig:
 
 
 def as_sent(image):
-    """The image as the dashboard sends it and the server decodes it (services.images.load_image)."""
+    """The image as the dashboard sends it and the server decodes it (services.core.images.load_image)."""
     from PIL import Image
 
-    from services.images import load_image
+    from services.core.images import load_image
 
     buf = io.BytesIO()
     image.save(buf, "BMP")  # lossless and fast; load_image shrinks and re-encodes as JPEG q95
@@ -408,7 +408,7 @@ def compute_loss(model, aux_head, normalizer, batch, captured, cfg: TrainConfig,
 
 
 # --------------------------------------------------------------------------------------------
-# Greedy decoding (the held-out check), as services.engine.Engine.prepare/generate do it
+# Greedy decoding (the held-out check), as services.serving.engine.Engine.prepare/generate do it
 # --------------------------------------------------------------------------------------------
 
 
@@ -644,8 +644,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
     base_info = {
         "trained_by": "training/train_detector.py",
-        "built_by": "services.checkpoint_builder (spec) + training/train_detector.py (weights)",
-        "weights": "trained from scratch on synthetic labels (services.label_generator); a demo, not the fine-tune",
+        "built_by": "services.serving.checkpoint_builder (spec) + training/train_detector.py (weights)",
+        "weights": "trained from scratch on synthetic labels (services.image_sets.generator); a demo, not the fine-tune",
         "spec": asdict(spec),
         "train_config": asdict(cfg),
         "command": command,

@@ -6,8 +6,8 @@ from functools import partial
 
 import streamlit as st
 
-from services.detection import BatchResult, ImageResult, VersionResult, batch_to_json, download_name
-from services.figures import annotated_png, detection_figure, version_color
+from services.detect.detection import BatchResult, ImageResult, VersionResult, batch_to_json, download_name
+from services.detect.figures import annotated_png, detection_figure, version_color
 
 
 def _ms(value: float | None) -> str:

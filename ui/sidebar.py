@@ -11,8 +11,9 @@ from typing import Any
 
 import streamlit as st
 
-from services.detection import VERSION_LABELS, ServerStatus, version_label
-from services.triton_client import PROTOCOLS
+from services.client.server_status import ServerStatus
+from services.core.versions import VERSION_LABELS, version_label
+from services.client.triton_client import PROTOCOLS
 from ui import state
 from ui.state import Connection
 

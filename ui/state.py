@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from services import settings
-from services.detection import ServerStatus, check_server
-from services.server_target import ServerTarget, current_target, embedded_target
-from services.triton_client import PROTOCOLS, TritonClient, parse_url
+from services.core import settings
+from services.client.server_status import ServerStatus, check_server
+from services.client.server_target import ServerTarget, current_target, embedded_target
+from services.client.triton_client import PROTOCOLS, TritonClient, parse_url
 
 log = logging.getLogger(__name__)
 

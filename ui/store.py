@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.run_store import RunStore, default_data_dir
+from services.bench.store import RunStore, default_data_dir
 
 
 def open_store() -> RunStore:

@@ -1,0 +1,1045 @@
+"""Benchmark runs: the same requests sent to one or both versions, every request and sample recorded.
+
+CONTRACT (the Benchmark page and the command-line entry build on exactly these names):
+
+    config = BenchmarkConfig(versions=("1", "2"), image_set=ImageSetSpec(kind="samples"), requests=20, ...)
+    handle = start_benchmark(config, store=RunStore(), target=current_target())   # a background thread
+    handle.progress()   -> BenchmarkProgress (done / total, failures, status, run_id, last error)
+    handle.cancel()     # stops sending; in-flight requests finish; the run ends "cancelled"
+    handle.wait(timeout) -> RunOutcome (run_id, status, reason, summaries per version)
+    run_benchmark(config, store, target, on_progress=None, cancel_event=None) -> RunOutcome  # blocking
+
+Images come from ``ImageSetSpec`` (uploaded bytes, the bundled samples, a generated labelled set
+from a seed, or a dataset folder), each with its ground truth where known. With both versions the
+requests are interleaved in the same image order (v1 img0, v2 img0, v1 img1, ...), so drift hits both
+alike. Load: closed loop at a concurrency, or open loop at a request rate with Poisson arrivals.
+
+How a run goes (all of it in the caller's thread for ``run_benchmark``, in a daemon thread for
+``start_benchmark``):
+
+1. Preflight and manifest (``collect_manifest``): server metadata, the model's versions and their
+   states, the model config as served, quantization as served, GPU, client libraries, git commit.
+   The images are loaded (``load_image_set``). Then the run is created in the store with its
+   config and manifest. An unreachable server, a version that is not READY or an image set with no
+   usable image ends the run at once as "failed", with the reason.
+2. The shared sampler (``gpu_sampler.get_shared_sampler``, pointed at the target's metrics URL and
+   server pid) gets a ``RunStore.sample_sink`` for the run's duration; the run waits for one
+   sample before the first request, so the memory baseline precedes it.
+3. Warm-up: ``warmup`` requests per version, interleaved, as a closed loop at ``concurrency`` (in
+   both load modes), all finished before the first measured request; recorded with
+   ``warmup=True``, excluded from summaries.
+4. Measured requests: closed loop (``concurrency`` worker threads, each sending its next request
+   as soon as its previous one is answered) or open loop (Poisson arrivals at ``rate`` requests per
+   second over all versions, seeded by ``seed``; each arrival is handed to a thread pool large
+   enough that requests do not wait for a thread: see ``open_loop_workers``; sends that still
+   started late are counted in the summary).
+5. Every request is written to the store as soon as it is answered (or failed): send and receive
+   times, latency, TTFT, tokens, streamed chunk times, status and error text, the raw answer, the
+   parsed box and its IoU with the ground truth (``answer_box``).
+6. The end: summaries per version from the stored rows (``bench_stats.summarize``), memory
+   baseline/peak/delta over the run's window (``bench_stats.memory_summary``), the final status.
+
+Final status:
+
+- ``completed``: every planned request was sent (some may have failed: the reason says how many,
+  the summaries count them); ``failed`` instead when every measured request failed.
+- ``cancelled``: ``cancel()`` (or the caller's ``cancel_event``) stopped the sending; the requests
+  in flight finished and were recorded.
+- ``partial`` / ``failed``: the server stopped answering: after ``stop_after_unreachable``
+  (default 5) ``ServerUnreachable`` errors with no successful request between them, no more
+  requests are sent; the run is "partial" when some measured request succeeded, else "failed";
+  the reason starts with "the server stopped answering". A database write failure stops the run
+  the same way. A run whose process is killed is marked "partial" by ``RunStore.mark_stale_runs``.
+
+The stored summary (``RunStore.get_run(id).summary``) is ``{"versions": {v: VersionSummary as a
+dict}, "memory": [MemorySeriesSummary as a dict], "requests": {...}, "open_loop": {...} or None,
+"duration_s": ...}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import itertools
+import json
+import logging
+import math
+import os
+import platform
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
+
+import numpy as np
+
+from services.core import settings
+from services.bench.stats import (
+    MemorySeriesSummary,
+    RequestRecord,
+    VersionSummary,
+    memory_summary,
+    summarize_version,
+)
+from services.core.boxes import Box, match_boxes, parse_answer
+from services.core.images import ImageError, encode_base64, load_image
+from services.bench.store import RunStore
+from services.client.triton_client import ServerUnreachable, TritonClient, TritonClientError
+
+if TYPE_CHECKING:  # server_target imports the checkpoint catalog: only where a target is resolved
+    from services.client.server_target import ServerTarget
+
+log = logging.getLogger(__name__)
+
+LoadMode = Literal["closed", "open"]
+ImageSetKind = Literal["uploaded", "samples", "generated", "folder"]
+
+LOAD_MODES = ("closed", "open")
+IMAGE_SET_KINDS = ("uploaded", "samples", "generated", "folder")
+PROTOCOLS = ("http", "grpc")
+MANIFEST_SCHEMA = "qwen-bench-manifest/1"
+STOP_AFTER_UNREACHABLE = 5  # ServerUnreachable errors with no success between them: the server is gone
+MAX_OPEN_LOOP_WORKERS = 256
+LATE_SEND_MS = 10.0  # an open-loop send starting this much after its arrival time counts as late
+PREFLIGHT_TIMEOUT_S = 10.0
+DEAD_SERVER_REASON = "the server stopped answering"
+
+
+@dataclass(frozen=True)
+class ImageSetSpec:
+    """Which images a run sends. ``uploaded``: ``images`` holds (name, bytes) pairs."""
+
+    kind: ImageSetKind = "samples"
+    seed: int = 0  # generated sets
+    count: int = 16  # generated sets
+    folder: str | None = None  # dataset folder (labels.jsonl or OpenFoodFacts parquet)
+    images: tuple[tuple[str, bytes], ...] = ()  # uploaded
+    max_side: int = 1024
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    versions: tuple[str, ...] = ("1", "2")
+    image_set: ImageSetSpec = field(default_factory=ImageSetSpec)
+    requests: int = 20  # measured requests per version
+    warmup: int = 2  # warm-up requests per version, not counted
+    load: LoadMode = "closed"
+    concurrency: int = 1  # closed loop
+    rate: float = 1.0  # open loop: requests per second (all versions together)
+    max_tokens: int = 128
+    temperature: float = 0.0
+    stream: bool = True
+    timeout_s: float = 120.0
+    protocol: str | None = None  # None: the target's protocol
+    seed: int = 0  # Poisson arrivals and any sampling
+    extra_sampling: dict[str, Any] = field(default_factory=dict)  # e.g. {"ignore_eos": True}
+    # added after the contract (defaults keep old callers working):
+    prompt: str | None = None  # None: the fine-tune's training prompt (services.core.prompt)
+    max_in_flight: int | None = None  # open loop: thread-pool size; None: open_loop_workers(rate, timeout_s)
+    stop_after_unreachable: int = STOP_AFTER_UNREACHABLE  # see the module docstring
+
+
+@dataclass
+class BenchmarkProgress:
+    run_id: int | None
+    status: str  # "starting", "warmup", "running", "completed", "partial", "failed", "cancelled"
+    done: int
+    total: int
+    failures: int
+    last_error: str | None = None
+    # added after the contract:
+    ok: int = 0  # successful requests, warm-up included
+    warmup_done: int = 0
+    warmup_total: int = 0
+    measured_done: int = 0
+    measured_total: int = 0
+    by_version: dict[str, dict[str, int]] = field(default_factory=dict)  # v -> {"done", "ok", "failures"}
+    elapsed_s: float = 0.0
+    stopping: str | None = None  # why sending stopped early (cancel, dead server), while in-flight requests finish
+    reason: str | None = None  # the final reason, once the run has ended
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 1.0
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("completed", "partial", "failed", "cancelled")
+
+
+@dataclass
+class RunOutcome:
+    run_id: int
+    status: str
+    reason: str | None
+    summaries: dict[str, Any]  # version -> bench_stats.VersionSummary
+    # added after the contract:
+    memory: list[MemorySeriesSummary] = field(default_factory=list)
+    progress: BenchmarkProgress | None = None
+    duration_s: float | None = None
+    summary: dict[str, Any] = field(default_factory=dict)  # as stored in the run's row
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "completed"
+
+
+ProgressCallback = Callable[[BenchmarkProgress], None]
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def validate_config(config: BenchmarkConfig) -> BenchmarkConfig:
+    """The config with versions as strings, or ValueError naming what is wrong."""
+    versions = tuple(str(v).strip() for v in config.versions)
+    if not versions:
+        raise ValueError("choose at least one model version")
+    if len(set(versions)) != len(versions) or any(not v for v in versions):
+        raise ValueError(f"each version may be chosen once, not {config.versions!r}")
+
+    def positive_int(name: str, value: Any, minimum: int = 1) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{name} must be an integer >= {minimum}, not {value!r}")
+
+    positive_int("requests", config.requests)
+    positive_int("warmup", config.warmup, 0)
+    positive_int("concurrency", config.concurrency)
+    positive_int("max_tokens", config.max_tokens)
+    positive_int("stop_after_unreachable", config.stop_after_unreachable)
+    if config.max_in_flight is not None:
+        positive_int("max_in_flight", config.max_in_flight)
+    if config.load not in LOAD_MODES:
+        raise ValueError(f"load must be 'closed' or 'open', not {config.load!r}")
+    if config.load == "open" and not (isinstance(config.rate, (int, float)) and math.isfinite(config.rate)
+                                      and config.rate > 0):
+        raise ValueError(f"the open-loop rate must be a positive number of requests per second, not {config.rate!r}")
+    if not config.temperature >= 0:
+        raise ValueError(f"temperature must be >= 0, not {config.temperature!r}")
+    if not config.timeout_s > 0:
+        raise ValueError(f"timeout_s must be > 0, not {config.timeout_s!r}")
+    if config.protocol not in (None, *PROTOCOLS):
+        raise ValueError(f"protocol must be 'http', 'grpc' or None, not {config.protocol!r}")
+    clash = {"max_tokens", "temperature"} & set(config.extra_sampling)
+    if clash:
+        raise ValueError(f"set {', '.join(sorted(clash))} in the config, not in extra_sampling")
+    spec = config.image_set
+    if spec.kind not in IMAGE_SET_KINDS:
+        raise ValueError(f"image set kind must be one of {IMAGE_SET_KINDS}, not {spec.kind!r}")
+    positive_int("image_set.max_side", spec.max_side)
+    if spec.kind == "uploaded" and not spec.images:
+        raise ValueError("an uploaded image set needs at least one image")
+    if spec.kind == "generated":
+        positive_int("image_set.count", spec.count)
+        positive_int("image_set.seed", spec.seed, 0)
+    if spec.kind == "folder" and not spec.folder:
+        raise ValueError("a folder image set needs a folder")
+    return dataclasses.replace(config, versions=versions)
+
+
+def config_to_dict(config: BenchmarkConfig) -> dict[str, Any]:
+    """The config as JSON-ready data; uploaded image bytes become name, size and sha256."""
+    d = dataclasses.asdict(dataclasses.replace(config, image_set=dataclasses.replace(config.image_set, images=())))
+    d["versions"] = list(config.versions)
+    d["image_set"]["images"] = [
+        {"name": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        for name, data in config.image_set.images
+    ]
+    return d
+
+
+def open_loop_workers(rate: float, timeout_s: float) -> int:
+    """Threads for an open loop: a request may stay in flight up to ``timeout_s``, so ``rate x
+    timeout_s`` threads never make an arrival wait; capped at ``MAX_OPEN_LOOP_WORKERS`` (threads
+    start only when needed, so a large pool costs nothing at low load)."""
+    return int(min(MAX_OPEN_LOOP_WORKERS, max(4, math.ceil(rate * timeout_s))))
+
+
+# --------------------------------------------------------------------------- images
+
+
+@dataclass(frozen=True)
+class BenchImage:
+    """One image of a run, ready to send.
+
+    ``width``/``height``: the original size (grid boxes scale to it); ``sent_width``/``sent_height``:
+    the size sent. ``truth``: ground-truth boxes on the 0..1000 grid (``None``: unknown, ``()``: known
+    to hold no table). ``sha256``: of the bytes sent.
+    """
+
+    id: str
+    b64: str
+    width: int
+    height: int
+    sent_width: int
+    sent_height: int
+    truth: tuple[Box, ...] | None
+    sha256: str
+    seed: int | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"id": self.id, "sha256": self.sha256, "width": self.width, "height": self.height,
+                "sent_width": self.sent_width, "sent_height": self.sent_height, "seed": self.seed,
+                "truth": None if self.truth is None else [dataclasses.asdict(b) for b in self.truth]}
+
+
+@dataclass
+class ImageSet:
+    """The images of a run, in sending order, and the ones that could not be used (with why)."""
+
+    spec: ImageSetSpec
+    images: list[BenchImage]
+    problems: list[str] = field(default_factory=list)
+
+    def describe(self) -> dict[str, Any]:
+        s = self.spec
+        return {"kind": s.kind, "seed": s.seed if s.kind == "generated" else None,
+                "count": len(self.images), "folder": s.folder, "max_side": s.max_side,
+                "images": [im.describe() for im in self.images], "problems": list(self.problems)}
+
+
+def _bench_image(image_id: str, data: bytes, max_side: int, truth: Sequence[Box] | None,
+                 seed: int | None = None) -> BenchImage:
+    loaded = load_image(data, max_side=max_side, name=image_id)
+    return BenchImage(id=image_id, b64=encode_base64(loaded), width=loaded.original_width,
+                      height=loaded.original_height, sent_width=loaded.width, sent_height=loaded.height,
+                      truth=None if truth is None else tuple(truth),
+                      sha256=hashlib.sha256(loaded.data).hexdigest(), seed=seed)
+
+
+def _png(image: Any) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def load_image_set(spec: ImageSetSpec) -> ImageSet:
+    """Load, check and encode the images of ``spec`` (see :class:`ImageSetSpec`).
+
+    An image that cannot be used is left out and named in ``problems``; ValueError when none is
+    left (or the folder does not exist). Ids are unique (a repeated upload name gets ``#2``...).
+    """
+    candidates: list[tuple[str, Callable[[], bytes], Sequence[Box] | None, int | None]] = []
+    problems: list[str] = []
+    if spec.kind == "uploaded":
+        for name, data in spec.images:
+            candidates.append((str(name), lambda d=data: bytes(d), None, None))
+    elif spec.kind == "samples":
+        from services.image_sets.samples import list_samples
+
+        for s in list_samples():
+            candidates.append((s.path.name, s.path.read_bytes, s.grid_boxes, None))
+    elif spec.kind == "generated":
+        from services.image_sets.generator import generate_dataset
+
+        for i, sample in enumerate(generate_dataset(spec.seed, spec.count)):
+            candidates.append((f"generated-{spec.seed}-{i:04d}", lambda im=sample.image: _png(im),
+                               sample.grid_boxes, sample.seed))
+    elif spec.kind == "folder":
+        from services.image_sets.datasets import load_labeled_images
+
+        if not spec.folder or not Path(spec.folder).exists():
+            raise ValueError(f"the data set folder {spec.folder!r} does not exist")
+        records, load_problems = load_labeled_images(spec.folder)
+        problems.extend(str(p) for p in load_problems)
+        for r in records:
+            getter = (lambda b=r.image_bytes: b) if r.image_bytes is not None else r.path.read_bytes
+            candidates.append((str(r.id), getter, r.grid_boxes, None))
+    else:
+        raise ValueError(f"unknown image set kind {spec.kind!r}")
+
+    images: list[BenchImage] = []
+    seen: dict[str, int] = {}
+    for name, get_bytes, truth, seed in candidates:
+        seen[name] = seen.get(name, 0) + 1
+        image_id = name if seen[name] == 1 else f"{name}#{seen[name]}"
+        try:
+            images.append(_bench_image(image_id, get_bytes(), spec.max_side, truth, seed))
+        except (ImageError, OSError) as exc:
+            problems.append(f"{image_id}: {exc}")
+    if not images:
+        detail = f": {'; '.join(problems[:5])}" if problems else ""
+        raise ValueError(f"the {spec.kind} image set has no usable image{detail}")
+    return ImageSet(spec, images, problems)
+
+
+# --------------------------------------------------------------------------- requests
+
+
+@dataclass(frozen=True)
+class PlannedRequest:
+    """One request of a run: ``seq`` is its place in sending order; ``pair`` its place in the image
+    order (the same for every version: v1 and v2 of one image share it)."""
+
+    seq: int
+    version: str
+    image_index: int
+    pair: int
+    warmup: bool
+
+
+def request_plan(versions: Sequence[str], n_images: int, requests: int, warmup: int) -> list[PlannedRequest]:
+    """Warm-up then measured requests, the versions interleaved on the same image order.
+
+    ``[(v1, img0), (v2, img0), (v1, img1), (v2, img1), ...]``; images repeat cyclically; the
+    measured requests start again at image 0.
+    """
+    if n_images < 1:
+        raise ValueError("need at least one image")
+    plan: list[PlannedRequest] = []
+    seq = itertools.count()
+    for is_warm, count in ((True, warmup), (False, requests)):
+        for i in range(count):
+            for v in versions:
+                plan.append(PlannedRequest(next(seq), str(v), i % n_images, i, is_warm))
+    return plan
+
+
+def poisson_offsets(n: int, rate: float, seed: int) -> np.ndarray:
+    """Send times (seconds from the start) of ``n`` Poisson arrivals at ``rate`` per second.
+
+    The first request goes at 0; the gaps are exponential with mean ``1 / rate``, drawn from
+    ``numpy.random.default_rng(seed)`` (the same seed gives the same schedule).
+    """
+    if n <= 0:
+        return np.zeros(0)
+    gaps = np.random.default_rng(seed).exponential(1.0 / rate, size=n - 1)
+    return np.concatenate([[0.0], np.cumsum(gaps)])
+
+
+def answer_box(text: str, image: BenchImage) -> tuple[dict[str, float] | None, float | None]:
+    """The box to record for an answer, on the 0..1000 grid, and its IoU with the ground truth.
+
+    With ground truth: the predicted box of the best match (``boxes.match_boxes``) and its IoU;
+    0.0 (with the first box, if any) when no box overlaps a true one. Without ground truth (or
+    an image known to hold no table): the first box and ``None``.
+    """
+    boxes = parse_answer(text, image.width, image.height).grid_boxes
+    truth = image.truth
+    if not truth:
+        return (dataclasses.asdict(boxes[0]) if boxes else None), None
+    if not boxes:
+        return None, 0.0
+    best = max((p for p in match_boxes(boxes, truth) if p[0] is not None and p[1] is not None),
+               key=lambda p: p[2], default=None)
+    if best is None:
+        return dataclasses.asdict(boxes[0]), 0.0
+    return dataclasses.asdict(boxes[best[0]]), float(best[2])
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def _git_commit() -> dict[str, Any] | None:
+    root = settings.PROJECT_ROOT
+    if not (root / ".git").exists():
+        return None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip() != ""
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "dirty": dirty}
+
+
+def client_versions() -> dict[str, Any]:
+    """Python, the client libraries and this project's git commit."""
+    from importlib import metadata
+
+    def version(dist: str) -> str | None:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {"python": platform.python_version(), "implementation": platform.python_implementation(),
+            "tritonclient": version("tritonclient"), "requests": version("requests"),
+            "numpy": version("numpy"), "grpcio": version("grpcio"), "git": _git_commit(),
+            "host": socket.gethostname(), "platform": platform.platform(), "cpus": os.cpu_count()}
+
+
+def gpu_info() -> dict[str, Any] | str:
+    """GPU names, memory and the driver version through NVML, or ``"none"``."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # no library, no driver, no GPU
+        return "none"
+    try:
+        def text(v: Any) -> str:
+            return v.decode() if isinstance(v, bytes) else str(v)
+
+        gpus = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            gpus.append({"index": i, "name": text(pynvml.nvmlDeviceGetName(h)),
+                         "uuid": text(pynvml.nvmlDeviceGetUUID(h)),
+                         "memory_total_bytes": int(pynvml.nvmlDeviceGetMemoryInfo(h).total)})
+        info = {"driver": text(pynvml.nvmlSystemGetDriverVersion()), "gpus": gpus}
+        try:
+            info["cuda_driver"] = int(pynvml.nvmlSystemGetCudaDriverVersion())
+        except Exception:
+            pass
+        return info if gpus else "none"
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:
+            pass
+
+
+def quantization_from_metrics(metrics_text: str, model: str = settings.MODEL_NAME) -> dict[str, dict[str, Any]]:
+    """Per version, what the ``qwen_engine_*`` gauges of the metrics port say the engine applied:
+    ``{"precision", "mode", "weight_bytes": {part: bytes}, "quantized_layers"}``."""
+    from services.bench.sampler import parse_metrics, parse_series_key
+
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in parse_metrics(metrics_text).items():
+        name, labels = parse_series_key(key)
+        if not name.startswith("qwen_engine_") or labels.get("model", model) != model or "version" not in labels:
+            continue
+        entry = out.setdefault(labels["version"], {"weight_bytes": {}})
+        for label in ("precision", "mode"):
+            if label in labels:
+                entry[label] = labels[label]
+        if name == "qwen_engine_weight_bytes":
+            entry["weight_bytes"][labels.get("part", "total")] = int(value)
+        elif name == "qwen_engine_quantized_layers":
+            entry["quantized_layers"] = int(value)
+        else:
+            entry[name[len("qwen_engine_"):]] = value
+    return out
+
+
+def served_quantization(target: "ServerTarget", versions: Sequence[str],
+                        model: str = settings.MODEL_NAME) -> dict[str, Any]:
+    """Quantization as served, per version: the metrics port's ``qwen_engine_*`` gauges when present,
+    else the embedded server's engine report (``<repository>/<model>/<v>/engine_report.json``, what
+    ``EmbeddedTriton.engine_report`` reads), else ``"unknown"``. Each entry says its ``source``."""
+    from_metrics: dict[str, dict[str, Any]] = {}
+    metrics_error = None
+    if target.metrics_url:
+        try:
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+            with opener.open(target.metrics_url, timeout=3.0) as resp:
+                from_metrics = quantization_from_metrics(resp.read(16 * 2**20).decode("utf-8", "replace"), model)
+        except Exception as exc:
+            metrics_error = f"{type(exc).__name__}: {exc}"
+    out: dict[str, Any] = {}
+    for v in versions:
+        if v in from_metrics:
+            out[v] = {"source": "metrics", **from_metrics[v]}
+            continue
+        report = None
+        if target.embedded and target.repository is not None:
+            try:
+                report = json.loads((Path(target.repository) / model / v / "engine_report.json").read_text())
+            except (OSError, json.JSONDecodeError):
+                report = None
+        out[v] = {"source": "engine_report", **report} if isinstance(report, dict) else "unknown"
+    if metrics_error:
+        out["metrics_error"] = metrics_error
+    return out
+
+
+def _target_dict(target: "ServerTarget") -> dict[str, Any]:
+    checkpoint = None
+    if target.checkpoint is not None:
+        checkpoint = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(target.checkpoint).items()}
+    return {"label": target.label, "http_url": target.http_url, "grpc_url": target.grpc_url,
+            "metrics_url": target.metrics_url, "protocol": target.protocol, "embedded": target.embedded,
+            "server_pid": target.server_pid, "repository": None if target.repository is None else str(target.repository),
+            "checkpoint": checkpoint}
+
+
+def collect_manifest(client: TritonClient, target: "ServerTarget", config: BenchmarkConfig) -> tuple[dict[str, Any], str | None]:
+    """What the run runs against (see the module docstring), and the preflight error if the run
+    cannot start (server unreachable, a version not READY). Each part that cannot be read says so
+    under ``"error"`` instead of failing the whole manifest."""
+    manifest: dict[str, Any] = {
+        "schema": MANIFEST_SCHEMA,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+        "target": _target_dict(target),
+        "protocol": client.protocol,
+        "url": client.url,
+    }
+    error = None
+    try:
+        info = client.server_info()
+        manifest["server"] = {"name": info.name, "version": info.version, "extensions": info.extensions,
+                              "live": info.live, "ready": info.ready}
+    except TritonClientError as exc:
+        manifest["server"] = {"error": str(exc)}
+        error = str(exc)
+    if error is None:
+        try:
+            states = client.versions()
+            manifest["model"] = {"name": client.model,
+                                 "versions": [dataclasses.asdict(s) for s in states]}
+            by_version = {s.version: s for s in states}
+            for v in config.versions:
+                state = by_version.get(v)
+                if state is None:
+                    known = ", ".join(sorted(by_version)) or "none"
+                    error = (f"version {v} of model '{client.model}' is not in the server's repository "
+                             f"(versions there: {known})")
+                elif not state.ready:
+                    error = (f"version {v} of model '{client.model}' is not ready on the server (state "
+                             f"{state.state}{': ' + state.reason if state.reason else ''})")
+                if error:
+                    break
+        except TritonClientError as exc:
+            manifest["model"] = {"name": client.model, "error": str(exc)}
+            error = str(exc)
+        try:
+            manifest.setdefault("model", {"name": client.model})["config"] = client.model_config()
+        except TritonClientError as exc:
+            manifest.setdefault("model", {"name": client.model})["config"] = {"error": str(exc)}
+        manifest["quantization"] = served_quantization(target, config.versions, client.model)
+    else:
+        manifest["quantization"] = {v: "unknown" for v in config.versions}
+    manifest["gpu"] = gpu_info()
+    manifest["client"] = client_versions()
+    manifest["config"] = config_to_dict(config)
+    manifest["seeds"] = {"arrivals": config.seed if config.load == "open" else None,
+                         "sampling": config.seed if config.temperature > 0 else None,
+                         "image_set": config.image_set.seed if config.image_set.kind == "generated" else None}
+    return manifest, error
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class _Runner:
+    """One run: its state, its threads and its records. ``run()`` does the work."""
+
+    def __init__(self, config: BenchmarkConfig, store: RunStore, target: "ServerTarget | None",
+                 on_progress: ProgressCallback | None, cancel_event: threading.Event | None) -> None:
+        self.config = validate_config(config)
+        self.store = store
+        self.target = target
+        self.on_progress = on_progress
+        self.cancel_event = cancel_event or threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._t0 = time.perf_counter()
+        n_versions = len(self.config.versions)
+        warm_total = self.config.warmup * n_versions
+        measured_total = self.config.requests * n_versions
+        self._progress = BenchmarkProgress(
+            run_id=None, status="starting", done=0, total=warm_total + measured_total, failures=0,
+            warmup_total=warm_total, measured_total=measured_total,
+            by_version={v: {"done": 0, "ok": 0, "failures": 0} for v in self.config.versions})
+        self._stop_cause: str | None = None  # "cancelled", "dead", "fatal"
+        self._stop_reason: str | None = None
+        self._unreachable_streak = 0
+        self._measured_ok = 0
+        self._first_send_ns: int | None = None
+        self._late_sends = 0
+        self._max_lag_ms = 0.0
+        self._images: list[BenchImage] = []
+        self._client: TritonClient | None = None
+        self._writer: RunStore | None = None
+        self._run_id: int | None = None
+        self.outcome: RunOutcome | None = None
+
+    # ------------------------------------------------------------------ state
+
+    def progress(self) -> BenchmarkProgress:
+        with self._lock:
+            return self._snapshot()
+
+    def _snapshot(self) -> BenchmarkProgress:  # caller holds _lock
+        p = dataclasses.replace(self._progress, by_version={k: dict(v) for k, v in self._progress.by_version.items()})
+        if not p.finished:
+            p.elapsed_s = time.perf_counter() - self._t0
+        return p
+
+    def _notify(self, snapshot: BenchmarkProgress) -> None:
+        if self.on_progress is None:
+            return
+        try:
+            self.on_progress(snapshot)
+        except Exception:  # a broken callback must not break the run
+            log.exception("benchmark progress callback failed")
+
+    def _set_status(self, status: str, **fields: Any) -> None:
+        with self._lock:
+            self._progress.status = status
+            for k, v in fields.items():
+                setattr(self._progress, k, v)
+            snapshot = self._snapshot()
+        self._notify(snapshot)
+
+    def _stopping(self) -> bool:
+        if self.cancel_event.is_set() and not self._stop.is_set():
+            self._request_stop("cancelled", "cancelled by the user")
+        return self._stop.is_set()
+
+    def _request_stop(self, cause: str, reason: str) -> None:
+        with self._lock:
+            if self._stop_cause is None:
+                self._stop_cause, self._stop_reason = cause, reason
+                self._progress.stopping = reason
+        self._stop.set()
+
+    def cancel(self) -> None:
+        self.cancel_event.set()
+        self._request_stop("cancelled", "cancelled by the user")
+
+    # ------------------------------------------------------------------ one request
+
+    def _execute(self, item: PlannedRequest, scheduled: float | None = None) -> None:
+        if scheduled is not None:
+            lag_ms = (time.perf_counter() - scheduled) * 1e3
+            with self._lock:
+                self._max_lag_ms = max(self._max_lag_ms, lag_ms)
+                if lag_ms > LATE_SEND_MS:
+                    self._late_sends += 1
+        cfg, image = self.config, self._images[item.image_index]
+        extra = dict(cfg.extra_sampling)
+        if cfg.temperature > 0 and "seed" not in extra:  # the same seed for every version of one image
+            extra["seed"] = (cfg.seed * 1_000_003 + item.pair) % 2**31
+        t_call = time.perf_counter_ns()
+        with self._lock:
+            if self._first_send_ns is None:
+                self._first_send_ns = t_call
+        error: BaseException | None = None
+        try:
+            done = self._client.detect(  # type: ignore[union-attr]
+                image.b64, cfg.prompt, version=item.version, max_tokens=cfg.max_tokens,
+                temperature=cfg.temperature, stream=cfg.stream, extra_sampling=extra,
+                request_id=f"run{self._run_id}-{item.seq}")
+            try:
+                box, iou = answer_box(done.text, image)
+            except Exception as exc:  # the parser takes any string; this is a last resort
+                box, iou = None, None
+                log.warning("could not read a box from answer %r: %s", done.text[:100], exc)
+            record = RequestRecord(
+                seq=item.seq, version=item.version, send_ns=done.send_ns, recv_ns=done.recv_ns,
+                first_token_ns=done.first_token_ns, input_tokens=done.num_input_tokens,
+                output_tokens=done.num_output_tokens, status="ok", warmup=item.warmup, image_id=image.id,
+                answer=done.text, box=box, iou=iou, chunk_ns=list(done.chunk_ns) or None)
+        except Exception as exc:  # TritonClientError, or anything unexpected: a failed request either way
+            error = exc
+            kind = type(exc).__name__
+            message = str(exc) if isinstance(exc, TritonClientError) else f"unexpected client error: {exc!r}"
+            record = RequestRecord(
+                seq=item.seq, version=item.version, send_ns=t_call, recv_ns=time.perf_counter_ns(),
+                status="error", error=f"{kind}: {message}", warmup=item.warmup, image_id=image.id)
+        try:
+            self._writer.add_request(self._run_id, record)  # type: ignore[union-attr, arg-type]
+        except Exception as exc:
+            log.exception("could not write request %s of run %s", item.seq, self._run_id)
+            self._request_stop("fatal", f"could not write to the run database: {type(exc).__name__}: {exc}")
+        self._account(record, error)
+
+    def _account(self, record: RequestRecord, error: BaseException | None) -> None:
+        stop_reason = None
+        with self._lock:
+            p = self._progress
+            p.done += 1
+            per = p.by_version[record.version]
+            per["done"] += 1
+            if record.warmup:
+                p.warmup_done += 1
+            else:
+                p.measured_done += 1
+            if record.ok:
+                p.ok += 1
+                per["ok"] += 1
+                self._unreachable_streak = 0
+                if not record.warmup:
+                    self._measured_ok += 1
+            else:
+                p.failures += 1
+                per["failures"] += 1
+                p.last_error = record.error
+                if isinstance(error, ServerUnreachable):
+                    self._unreachable_streak += 1
+                    if self._unreachable_streak >= self.config.stop_after_unreachable:
+                        stop_reason = (f"{DEAD_SERVER_REASON}: {self._unreachable_streak} requests in a row "
+                                       f"found it unreachable ({error})")
+            snapshot = self._snapshot()
+        if stop_reason:
+            self._request_stop("dead", stop_reason)
+        self._notify(snapshot)
+
+    # ------------------------------------------------------------------ load
+
+    def _closed_loop(self, items: Sequence[PlannedRequest], concurrency: int) -> None:
+        """``concurrency`` workers; each sends its next request when its previous one is answered."""
+        pending = iter(items)
+        take = threading.Lock()
+
+        def worker() -> None:
+            while not self._stopping():
+                with take:
+                    item = next(pending, None)
+                if item is None:
+                    return
+                self._execute(item)
+
+        workers = min(concurrency, len(items))
+        if workers == 0:
+            return
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"bench-run{self._run_id}") as pool:
+            futures = [pool.submit(worker) for _ in range(workers)]
+        for f in futures:
+            f.result()  # _execute catches everything it expects; anything else is a bug: let it show
+
+    def _open_loop(self, items: Sequence[PlannedRequest], rate: float, seed: int, workers: int) -> None:
+        """Poisson arrivals: each request is handed to the pool at its arrival time."""
+        offsets = poisson_offsets(len(items), rate, seed)
+        futures = []
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"bench-run{self._run_id}") as pool:
+            start = time.perf_counter()
+            for item, offset in zip(items, offsets):
+                due = start + float(offset)
+                while not self._stopping():
+                    delay = due - time.perf_counter()
+                    if delay <= 0:
+                        break
+                    self._stop.wait(min(delay, 0.05))  # wakes at once on a stop; polls the cancel event
+                if self._stopping():
+                    break
+                futures.append(pool.submit(self._execute, item, due))
+        for f in futures:
+            f.result()
+
+    # ------------------------------------------------------------------ the whole run
+
+    def run(self) -> RunOutcome:
+        try:
+            return self._run()
+        except Exception as exc:  # a bug or a broken database: end the run as failed, never hang the caller
+            log.exception("benchmark run failed")
+            reason = f"internal error: {type(exc).__name__}: {exc}"
+            if self._run_id is not None:
+                try:
+                    self._writer_or_store().finish_run(self._run_id, "failed", reason)
+                except Exception:
+                    log.exception("could not mark run %s failed", self._run_id)
+            self._set_status("failed", reason=reason)
+            self.outcome = RunOutcome(self._run_id, "failed", reason, {}, progress=self.progress(),  # type: ignore[arg-type]
+                                      duration_s=time.perf_counter() - self._t0)
+            return self.outcome
+        finally:
+            if self._client is not None:
+                self._client.close()
+            if self._writer is not None:
+                self._writer.close()
+
+    def _writer_or_store(self) -> RunStore:
+        return self._writer if self._writer is not None else self.store
+
+    def _run(self) -> RunOutcome:
+        cfg = self.config
+        if self.target is None:
+            from services.client.server_target import current_target
+
+            self.target = current_target()
+        target = self.target
+        protocol = cfg.protocol or target.protocol
+        url = target.url(protocol)
+        workers = cfg.concurrency if cfg.load == "closed" else (
+            cfg.max_in_flight or open_loop_workers(cfg.rate, cfg.timeout_s))
+        # A private store on the same database for this run's threads: closing it at the end closes
+        # every connection its worker threads opened (RunStore keeps one per thread).
+        self._writer = RunStore(self.store.data_dir, db_name=self.store.path.name)
+        try:
+            self._client = TritonClient(url, protocol=protocol, timeout_s=cfg.timeout_s,  # type: ignore[arg-type]
+                                        max_streams=max(workers, cfg.concurrency))
+        except ValueError as exc:  # an address the client refuses (a path, another scheme)
+            error: str | None = f"bad server address {url!r}: {exc}"
+            manifest = {"schema": MANIFEST_SCHEMA, "target": _target_dict(target), "server": {"error": error},
+                        "client": client_versions(), "config": config_to_dict(cfg)}
+        else:
+            with TritonClient(url, protocol=protocol,  # type: ignore[arg-type]
+                              timeout_s=min(cfg.timeout_s, PREFLIGHT_TIMEOUT_S)) as admin:
+                manifest, error = collect_manifest(admin, target, cfg)
+        if error is None:
+            try:
+                image_set = load_image_set(cfg.image_set)
+                self._images = image_set.images
+                manifest["image_set"] = image_set.describe()
+            except (ValueError, OSError) as exc:
+                error = f"the images could not be prepared: {exc}"
+                manifest["image_set"] = {"kind": cfg.image_set.kind, "error": str(exc)}
+        model = self._client.model if self._client is not None else settings.MODEL_NAME
+        config_dict = {**config_to_dict(cfg), "model": model, "protocol": protocol, "url": url}
+        self._run_id = self._writer.create_run(config_dict, manifest)
+        self._set_status("starting", run_id=self._run_id)
+        if error is not None:
+            return self._finish("failed", error, [], None, None)
+        if self._stopping():
+            return self._finish("cancelled", "cancelled by the user before the first request", [], None, None)
+
+        from services.bench.sampler import get_shared_sampler
+
+        sampler = get_shared_sampler(metrics_url=target.metrics_url, root_pid=target.server_pid)
+        sink = self._writer.sample_sink(self._run_id)
+        t_attach = time.perf_counter()
+        sampler.add_sink(sink)
+        try:
+            # the memory baseline must precede the first request: wait for one sample
+            deadline = t_attach + 2.0 / sampler.rate_hz + 1.0
+            while time.perf_counter() < deadline and not self._stopping():
+                latest = sampler.latest()
+                if latest is not None and latest.t_mono >= t_attach:
+                    break
+                time.sleep(0.01)
+            plan = request_plan(cfg.versions, len(self._images), cfg.requests, cfg.warmup)
+            warm = [p for p in plan if p.warmup]
+            measured = [p for p in plan if not p.warmup]
+            if warm and not self._stopping():
+                self._set_status("warmup")
+                self._closed_loop(warm, cfg.concurrency)
+            if not self._stopping():
+                self._set_status("running")
+                if cfg.load == "closed":
+                    self._closed_loop(measured, cfg.concurrency)
+                else:
+                    self._open_loop(measured, cfg.rate, cfg.seed, workers)
+            t_end = time.perf_counter()
+        finally:
+            sampler.remove_sink(sink)
+            try:
+                sink.close()
+            except Exception:
+                log.exception("could not write the last memory samples of run %s", self._run_id)
+        return self._conclude(t_attach, t_end)
+
+    def _conclude(self, t_attach: float, t_end: float) -> RunOutcome:
+        records = self._writer.get_requests(self._run_id)  # type: ignore[union-attr, arg-type]
+        measured_ok = sum(1 for r in records if r.ok and not r.warmup)
+        measured_n = sum(1 for r in records if not r.warmup)
+        failures = measured_n - measured_ok
+        cause, stop_reason = self._stop_cause, self._stop_reason
+        if cause in ("dead", "fatal"):
+            status = "partial" if measured_ok else "failed"
+            reason = stop_reason
+        elif cause == "cancelled":
+            status = "cancelled"
+            reason = f"cancelled by the user after {len(records)} of {self._progress.total} requests"
+        elif measured_n and not measured_ok:
+            status = "failed"
+            last = next((r.error for r in reversed(records) if not r.ok), None)
+            reason = f"every measured request failed; the last error: {last}"
+        else:
+            status = "completed"
+            reason = f"{failures} of {measured_n} measured requests failed" if failures else None
+        samples = self._writer.get_samples(self._run_id)  # type: ignore[union-attr, arg-type]
+        first = self._first_send_ns / 1e9 if self._first_send_ns is not None else None
+        memory = memory_summary(samples, t0=t_attach, t1=t_end, first_request_t=first)
+        return self._finish(status, reason, records, memory, (t_attach, t_end))
+
+    def _finish(self, status: str, reason: str | None, records: list[RequestRecord],
+                memory: list[MemorySeriesSummary] | None, window: tuple[float, float] | None) -> RunOutcome:
+        cfg = self.config
+        summaries: dict[str, VersionSummary] = {v: summarize_version(records, v) for v in cfg.versions}
+        summary: dict[str, Any] = {
+            "versions": {v: s.to_dict() for v, s in summaries.items()},
+            "memory": [dataclasses.asdict(m) for m in (memory or [])],
+            "requests": {"planned": self._progress.total, "recorded": len(records),
+                         "ok": sum(1 for r in records if r.ok), "failed": sum(1 for r in records if not r.ok),
+                         "warmup": sum(1 for r in records if r.warmup)},
+            "open_loop": ({"rate": cfg.rate, "seed": cfg.seed, "late_sends": self._late_sends,
+                           "late_threshold_ms": LATE_SEND_MS, "max_lag_ms": round(self._max_lag_ms, 3)}
+                          if cfg.load == "open" else None),
+            "sample_window": None if window is None else {"t0": window[0], "t1": window[1]},
+            "duration_s": time.perf_counter() - self._t0,
+        }
+        self._writer.finish_run(self._run_id, status, reason, summary=summary)  # type: ignore[union-attr, arg-type]
+        self._set_status(status, reason=reason, elapsed_s=time.perf_counter() - self._t0)
+        self.outcome = RunOutcome(self._run_id, status, reason, summaries, memory=memory or [],  # type: ignore[arg-type]
+                                  progress=self.progress(), duration_s=summary["duration_s"], summary=summary)
+        return self.outcome
+
+
+# --------------------------------------------------------------------------- public API
+
+
+class BenchmarkHandle:
+    """A run going on in a daemon thread (see :func:`start_benchmark`). Every method returns at
+    once except :meth:`wait`; all are safe to call from any thread."""
+
+    def __init__(self, runner: _Runner) -> None:
+        self._runner = runner
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="benchmark-run", daemon=True)
+
+    def _main(self) -> None:
+        try:
+            self._runner.run()
+        finally:
+            self._done.set()
+
+    @property
+    def config(self) -> BenchmarkConfig:
+        return self._runner.config
+
+    @property
+    def run_id(self) -> int | None:
+        """The run's id in the store, once it is created (None while starting)."""
+        return self.progress().run_id
+
+    def progress(self) -> BenchmarkProgress:
+        """A snapshot of where the run is (a copy: safe to keep)."""
+        return self._runner.progress()
+
+    def cancel(self) -> None:
+        """Stop sending; requests in flight finish and are recorded; the run ends "cancelled"."""
+        self._runner.cancel()
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> RunOutcome | None:
+        """The outcome once the run has ended; None if ``timeout`` seconds pass first."""
+        if not self._done.wait(timeout):
+            return None
+        return self._runner.outcome
+
+    @property
+    def outcome(self) -> RunOutcome | None:
+        return self._runner.outcome if self.done() else None
+
+
+def start_benchmark(config: BenchmarkConfig, store: RunStore | None = None, target: "ServerTarget | None" = None,
+                    on_progress: ProgressCallback | None = None,
+                    cancel_event: threading.Event | None = None) -> BenchmarkHandle:
+    """Start a run in a daemon thread and return its handle at once.
+
+    ``store``: default ``RunStore()`` (the data folder). ``target``: default
+    ``server_target.current_target()``, resolved in the run's thread (starting the embedded server
+    can take a while). ``on_progress`` is called from the run's threads after each request and
+    each change of status. Raises ValueError for an invalid config (before any thread starts).
+    """
+    runner = _Runner(config, store if store is not None else RunStore(), target, on_progress, cancel_event)
+    handle = BenchmarkHandle(runner)
+    handle._thread.start()
+    return handle
+
+
+def run_benchmark(config: BenchmarkConfig, store: RunStore | None = None, target: "ServerTarget | None" = None,
+                  on_progress: ProgressCallback | None = None,
+                  cancel_event: threading.Event | None = None) -> RunOutcome:
+    """Run a benchmark in the caller's thread and return its outcome (see :func:`start_benchmark`).
+
+    Setting ``cancel_event`` from another thread cancels the run.
+    """
+    runner = _Runner(config, store if store is not None else RunStore(), target, on_progress, cancel_event)
+    return runner.run()

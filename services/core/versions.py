@@ -1,0 +1,13 @@
+"""The model's versions and how the dashboard names them: ``"1"`` is bf16, ``"2"`` is fp8."""
+
+from __future__ import annotations
+
+from services.core import settings
+
+VERSION_LABELS: dict[str, str] = dict(settings.VERSIONS)  # {"1": "bf16", "2": "fp8"}
+
+
+def version_label(version: str) -> str:
+    """``"bf16 (v1)"`` for a known version, ``"version 7"`` for any other."""
+    name = VERSION_LABELS.get(str(version))
+    return f"{name} (v{version})" if name else f"version {version}"

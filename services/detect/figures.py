@@ -1,0 +1,252 @@
+"""Pictures of detection results: the interactive plotly figure and the annotated PNG download.
+
+Both draw the boxes of each model version in its own colour (bf16 blue, fp8 orange; any other
+version gets the next colour of :data:`EXTRA_COLORS`) and the ground truth, when known, dashed in
+green, each box with its label.
+
+* :func:`detection_figure`: the image as a ``go.Image`` trace placed in the *original* image's
+  pixel coordinates (the sent, possibly shrunk, image is stretched over them), one scatter trace
+  per box (closed outline, faint fill, a label at its top-left corner, hover with the pixel and
+  0..1000 grid coordinates), and one legend entry per version asked, saying how many boxes it
+  gave ("fp8 (v2): no box" when none, "...: error" when the request failed).
+* :func:`annotated_png`: the sent image with the same boxes and labels drawn by PIL, and a legend
+  band under it; PNG bytes for ``st.download_button``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from dataclasses import dataclass
+from functools import lru_cache
+
+import plotly.graph_objects as go
+from PIL import Image, ImageDraw, ImageFont
+
+from services.core.boxes import Box, grid_to_pixels
+from services.core.versions import version_label
+from services.detect.detection import ImageResult, VersionResult
+
+VERSION_COLORS: dict[str, str] = {"1": "#1f6feb", "2": "#f76707"}  # bf16 blue, fp8 orange
+TRUTH_COLOR = "#2b8a3e"  # green, dashed
+EXTRA_COLORS = ("#ae3ec9", "#e03131", "#0c8599", "#5c940d")
+TRUTH_NAME = "ground truth"
+FONT_FILES = ("DejaVuSans-Bold.ttf", "DejaVuSans.ttf")  # fonts-dejavu-core; PIL's own font otherwise
+
+
+def version_color(version: str) -> str:
+    """The colour of a version's boxes: fixed for 1 and 2, distinct for others."""
+    version = str(version)
+    if version in VERSION_COLORS:
+        return VERSION_COLORS[version]
+    n = int(version) if version.isdigit() else sum(map(ord, version))
+    return EXTRA_COLORS[n % len(EXTRA_COLORS)]
+
+
+def _rgba(color: str, alpha: float) -> str:
+    r, g, b = (int(color[i:i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def _count(n: int) -> str:
+    return "no box" if n == 0 else f"{n} box" if n == 1 else f"{n} boxes"
+
+
+def legend_name(v: VersionResult) -> str:
+    """``"bf16 (v1): 1 box"``, ``"fp8 (v2): no box"``, ``"fp8 (v2): error"``."""
+    return f"{v.label}: {'error' if v.error else _count(len(v.boxes))}"
+
+
+@dataclass(frozen=True)
+class DrawnBox:
+    """One box to draw: pixels on the original image, grid coordinates, who gave it, its label."""
+
+    series: str  # a version ("1", "2") or "truth"
+    name: str  # legend name of its series
+    color: str
+    dashed: bool
+    pixels: Box
+    grid: Box
+    label: str
+    corner: str = "top-left"  # where its caption goes: "top-left", "top-right" or "bottom-left"
+
+    @property
+    def caption(self) -> str:
+        """The text drawn beside the box."""
+        who = TRUTH_NAME if self.series == "truth" else version_label(self.series)
+        return f"{who}: {self.label}" if self.label else who
+
+
+def drawn_boxes(result: ImageResult) -> list[DrawnBox]:
+    """Every box of an image's result, ground truth first, then each version in order."""
+    if result.image is None:
+        return []
+    w, h = result.image.original_width, result.image.original_height
+    out: list[DrawnBox] = []
+    truth = result.truth or []
+    for grid in truth:
+        out.append(DrawnBox("truth", f"{TRUTH_NAME}: {_count(len(truth))}", TRUTH_COLOR, True,
+                            grid_to_pixels(grid, w, h), grid, "nutrition-table", corner="bottom-left"))
+    # Captions of the first two versions go to opposite corners: their boxes often coincide.
+    for n, (version, v) in enumerate(result.versions.items()):
+        for b in v.boxes:
+            out.append(DrawnBox(version, legend_name(v), version_color(version), False, b.pixels, b.grid,
+                                b.label or "", corner="top-right" if n == 1 else "top-left"))
+    return out
+
+
+# --------------------------------------------------------------------------- plotly
+
+
+def _image_source(result: ImageResult) -> str:
+    img = result.image
+    assert img is not None
+    return f"data:{img.mime_type};base64,{base64.b64encode(img.data).decode('ascii')}"
+
+
+def _hover(box: DrawnBox) -> str:
+    p, g = box.pixels, box.grid
+    return (f"<b>{box.caption}</b><br>"
+            f"pixels: ({p.x1:.0f}, {p.y1:.0f}) – ({p.x2:.0f}, {p.y2:.0f}), {p.width:.0f}×{p.height:.0f}<br>"
+            f"grid 0..1000: ({g.x1:.0f}, {g.y1:.0f}) – ({g.x2:.0f}, {g.y2:.0f})<extra></extra>")
+
+
+def detection_figure(result: ImageResult, height: int | None = None) -> go.Figure:
+    """The image with every version's boxes and the ground truth (see the module docstring).
+
+    Axes are in pixels of the original image (y downwards). ``height``: the figure's height in
+    pixels (default: the image's aspect at about 600 px wide, within 360..820).
+    Raises ``ValueError`` for a result whose image did not load.
+    """
+    if result.image is None:
+        raise ValueError(f"{result.name}: no image to draw ({result.error or 'not loaded'})")
+    img = result.image
+    w, h = img.original_width, img.original_height
+    fig = go.Figure()
+    fig.add_trace(go.Image(source=_image_source(result), x0=0, y0=0, dx=w / img.width, dy=h / img.height,
+                           name="image", hovertemplate="x %{x:.0f}, y %{y:.0f} px<extra></extra>"))
+    legend_done: set[str] = set()
+    for box in drawn_boxes(result):
+        p = box.pixels
+        first = box.series not in legend_done
+        legend_done.add(box.series)
+        fig.add_trace(go.Scatter(
+            x=[p.x1, p.x2, p.x2, p.x1, p.x1], y=[p.y1, p.y1, p.y2, p.y2, p.y1],
+            mode="lines+markers", marker={"size": 5, "color": box.color},
+            line={"color": box.color, "width": 3, "dash": "dash" if box.dashed else "solid"},
+            fill="toself", fillcolor=_rgba(box.color, 0.08),
+            name=box.name, legendgroup=box.series, showlegend=first, hovertemplate=_hover(box),
+            meta={"series": box.series, "pixels": list(p.as_tuple()), "grid": list(box.grid.as_tuple())},
+        ))
+        right, bottom = box.corner == "top-right", box.corner == "bottom-left"
+        fig.add_annotation(x=p.x2 if right else p.x1, y=p.y2 if bottom else p.y1, text=box.caption,
+                           showarrow=False, xanchor="right" if right else "left",
+                           yanchor="top" if bottom else "bottom",  # y grows downwards: "top" is below
+                           font={"color": "white", "size": 11}, bgcolor=box.color, opacity=0.9, borderpad=2)
+    # A legend entry for each version asked that drew nothing (no box, or an error): says so.
+    for version, v in result.versions.items():
+        if version not in legend_done:
+            fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=legend_name(v), legendgroup=version,
+                                     line={"color": version_color(version), "width": 3}, showlegend=True,
+                                     hoverinfo="skip", meta={"series": version, "pixels": None}))
+    if height is None:
+        height = int(min(820, max(360, 600 * h / w + 80)))
+    fig.update_layout(
+        height=height, margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.01, "xanchor": "left", "x": 0},
+        dragmode="pan", hovermode="closest",
+    )
+    fig.update_xaxes(range=[0, w], showgrid=False, zeroline=False, constrain="domain")
+    fig.update_yaxes(range=[h, 0], showgrid=False, zeroline=False, scaleanchor="x", constrain="domain")
+    return fig
+
+
+# --------------------------------------------------------------------------- PNG
+
+
+@lru_cache(maxsize=16)
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    for name in FONT_FILES:
+        try:
+            return ImageFont.truetype(name, size)
+        except OSError:
+            continue
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError, ImportError):  # a Pillow without FreeType: fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def _rgb(color: str) -> tuple[int, int, int]:
+    return tuple(int(color[i:i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
+
+
+def _dashed_rectangle(draw: ImageDraw.ImageDraw, xy: tuple[float, float, float, float], color: tuple[int, int, int],
+                      width: int, dash: int) -> None:
+    """An outline of dashes ``dash`` px long, ``width`` px thick, inside ``xy`` (as ``rectangle(outline=...)``)."""
+    x1, y1, x2, y2 = (int(round(v)) for v in xy)
+    for start in range(x1, x2 + 1, 2 * dash):  # top and bottom edges
+        end = min(start + dash - 1, x2)
+        draw.rectangle((start, y1, end, y1 + width - 1), fill=color)
+        draw.rectangle((start, y2 - width + 1, end, y2), fill=color)
+    for start in range(y1, y2 + 1, 2 * dash):  # left and right edges
+        end = min(start + dash - 1, y2)
+        draw.rectangle((x1, start, x1 + width - 1, end), fill=color)
+        draw.rectangle((x2 - width + 1, start, x2, end), fill=color)
+
+
+def annotated_image(result: ImageResult) -> Image.Image:
+    """The sent image with every box and label drawn, and a legend band under it (RGB)."""
+    if result.image is None:
+        raise ValueError(f"{result.name}: no image to draw ({result.error or 'not loaded'})")
+    base = result.image.image.convert("RGB")
+    w, h = base.size
+    line = max(2, round(max(w, h) / 300))
+    font = _font(max(11, round(max(w, h) / 55)))
+    pad = max(2, line)
+    boxes = drawn_boxes(result)
+    legend = [(f"{TRUTH_NAME}: {_count(len(result.truth))}", TRUTH_COLOR)] if result.truth is not None else []
+    legend += [(legend_name(v), version_color(k)) for k, v in result.versions.items()]
+    probe = ImageDraw.Draw(base)
+    text_h = probe.textbbox((0, 0), "Ag", font=font)[3]
+    band = (text_h + 4 * pad) if legend else 0
+    canvas = Image.new("RGB", (w, h + band), (255, 255, 255))
+    canvas.paste(base, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for box in boxes:
+        # the grid box at the sent size (the grid is relative, so it scales to any size)
+        p = grid_to_pixels(box.grid, w, h)
+        xy = (p.x1, p.y1, max(p.x1, p.x2 - 1), max(p.y1, p.y2 - 1))
+        color = _rgb(box.color)
+        if box.dashed:
+            _dashed_rectangle(draw, xy, color, line, dash=4 * line)
+        else:
+            draw.rectangle(xy, outline=color, width=line)
+    for box in boxes:  # captions after all outlines, so no outline crosses a caption
+        p = grid_to_pixels(box.grid, w, h)
+        left, top, right, bottom = draw.textbbox((0, 0), box.caption, font=font)
+        tw, th = right - left, bottom - top
+        bw, bh = tw + 2 * pad, th + 2 * pad
+        x = p.x2 - bw if box.corner == "top-right" else p.x1
+        x = min(max(0, x), max(0, w - bw))
+        if box.corner == "bottom-left":  # below the box, else inside it
+            y = p.y2 if p.y2 + bh <= h else p.y2 - line - bh
+        else:  # above the box, else inside it
+            y = p.y1 - bh if p.y1 - bh >= 0 else p.y1 + line
+        draw.rectangle((x, y, x + tw + 2 * pad, y + th + 2 * pad), fill=_rgb(box.color))
+        draw.text((x + pad - left, y + pad - top), box.caption, fill=(255, 255, 255), font=font)
+    x = 2 * pad
+    for name, color in legend:
+        y = h + 2 * pad
+        draw.rectangle((x, y, x + text_h, y + text_h), fill=_rgb(color))
+        x += text_h + pad
+        draw.text((x, y), name, fill=(20, 20, 20), font=font)
+        x += int(draw.textlength(name, font=font)) + 4 * pad
+    return canvas
+
+
+def annotated_png(result: ImageResult) -> bytes:
+    """:func:`annotated_image` as PNG bytes."""
+    buf = io.BytesIO()
+    annotated_image(result).save(buf, "PNG")
+    return buf.getvalue()

@@ -1,0 +1,278 @@
+"""Tests of the synthetic label generator and the bundled samples."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from services.core.boxes import GRID, Box, pixels_to_grid
+from services.image_sets.datasets import load_labels_folder
+from services.image_sets.generator import (
+    FONT_PACKAGE,
+    FontsNotFoundError,
+    GeneratorConfig,
+    LabelSample,
+    find_dejavu_fonts,
+    generate_dataset,
+    generate_label,
+    sample_seed,
+    write_dataset,
+)
+from services.image_sets.samples import (
+    SAMPLE_SPECS,
+    SAMPLES_DIR,
+    generate_samples,
+    list_samples,
+)
+
+WHITE = (255, 255, 255)
+MAGENTA = (255, 0, 255)
+GREEN = (0, 150, 0)
+
+
+def _plain(style: str, *, paper: object = MAGENTA, ink: tuple[int, int, int] = GREEN,
+           rotation: float = 0.0, two: float = 0.0, **kw: object) -> GeneratorConfig:
+    """A config that draws only tables, in known colours, on a plain white background."""
+    return GeneratorConfig(background=WHITE, table_paper=paper, table_ink=ink,  # type: ignore[arg-type]
+                           styles=(style,), none_fraction=0.0, two_fraction=two,
+                           rotation_prob=rotation, max_rotation_deg=6.0,
+                           blur_prob=0.0, noise_prob=0.0, jpeg_prob=0.0, **kw)  # type: ignore[arg-type]
+
+
+def _drawn(sample: LabelSample) -> np.ndarray:
+    """Mask of the pixels that differ from the plain background."""
+    return (np.asarray(sample.image) != np.array(WHITE, np.uint8)).any(axis=2)
+
+
+def _bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
+    ys, xs = np.nonzero(mask)
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def _check_boxes_exact(sample: LabelSample) -> None:
+    mask = _drawn(sample)
+    covered = np.zeros_like(mask)
+    for b in sample.boxes:
+        x1, y1, x2, y2 = (int(v) for v in b.as_tuple())
+        assert (x1, y1, x2, y2) == b.as_tuple()
+        sub = np.zeros_like(mask)
+        sub[y1:y2, x1:x2] = mask[y1:y2, x1:x2]
+        assert sub.any()
+        assert _bbox(sub) == (x1, y1, x2, y2)  # tight: every edge of the box touches the table
+        covered[y1:y2, x1:x2] = True
+    assert not (mask & ~covered).any(), "drawn pixels outside every box"
+
+
+# ------------------------------------------------------------------ boxes are what was drawn
+
+
+@pytest.mark.parametrize("style", ["us", "eu"])
+@pytest.mark.parametrize("seed", range(8))
+def test_box_is_bbox_of_drawn_pixels_unrotated(style: str, seed: int) -> None:
+    s = generate_label(seed, _plain(style))
+    assert len(s.boxes) == 1 and s.angles == [0.0]
+    _check_boxes_exact(s)
+
+
+@pytest.mark.parametrize("style", ["us", "eu"])
+@pytest.mark.parametrize("seed", range(8))
+def test_box_is_bbox_of_drawn_pixels_rotated(style: str, seed: int) -> None:
+    s = generate_label(seed, _plain(style, rotation=1.0))
+    assert len(s.boxes) == 1 and s.angles[0] != 0.0
+    _check_boxes_exact(s)  # pixel-exact: the box comes from the pasted alpha mask
+
+
+@pytest.mark.parametrize("rotation", [0.0, 1.0])
+@pytest.mark.parametrize("seed", range(6))
+def test_box_exact_for_table_printed_on_pack(rotation: float, seed: int) -> None:
+    """EU table without paper: only lines and text are drawn, the box hugs them."""
+    s = generate_label(seed, _plain("eu", paper="transparent", ink=MAGENTA, rotation=rotation))
+    _check_boxes_exact(s)
+
+
+@pytest.mark.parametrize("style", ["us", "eu"])
+@pytest.mark.parametrize("seed", range(5))
+def test_two_tables_each_box_exact_and_disjoint(style: str, seed: int) -> None:
+    s = generate_label(seed, _plain(style, rotation=0.5, two=1.0))
+    assert len(s.boxes) == 2
+    a, b = s.boxes
+    assert a.x2 <= b.x1 or b.x2 <= a.x1 or a.y2 <= b.y1 or b.y2 <= a.y1
+    _check_boxes_exact(s)
+
+
+def test_fixed_size_and_size_ranges() -> None:
+    s = generate_label(3, GeneratorConfig(size=(512, 384)))
+    assert s.image.size == (512, 384) and s.image.mode == "RGB"
+    cfg = GeneratorConfig()
+    sizes = [generate_label(sample_seed(9, i), cfg).image.size for i in range(30)]
+    for w, h in sizes:
+        assert 320 <= w <= 1024 and 320 <= h <= 1024
+        assert 0.3 <= w / h <= 3.2
+    assert len(set(sizes)) > 20
+    assert any(w > h for w, h in sizes) and any(h > w for w, h in sizes)
+
+
+# ------------------------------------------------------------------ determinism and seeds
+
+
+def test_same_seed_same_bytes_different_seed_differs() -> None:
+    a, b, c = generate_label(42), generate_label(42), generate_label(43)
+    assert a.image.tobytes() == b.image.tobytes() and a.boxes == b.boxes
+    assert a.image.size != c.image.size or a.image.tobytes() != c.image.tobytes()
+
+
+def test_dataset_seeds_are_reproducible_and_disjoint() -> None:
+    cfg = GeneratorConfig(max_side=400)
+    one = list(generate_dataset(1, 6, cfg))
+    again = list(generate_dataset(1, 6, cfg))
+    other = list(generate_dataset(2, 6, cfg))
+    assert [s.image.tobytes() for s in one] == [s.image.tobytes() for s in again]
+    assert [s.seed for s in one] == [sample_seed(1, i) for i in range(6)]
+    assert not {s.seed for s in one} & {s.seed for s in other}
+    assert not {s.image.tobytes() for s in one} & {s.image.tobytes() for s in other}
+    # any sample can be regenerated alone, and start= continues a set
+    assert generate_label(one[4].seed, cfg).image.tobytes() == one[4].image.tobytes()
+    assert [s.seed for s in generate_dataset(1, 2, cfg, start=4)] == [one[4].seed, one[5].seed]
+    seeds = {sample_seed(s, i) for s in range(20) for i in range(50)}
+    assert len(seeds) == 1000
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError):
+        generate_label(-1)
+    with pytest.raises(ValueError):
+        GeneratorConfig(none_fraction=0.7, two_fraction=0.5)
+    with pytest.raises(ValueError):
+        GeneratorConfig(styles=("jp",))
+    with pytest.raises(ValueError):
+        GeneratorConfig(min_side=800, max_side=400)
+
+
+# ------------------------------------------------------------------ table counts and grid
+
+
+def test_none_and_two_table_fractions() -> None:
+    cfg = GeneratorConfig(max_side=360, none_fraction=0.2, two_fraction=0.3, blur_prob=0,
+                          noise_prob=0, jpeg_prob=0)
+    n = 300
+    counts = [len(s.boxes) for s in generate_dataset(7, n, cfg)]
+    none, two = counts.count(0) / n, counts.count(2) / n
+    # binomial sd is about 0.025; allow 4 sd
+    assert abs(none - 0.2) < 0.1 and abs(two - 0.3) < 0.1
+    assert set(counts) <= {0, 1, 2}
+    for none_f, two_f, want in ((1.0, 0.0, 0), (0.0, 1.0, 2), (0.0, 0.0, 1)):
+        c = GeneratorConfig(max_side=400, none_fraction=none_f, two_fraction=two_f)
+        assert all(len(s.boxes) == want for s in generate_dataset(3, 15, c))
+
+
+def test_style_field_and_grid_boxes() -> None:
+    for s in generate_dataset(11, 40, GeneratorConfig(max_side=480, two_fraction=0.3)):
+        W, H = s.image.size
+        assert s.style in ("us", "eu", "none") and (s.style == "none") == (not s.boxes)
+        assert len(s.grid_boxes) == len(s.boxes) == len(s.angles)
+        for b, g in zip(s.boxes, s.grid_boxes):
+            assert 0 <= b.x1 < b.x2 <= W and 0 <= b.y1 < b.y2 <= H
+            assert g == pixels_to_grid(b, W, H)
+            assert all(isinstance(v, int) and 0 <= v <= GRID for v in g.as_tuple())
+            assert g.x1 < g.x2 and g.y1 < g.y2
+
+
+def test_boxes_survive_degradations() -> None:
+    """Blur/noise/JPEG come after the box: same seed with and without gives the same boxes."""
+    base = GeneratorConfig(styles=("us",), none_fraction=0.0, two_fraction=0.0, size=(512, 512))
+    clean = generate_label(5, replace(base, blur_prob=0, noise_prob=0, jpeg_prob=0))
+    dirty = generate_label(5, replace(base, blur_prob=1, noise_prob=1, jpeg_prob=1))
+    assert clean.boxes == dirty.boxes
+    assert clean.image.tobytes() != dirty.image.tobytes()
+
+
+# ------------------------------------------------------------------ fonts
+
+
+def test_fonts_found_and_missing_fonts_message(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    fonts = find_dejavu_fonts()
+    assert set(fonts) >= {"sans", "sans_bold", "serif", "mono"}
+    assert all(Path(p).is_file() for p in fonts.values())
+    monkeypatch.delenv("LABEL_FONT_DIR", raising=False)
+    with pytest.raises(FontsNotFoundError, match=FONT_PACKAGE):
+        find_dejavu_fonts(search_dirs=[tmp_path], use_pil_search=False)
+
+
+# ------------------------------------------------------------------ writing
+
+
+def test_write_dataset_round_trip(tmp_path: Path) -> None:
+    cfg = GeneratorConfig(max_side=400, two_fraction=0.3, none_fraction=0.2)
+    samples = list(generate_dataset(5, 6, cfg))
+    labels = write_dataset(tmp_path, samples, image_format="png")
+    lines = [json.loads(x) for x in labels.read_text().splitlines()]
+    assert [x["file"] for x in lines] == [f"{i:06d}.png" for i in range(6)]
+    records, problems = load_labels_folder(tmp_path)
+    assert problems == []
+    for s, r, line in zip(samples, records, lines):
+        assert (r.width, r.height) == s.image.size == (line["width"], line["height"])
+        assert r.boxes == [Box(*map(float, b.as_tuple())) for b in s.boxes]
+        assert r.load_image().tobytes() == s.image.tobytes()  # PNG is lossless
+        assert line["seed"] == s.seed
+    assert not (tmp_path / "labels.jsonl.tmp").exists()
+
+
+def test_cli_writes_dataset(tmp_path: Path) -> None:
+    from services.image_sets.generator import main
+
+    assert main(["--out", str(tmp_path), "--count", "3", "--seed", "4"]) == 0
+    records, problems = load_labels_folder(tmp_path)
+    assert len(records) == 3 and problems == []
+
+
+# ------------------------------------------------------------------ bundled samples
+
+
+def test_bundled_samples() -> None:
+    samples = list_samples()
+    assert len(samples) == len(SAMPLE_SPECS) >= 8
+    total = sum(s.path.stat().st_size for s in samples)
+    assert total < 1.5 * 1024 * 1024
+    assert {len(s.boxes) for s in samples} == {0, 1, 2}
+    assert {s.style for s in samples} >= {"us", "eu", "none"}
+    for s in samples:
+        assert s.path.suffix == ".jpg" and s.path.parent == SAMPLES_DIR
+        with Image.open(s.path) as im:
+            assert im.format == "JPEG" and im.size == (s.width, s.height)
+        assert max(s.width, s.height) <= 1024
+        for b in s.boxes:
+            assert 0 <= b.x1 < b.x2 <= s.width and 0 <= b.y1 < b.y2 <= s.height
+
+
+def test_bundled_samples_match_their_specs() -> None:
+    """The committed labels are what the generator makes from the specs (deterministic)."""
+    listed = {s.name: s for s in list_samples()}
+    for spec, gen in zip(SAMPLE_SPECS, generate_samples()):
+        s = listed[spec.name]
+        assert s.boxes == [Box(*map(float, b.as_tuple())) for b in gen.boxes]
+        assert (s.width, s.height) == gen.image.size == spec.size
+        assert len(gen.boxes) == spec.tables
+
+
+def test_write_samples_is_deterministic(tmp_path: Path) -> None:
+    from services.image_sets.samples import write_samples
+
+    (tmp_path / "a").mkdir()
+    write_samples(tmp_path / "a", SAMPLE_SPECS[:2])
+    write_samples(tmp_path / "b", SAMPLE_SPECS[:2])
+    for spec in SAMPLE_SPECS[:2]:
+        name = f"{spec.name}.jpg"
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert (tmp_path / "a" / "labels.jsonl").read_text() == \
+        (tmp_path / "b" / "labels.jsonl").read_text()
+    # rewriting with fewer specs removes the images it no longer lists, and nothing else
+    (tmp_path / "a" / "mine.jpg").write_bytes(b"not ours")
+    write_samples(tmp_path / "a", SAMPLE_SPECS[:1])
+    assert not (tmp_path / "a" / f"{SAMPLE_SPECS[1].name}.jpg").exists()
+    assert (tmp_path / "a" / "mine.jpg").exists()
