@@ -14,9 +14,12 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from services.compare import figures as cf
+from services.compare import gallery as cg
 from services.compare import report as cr
 from services.bench.runner import BenchmarkConfig, ImageSetSpec, start_benchmark
-from services.compare.comparison import Comparison, RunChoice, build_comparison, run_choices
+from services.compare.comparison import Comparison, build_comparison
+from services.compare.runs import RunChoice, run_choices
 from services.core.versions import version_label
 from services.bench.store import FINAL_STATUSES
 from ui.sidebar import render_sidebar
@@ -218,7 +221,7 @@ with st.container(border=True, key="cmp_verdict"):
     st.markdown("\n".join(f"- {line}" for line in c.verdict.lines))
 for caveat in c.verdict.caveats:
     st.warning(caveat)
-st.plotly_chart(cr.change_figure(c), key="cmp_fig_change", config=PLOTLY_CONFIG)
+st.plotly_chart(cf.change_figure(c), key="cmp_fig_change", config=PLOTLY_CONFIG)
 
 
 def table(columns: list[str], rows: list[list[Any]], key: str) -> None:
@@ -229,35 +232,35 @@ st.header("Memory")
 table(["", c.a.label, c.b.label], cr.memory_rows(c), "cmp_memory_table")
 for note in c.memory.notes + c.memory.a.notes + c.memory.b.notes:
     st.caption(note)
-st.plotly_chart(cr.memory_figure(c), key="cmp_fig_memory", config=PLOTLY_CONFIG)
+st.plotly_chart(cf.memory_figure(c), key="cmp_fig_memory", config=PLOTLY_CONFIG)
 
 st.header("Latency")
 table(cr.LATENCY_COLUMNS, cr.latency_rows(c), "cmp_latency_table")
 cols = st.columns(3)
 for col, metric in zip(cols, ("latency_ms", "ttft_ms", "tpot_ms")):
     with col:
-        st.plotly_chart(cr.cdf_figure(c, metric), key=f"cmp_fig_{metric}", config=PLOTLY_CONFIG)
+        st.plotly_chart(cf.cdf_figure(c, metric), key=f"cmp_fig_{metric}", config=PLOTLY_CONFIG)
 
 st.header("Throughput")
 for note in c.throughput.notes:
     st.caption(note)
-st.plotly_chart(cr.throughput_figure(c), key="cmp_fig_throughput", config=PLOTLY_CONFIG)
+st.plotly_chart(cf.throughput_figure(c), key="cmp_fig_throughput", config=PLOTLY_CONFIG)
 
 st.header("Accuracy")
 table(cr.ACCURACY_COLUMNS, cr.accuracy_rows(c), "cmp_accuracy_table")
 for note in c.accuracy.notes:
     st.caption(note)
-st.plotly_chart(cr.accuracy_figure(c), key="cmp_fig_accuracy", config=PLOTLY_CONFIG)
+st.plotly_chart(cf.accuracy_figure(c), key="cmp_fig_accuracy", config=PLOTLY_CONFIG)
 
 st.header("Agreement")
 st.markdown(c.verdict.agreement)
-st.plotly_chart(cr.agreement_figure(c), key="cmp_fig_agreement", config=PLOTLY_CONFIG)
+st.plotly_chart(cf.agreement_figure(c), key="cmp_fig_agreement", config=PLOTLY_CONFIG)
 st.subheader("Where they disagree most")
 galleries: dict = ss.setdefault(GALLERY, {})
 if key not in galleries:
     with st.spinner("Drawing the images where the versions disagree..."), open_store() as s:
         galleries.clear()
-        galleries[key] = cr.gallery(s, c)
+        galleries[key] = cg.gallery(s, c)
 items = galleries[key]
 if not items:
     st.info("No image where the versions disagree: wherever both answered, their boxes match (or both gave none).")
@@ -275,7 +278,7 @@ st.header("Decode against the memory-bandwidth floor")
 table(cr.FLOOR_COLUMNS, cr.floor_rows(c), "cmp_floor_table")
 st.caption("Floor = weight bytes read per decode step / the GPU's memory bandwidth. The fraction floor / measured "
            "says how close the serving stack gets to the hardware (100% = the limit).")
-st.plotly_chart(cr.floor_figure(c), key="cmp_fig_floor", config=PLOTLY_CONFIG)
+st.plotly_chart(cf.floor_figure(c), key="cmp_fig_floor", config=PLOTLY_CONFIG)
 
 if c.notes:
     st.header("Notes")

@@ -20,7 +20,7 @@ its model repository for the engine reports). It checks, and prints as a table:
    command line (``.../qwen/<version>/model.py``); tritonserver itself as ``server``; PASS when
    every version the server reports (or 1 and 2) has its process on the GPU.
 4. **Per version, the dashboard against torch** (the same functions the Compare page uses:
-   ``services.compare.comparison.memory_side`` over the sampler's rows): the weights figure (the server's
+   ``services.compare.memory.memory_side`` over the sampler's rows): the weights figure (the server's
    ``qwen_engine_weight_bytes{part="model"}`` gauge) against torch's allocated bytes after load
    (``engine_report.json`` -> ``torch_memory_after_load``, else the
    ``qwen_engine_torch_memory_bytes{kind="allocated"}`` gauge); the version's NVML process memory
@@ -328,7 +328,7 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     import pandas as pd
 
     from services.core import settings
-    from services.compare.comparison import memory_side
+    from services.compare.memory import memory_side
     from services.bench.sampler import Sampler, sample_rows
     from services.bench.store import SAMPLE_COLUMNS
 

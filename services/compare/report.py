@@ -1,27 +1,25 @@
-"""The comparison's figures and its report: one self-contained HTML file, JSON and CSV.
+"""The comparison's report: its tables, one self-contained HTML file, JSON and CSV, and the command line.
 
-No streamlit here: the Compare page shows the same figures and offers the same files.
+No streamlit here: the Compare page shows the same tables and offers the same files.
 
-* Figures (plotly): :func:`cdf_figure` per latency metric, :func:`change_figure` (each difference in %
-  of A with its 95 % interval), :func:`memory_figure` (weights / KV room / rest per version),
-  :func:`throughput_figure`, :func:`accuracy_figure`, :func:`agreement_figure`, :func:`floor_figure`,
-  and :func:`gallery` (the images where the versions disagree most, both boxes drawn, through
-  ``services.detect.figures.detection_figure``).
-* Files (:func:`report_files`): ``<stem>.html`` (every figure, plotly.js inlined once: opens offline),
-  ``<stem>.json`` (the whole comparison, :func:`services.compare.comparison.comparison_to_dict`),
+* Tables (:func:`memory_rows`, :func:`latency_rows`, :func:`accuracy_rows`, :func:`floor_rows`, with
+  their columns), shown by the page and the HTML.
+* Files (:func:`report_files`): ``<stem>.html`` (every figure of :mod:`services.compare.figures` and the
+  gallery of :mod:`services.compare.gallery`, plotly.js inlined once: opens offline),
+  ``<stem>.json`` (the whole comparison, :func:`services.compare.export.comparison_to_dict`),
   ``<stem>_summary.csv`` (one row per compared number) and ``<stem>_pairs.csv`` (one row per
   pair of requests, both sides' raw numbers).
 
-Command line::
+Command line (installed as ``qwen-report``)::
 
-    python -m services.compare.report --run RUN_ID --out DIR [--versions 1 2]
-    python -m services.compare.report --run-a 3 --version-a 1 --run-b 5 --version-b 2 --out DIR
-    python -m services.compare.report --fresh [--image-set generated --seed 0 --count 8]
+    qwen-report --run RUN_ID --out DIR [--versions 1 2]
+    qwen-report --run-a 3 --version-a 1 --run-b 5 --version-b 2 --out DIR
+    qwen-report --fresh [--image-set generated --seed 0 --count 8]
         [--requests 16 --warmup 1 --max-tokens 64] [--url host:8000] --out DIR
 
-``--fresh`` first runs a paired benchmark (both versions interleaved, same images in the same
-order) through :mod:`services.bench.runner` against ``--url`` (default ``QWEN_TRITON_URL``, else the
-embedded server), then reports on it.
+(or ``python -m services.compare.report ...``). ``--fresh`` first runs a paired benchmark (both
+versions interleaved, same images in the same order) through :mod:`services.bench.runner` against
+``--url`` (default ``QWEN_TRITON_URL``, else the embedded server), then reports on it.
 """
 
 from __future__ import annotations
@@ -32,402 +30,29 @@ import html
 import io
 import json
 import sys
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import plotly.graph_objects as go
 import plotly.io as pio
 
-from services.core.boxes import Box
-from services.compare.comparison import (
-    FOUND_IOU,
-    GB,
+from services.bench.store import RunStore
+from services.compare.comparison import Comparison, build_comparison, compare_run
+from services.compare.export import (
     PAIR_CSV_COLUMNS,
     SUMMARY_CSV_COLUMNS,
-    Comparison,
-    DecodeFloor,
-    Difference,
-    MetricComparison,
-    PairAgreement,
-    RunImage,
-    build_comparison,
     comparison_to_dict,
-    compare_run,
-    format_bytes,
     pair_rows,
-    run_images,
     summary_rows,
 )
-from services.bench.store import RunStore
-
-A_COLOR = "#1f6feb"  # bf16 blue (services.detect.figures.VERSION_COLORS["1"])
-B_COLOR = "#f76707"  # fp8 orange
-UNKNOWN_COLOR = "#ced4da"
-HEIGHT = 340
-GALLERY_SIZE = 6
-REPORT_IMAGE_SIDE = 640  # images in the HTML are shrunk to this longest side
+from services.compare.figures import figures
+from services.compare.gallery import GALLERY_SIZE, GalleryItem, gallery
+from services.compare.request_boxes import FOUND_IOU
+from services.compare.verdict import format_bytes
 
 
-def side_colors(c: Comparison) -> tuple[str, str]:
-    """The colours of A and B: each version's own colour (services.detect.figures), distinct sides."""
-    try:
-        from services.detect.figures import version_color
-
-        ca, cb = version_color(c.a.version), version_color(c.b.version)
-    except Exception:  # noqa: BLE001 - colours are cosmetic
-        ca, cb = A_COLOR, B_COLOR
-    return (ca, cb) if ca != cb else (A_COLOR, B_COLOR)
-
-
-def _layout(fig: go.Figure, title: str, xtitle: str | None = None, ytitle: str | None = None,
-            height: int = HEIGHT, subtitle: str | None = None) -> go.Figure:
-    """Title (and a subtitle line) on top, the legend under the plot: nothing overlaps in a narrow column."""
-    t: dict[str, Any] = {"text": title, "x": 0, "xanchor": "left", "font": {"size": 15}}
-    if subtitle:
-        t["subtitle"] = {"text": subtitle, "font": {"size": 12, "color": "#495057"}}
-    fig.update_layout(title=t, height=height, margin={"l": 60, "r": 20, "t": 80 if subtitle else 50, "b": 40},
-                      template="plotly_white",
-                      legend={"orientation": "h", "yanchor": "top", "y": -0.22, "xanchor": "left", "x": 0})
-    if xtitle:
-        fig.update_xaxes(title_text=xtitle)
-    if ytitle:
-        fig.update_yaxes(title_text=ytitle)
-    return fig
-
-
-def _empty(fig: go.Figure, text: str) -> go.Figure:
-    fig.add_annotation(text=text, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
-                       font={"size": 14, "color": "#868e96"})
-    fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False)
-    return fig
-
-
-# =========================================================================== latency
-
-
-def ecdf(values: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted values and their empirical cumulative share (i / n, i = 1..n)."""
-    x = np.sort(np.asarray(values, dtype=float))
-    return x, np.arange(1, x.size + 1) / x.size if x.size else np.asarray([])
-
-
-def cdf_figure(c: Comparison, metric: str) -> go.Figure:
-    """Empirical CDF of one latency metric for both sides, medians marked, difference in the title."""
-    mc: MetricComparison = c.metric(metric)
-    ca, cb = side_colors(c)
-    fig = go.Figure()
-    title = f"{mc.label[0].upper()}{mc.label[1:]}"
-    if not mc.values_a and not mc.values_b:
-        return _layout(_empty(fig, "no values (failed requests, or too few output tokens)"), title)
-    for side, values, color in ((c.a, mc.values_a, ca), (c.b, mc.values_b, cb)):
-        if not values:
-            continue
-        x, y = ecdf(values)
-        fig.add_trace(go.Scatter(x=x, y=y, mode="lines", line={"shape": "hv", "color": color, "width": 2},
-                                 name=f"{side.label} (n={len(values)})",
-                                 hovertemplate="%{x:.2f} ms: %{y:.0%} of requests<extra>" + side.label + "</extra>"))
-        med = float(np.median(values))
-        fig.add_vline(x=med, line={"color": color, "dash": "dot", "width": 1})
-    d = mc.difference
-    sub = None
-    if d.diff is not None:
-        ci = f", 95% CI [{d.lo:+.2f}, {d.hi:+.2f}]" if d.lo is not None else ""
-        sub = f"median B−A {d.diff:+.2f} ms{ci}"
-    fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
-    return _layout(fig, title, "ms", "share of requests", height=HEIGHT + 60, subtitle=sub)
-
-
-def change_figure(c: Comparison) -> go.Figure:
-    """Each latency and throughput difference as % of A with its 95 % interval (0 = no change)."""
-    rows: list[tuple[str, Difference]] = [(m.label, m.difference) for m in c.latency]
-    rows.append(("single-stream output tokens/s", c.throughput.stream_tokens_per_s))
-    fig = go.Figure()
-    names, x, lo, hi, colors, text = [], [], [], [], [], []
-    for name, d in rows:
-        if d.diff is None or not d.a:
-            continue
-        rel = d.diff / d.a * 100
-        names.append(name)
-        x.append(rel)
-        lo.append(rel - d.lo / d.a * 100 if d.lo is not None else 0)
-        hi.append(d.hi / d.a * 100 - rel if d.hi is not None else 0)
-        sig = d.significant
-        colors.append("#2b8a3e" if sig else "#868e96")
-        text.append(f"{rel:+.1f}% ({'significant' if sig else 'not significant' if sig is False else 'no CI'})")
-    title = f"Change of {c.b.label} vs {c.a.label} (% of A, 95% CI)"
-    if not names:
-        return _layout(_empty(fig, "no differences could be computed"), title)
-    fig.add_trace(go.Scatter(x=x, y=names, mode="markers+text", text=text, textposition="top center",
-                             marker={"size": 11, "color": colors},
-                             error_x={"type": "data", "symmetric": False, "array": hi, "arrayminus": lo,
-                                      "color": "#495057", "thickness": 2},
-                             hovertemplate="%{y}: %{x:+.2f}%<extra></extra>", showlegend=False))
-    fig.add_vline(x=0, line={"color": "#212529", "width": 1})
-    return _layout(fig, title, "change (% of A); green: the interval excludes 0", None,
-                   height=120 + 60 * len(names))
-
-
-# =========================================================================== memory
-
-
-def memory_figure(c: Comparison) -> go.Figure:
-    """Per version: weights, KV-cache room and the rest, stacked where known; the measured peak as a
-    marker; what is unknown is written on the chart, never drawn as a number."""
-    m = c.memory
-    fig = go.Figure()
-    labels = [c.a.label, c.b.label]
-    sides = [m.a, m.b]
-    scale, unit = memory_unit(c)
-    weights = [s.weights_bytes / scale if s.weights_bytes is not None else None for s in sides]
-    kv = [s.kv_room_bytes / scale if s.kv_room_bytes is not None else None for s in sides]
-    rest = [s.rest_bytes / scale if s.rest_bytes is not None else None for s in sides]
-    peaks = [s.peak_bytes / scale if s.peak_bytes is not None else None for s in sides]
-    title = "Memory: weights / KV-cache room / rest"
-    if all(v is None for v in weights + kv + rest + peaks):
-        return _layout(_empty(fig, "memory unknown: no samples and no weight gauges were recorded"), title)
-    for name, values, color, notes in (
-        ("weights", weights, "#364fc7", [s.weights_source for s in sides]),
-        ("KV-cache room", kv, "#2b8a3e", [s.kv_note for s in sides]),
-        ("rest", rest, "#adb5bd", [s.rest_note for s in sides]),
-    ):
-        fig.add_trace(go.Bar(x=labels, y=[v or 0 for v in values], name=name, marker_color=color,
-                             text=[f"{v:.2f}" if v is not None else "unknown" for v in values],
-                             textposition="inside", customdata=notes,
-                             hovertemplate=f"{name}: %{{text}} {unit}<br>%{{customdata}}<extra></extra>"))
-    src = {s.source for s in sides}
-    what = ("GPU memory of the serving processes" if src == {"gpu-process"} else
-            "resident host memory of the serving processes (CPU-only server)" if src == {"host-process"} else
-            "memory of the serving processes")
-    if any(p is not None for p in peaks):
-        fig.add_trace(go.Scatter(x=labels, y=peaks, mode="markers+text", name=f"peak ({what})",
-                                 marker={"symbol": "line-ew-open", "size": 40, "line": {"width": 3},
-                                         "color": "#e03131"},
-                                 text=[f"peak {p:.2f}" if p is not None else "" for p in peaks],
-                                 textposition="top center"))
-    for i, s in enumerate(sides):
-        if s.kv_room_bytes is None:
-            fig.add_annotation(x=labels[i], y=0, yref="y", text="KV room: " + s.kv_note.split(":")[0],
-                               showarrow=False, yanchor="top", yshift=-18, font={"size": 10, "color": "#495057"})
-    fig.update_layout(barmode="stack")
-    sub = None
-    if m.saved_bytes is not None:
-        pct = f" ({m.saved_pct:.1f}%)" if m.saved_pct is not None else ""
-        sub = f"saved by {c.b.label}: {format_bytes(m.saved_bytes)}{pct} of {m.basis}"
-    return _layout(fig, title, None, unit, height=HEIGHT + 80, subtitle=sub)
-
-
-# =========================================================================== throughput, accuracy, floor
-
-
-def throughput_figure(c: Comparison) -> go.Figure:
-    """Single-stream output tokens per second (request time) and requests per second (window),
-    each on its own axis."""
-    from plotly.subplots import make_subplots
-
-    t = c.throughput
-    ca, cb = side_colors(c)
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("output tokens/s per stream (Σ tokens / Σ latency)",
-                                                        "requests/s over the measured window"))
-    for side, ts, color in ((c.a, t.a, ca), (c.b, t.b, cb)):
-        for col, v in ((1, ts.stream_tokens_per_s), (2, ts.requests_per_s)):
-            fig.add_trace(go.Bar(x=[side.label], y=[v or 0], name=side.label, marker_color=color,
-                                 text=[f"{v:.2f}" if v is not None else "unknown"], textposition="outside",
-                                 showlegend=col == 1, legendgroup=side.label), row=1, col=col)
-    d = t.stream_tokens_per_s
-    sub = None
-    if d.diff is not None:
-        ci = f", 95% CI [{d.lo:+.2f}, {d.hi:+.2f}]" if d.lo is not None else ""
-        sub = f"tokens/s per stream B−A {d.diff:+.2f}{ci}"
-    fig.update_annotations(font_size=12, yshift=6)
-    _layout(fig, "Throughput", None, "per second", height=HEIGHT + 60, subtitle=sub)
-    fig.update_layout(margin={"t": 110})
-    return fig
-
-
-def accuracy_figure(c: Comparison) -> go.Figure:
-    """Mean IoU with the truth, share of tables found at IoU 0.5, and share without a box."""
-    acc = c.accuracy
-    ca, cb = side_colors(c)
-    fig = go.Figure()
-    title = "Accuracy against the ground truth"
-    names = ["mean IoU", f"tables found (IoU ≥ {FOUND_IOU})", "no box (incl. failures)"]
-    if not acc.known:
-        fig.add_annotation(text="no ground truth for these images: accuracy unknown", x=0.5, y=1.08,
-                           xref="paper", yref="paper", showarrow=False, font={"color": "#868e96"})
-    for side, s, color in ((c.a, acc.a, ca), (c.b, acc.b, cb)):
-        vals = [s.mean_iou, s.found_share, s.no_box_share]
-        fig.add_trace(go.Bar(x=names, y=[v or 0 for v in vals], name=side.label, marker_color=color,
-                             text=[f"{v:.3f}" if v is not None else "unknown" for v in vals], textposition="outside"))
-    fig.update_yaxes(range=[0, 1.1])
-    fig.update_layout(barmode="group")
-    return _layout(fig, title, None, "share / IoU")
-
-
-def agreement_figure(c: Comparison) -> go.Figure:
-    """Histogram of the IoU between the two versions' boxes, per pair (both no box counted apart)."""
-    ag = c.agreement
-    fig = go.Figure()
-    values = [p.iou for p in ag.pairs if p.status == "compared" and p.iou is not None]
-    title = f"IoU between the {c.a.label} and {c.b.label} boxes, per image"
-    if values:
-        fig.add_trace(go.Histogram(x=values, xbins={"start": 0, "end": 1.0001, "size": 0.1},
-                                   marker_color="#5f3dc4", name="pairs"))
-    other = {}
-    for p in ag.pairs:
-        if p.status != "compared":
-            other[p.status] = other.get(p.status, 0) + 1
-    if other:
-        fig.add_annotation(text="; ".join(f"{k}: {v}" for k, v in sorted(other.items())), x=1, y=1.08,
-                           xref="paper", yref="paper", showarrow=False, xanchor="right")
-    if not values and not other:
-        return _layout(_empty(fig, "no pairs"), title)
-    if not values:
-        fig.add_annotation(text="no pair where a version gave a box", x=0.5, y=0.5, xref="paper", yref="paper",
-                           showarrow=False, font={"color": "#868e96"})
-    fig.update_xaxes(range=[0, 1])
-    return _layout(fig, title, "IoU between the versions' boxes", "pairs")
-
-
-def floor_figure(c: Comparison) -> go.Figure:
-    """Measured median TPOT beside the memory-bandwidth floor, per version."""
-    fig = go.Figure()
-    title = "Decode: measured time per output token vs the bandwidth floor"
-    floors: list[tuple[str, DecodeFloor]] = [(c.a.label, c.floor_a), (c.b.label, c.floor_b)]
-    if all(f.applicable is False for _, f in floors):
-        return _layout(_empty(fig, "not applicable: CPU-only run"), title)
-    labels = [n for n, _ in floors]
-    measured = [f.measured_tpot_ms for _, f in floors]
-    floor = [f.floor_ms for _, f in floors]
-    fig.add_trace(go.Bar(x=labels, y=[v or 0 for v in measured], name="measured TPOT (median)",
-                         marker_color="#495057",
-                         text=[f"{v:.2f} ms" if v is not None else "unknown" for v in measured],
-                         textposition="outside"))
-    fig.add_trace(go.Bar(x=labels, y=[v or 0 for v in floor], name="floor: weight bytes / bandwidth",
-                         marker_color="#2b8a3e",
-                         text=[f"{v:.2f} ms" + (f" ({f.fraction * 100:.0f}% of measured)" if f.fraction else "")
-                               if v is not None else f.reason for v, (_, f) in zip(floor, floors)],
-                         textposition="outside"))
-    fig.update_layout(barmode="group")
-    return _layout(fig, title, None, "ms per output token")
-
-
-# =========================================================================== gallery
-
-
-@dataclass
-class GalleryItem:
-    pair: PairAgreement
-    image: RunImage
-    caption: str
-    figure: go.Figure | None  # None when the image could not be recovered
-
-
-def _parsed(boxes: Sequence[Box] | None, width: int, height: int) -> list[Any]:
-    from services.core.boxes import LABEL, ParsedBox, grid_to_pixels
-
-    return [ParsedBox(grid=b, pixels=grid_to_pixels(b, width, height), label=LABEL) for b in boxes or []]
-
-
-def gallery_figure(c: Comparison, pair: PairAgreement, image: RunImage, answers: dict[str, str | None],
-                   max_side: int = REPORT_IMAGE_SIDE) -> go.Figure:
-    """The image with both versions' boxes (and the truth, dashed) through services.detect.figures."""
-    from services.detect.detection import ImageResult, VersionResult
-    from services.detect.figures import detection_figure
-    from services.core.images import load_image
-
-    assert image.data is not None
-    loaded = load_image(image.data, max_side=max_side, name=image.image_id)
-    w, h = loaded.original_width, loaded.original_height
-    key_a, key_b = (c.a.version, c.b.version) if c.a.version != c.b.version else ("A", "B")
-    result = ImageResult(index=0, name=image.image_id, source=image.source, image=loaded, truth=image.truth)
-    for key, boxes, answer in ((key_a, pair.boxes_a, answers.get("a")), (key_b, pair.boxes_b, answers.get("b"))):
-        if boxes is None:
-            result.versions[key] = VersionResult(version=key, error="request failed")
-        else:
-            result.versions[key] = VersionResult(version=key, text=answer, boxes=_parsed(boxes, w, h))
-    return detection_figure(result, height=420)
-
-
-def gallery(store: RunStore, c: Comparison, k: int = GALLERY_SIZE,
-            max_side: int = REPORT_IMAGE_SIDE) -> list[GalleryItem]:
-    """The ``k`` images where the versions agree least, both boxes drawn (see Agreement.worst)."""
-    worst = c.agreement.worst(k)
-    if not worst:
-        return []
-    run = store.get_run(c.a.run_id)
-    assert run is not None
-    ids = [p.image_id for p in worst if p.image_id is not None]
-    images = run_images(run, ids) if ids else {}
-    ra = {r.seq: r for r in store.get_requests(c.a.run_id, c.a.version, include_warmup=False)}
-    rb = {r.seq: r for r in store.get_requests(c.b.run_id, c.b.version, include_warmup=False)}
-    items = []
-    for p in worst:
-        img = images.get(p.image_id) if p.image_id is not None else None
-        if img is None:
-            img = RunImage(p.image_id or p.key, None, p.truth, "unknown", "the run recorded no image id")
-        iou = f"IoU between versions {p.iou:.3f}" if p.iou is not None else p.status
-        truth = ""
-        if p.truth_iou_a is not None or p.truth_iou_b is not None:
-            fa = "—" if p.truth_iou_a is None else f"{p.truth_iou_a:.3f}"
-            fb = "—" if p.truth_iou_b is None else f"{p.truth_iou_b:.3f}"
-            truth = f"; IoU with the truth: {c.a.label} {fa}, {c.b.label} {fb}"
-        caption = f"{img.image_id} (request {p.occurrence + 1}): {iou}{truth}"
-        fig = None
-        if img.data is not None:
-            try:
-                answers = {"a": getattr(ra.get(p.seq_a), "answer", None), "b": getattr(rb.get(p.seq_b), "answer", None)}
-                fig = gallery_figure(c, p, img, answers, max_side=max_side)
-                fig.update_layout(title={"text": caption.replace(": ", ":<br>", 1), "font": {"size": 12},
-                                         "yref": "container", "y": 1, "yanchor": "top", "pad": {"t": 14}},
-                                  margin={"l": 10, "r": 10, "t": 90, "b": 10})
-            except Exception as exc:  # noqa: BLE001 - a picture that cannot be drawn is said, not fatal
-                img.note = f"could not be drawn: {exc}"
-        items.append(GalleryItem(p, img, caption, fig))
-    return items
-
-
-# =========================================================================== files
-
-
-def report_stem(c: Comparison) -> str:
-    if c.a.run_id == c.b.run_id:
-        return f"comparison_run{c.a.run_id}_v{c.a.version}_v{c.b.version}"
-    return f"comparison_run{c.a.run_id}v{c.a.version}_run{c.b.run_id}v{c.b.version}"
-
-
-def _csv(columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> bytes:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: ("" if v is None else v) for k, v in r.items()})
-    return buf.getvalue().encode()
-
-
-def report_json(c: Comparison) -> dict[str, Any]:
-    """The JSON report: the comparison's data plus when and by what it was made."""
-    return {"schema": "qwen-compare/1",
-            "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "comparison": comparison_to_dict(c)}
-
-
-def figures(c: Comparison) -> dict[str, go.Figure]:
-    """Every chart of the comparison, by name, in page order."""
-    return {
-        "change": change_figure(c),
-        "memory": memory_figure(c),
-        "latency_cdf": cdf_figure(c, "latency_ms"),
-        "ttft_cdf": cdf_figure(c, "ttft_ms"),
-        "tpot_cdf": cdf_figure(c, "tpot_ms"),
-        "throughput": throughput_figure(c),
-        "accuracy": accuracy_figure(c),
-        "agreement": agreement_figure(c),
-        "floor": floor_figure(c),
-    }
+# =========================================================================== tables
 
 
 def _esc(v: Any) -> str:
@@ -450,17 +75,9 @@ def _table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def memory_unit(c: Comparison) -> tuple[float, str]:
-    """GB, or MB when every known memory number is below 1 GB (a small demo model)."""
-    m = c.memory
-    known = [abs(v) for s in (m.a, m.b) for v in (s.baseline_bytes, s.peak_bytes, s.weights_bytes, s.rest_bytes,
-                                                   s.kv_room_bytes) if v is not None]
-    return (GB, "GB") if not known or max(known) >= GB else (1e6, "MB")
-
-
 def memory_rows(c: Comparison) -> list[list[str]]:
     """The memory table, one row per quantity, A and B columns; each number with its unit
-    (GB, or MB / kB for a small model: :func:`services.compare.comparison.format_bytes`)."""
+    (GB, or MB / kB for a small model: :func:`services.compare.verdict.format_bytes`)."""
     def fmt(v: int | None) -> str:
         return "unknown" if v is None else format_bytes(v)
     a, b = c.memory.a, c.memory.b
@@ -527,6 +144,32 @@ def floor_rows(c: Comparison) -> list[list[str]]:
 
 FLOOR_COLUMNS = ["version", "GPU", "bandwidth", "weight bytes", "floor ms/token", "measured TPOT ms (median)",
                  "floor / measured", "note"]
+
+
+# =========================================================================== files
+
+
+def report_stem(c: Comparison) -> str:
+    if c.a.run_id == c.b.run_id:
+        return f"comparison_run{c.a.run_id}_v{c.a.version}_v{c.b.version}"
+    return f"comparison_run{c.a.run_id}v{c.a.version}_run{c.b.run_id}v{c.b.version}"
+
+
+def _csv(columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> bytes:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if v is None else v) for k, v in r.items()})
+    return buf.getvalue().encode()
+
+
+def report_json(c: Comparison) -> dict[str, Any]:
+    """The JSON report: the comparison's data plus when and by what it was made."""
+    return {"schema": "qwen-compare/1",
+            "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "comparison": comparison_to_dict(c)}
+
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1180px;color:#212529}
@@ -673,7 +316,7 @@ def fresh_run(store: RunStore, args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m services.compare.report",
+    p = argparse.ArgumentParser(prog="qwen-report",
                                 description="Compare two model versions from stored runs: HTML, JSON and CSV report.")
     p.add_argument("--run", type=int, help="a stored paired run (both versions)")
     p.add_argument("--versions", nargs=2, default=None, metavar=("A", "B"),

@@ -8,15 +8,18 @@ Because the grid is relative to the image, a grid box scales to the *original* i
 
 :func:`parse_answer` reads every answer shape the fine-tune and its variants produce (see its
 docstring); :func:`format_box` / :func:`format_answer` write them; :func:`match_boxes` and
-:func:`best_iou` compare predictions with ground truth.
+:func:`best_iou` compare predictions with ground truth; :func:`boxes_of_value` reads the boxes a run
+stored (the benchmark's ``box`` column, the manifest's ground truth) back.
 """
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from numbers import Integral
-from typing import Iterator, Literal, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 GRID = 1000
 LABEL = "nutrition-table"
@@ -29,6 +32,7 @@ __all__ = [
     "ParsedAnswer",
     "ParsedBox",
     "best_iou",
+    "boxes_of_value",
     "canonical_label",
     "format_answer",
     "format_box",
@@ -479,3 +483,42 @@ def best_iou(pred: Sequence[Box | ParsedBox], truth_box: Box | ParsedBox) -> flo
     """The highest IoU of any predicted box with ``truth_box`` (0.0 when there is none)."""
     t = _as_box(truth_box)
     return max((iou(_as_box(b), t) for b in pred), default=0.0)
+
+
+def _box_from(value: Any) -> Box | None:
+    if isinstance(value, Box):
+        return value
+    if isinstance(value, Mapping):
+        if all(k in value for k in ("x1", "y1", "x2", "y2")):
+            return Box(float(value["x1"]), float(value["y1"]), float(value["x2"]), float(value["y2"]))
+        if "grid" in value:
+            return _box_from(value["grid"])
+        return None
+    if isinstance(value, (list, tuple)) and len(value) == 4 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        x1, y1, x2, y2 = (float(v) for v in value)
+        return Box(min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2))
+    return None
+
+
+def boxes_of_value(value: Any) -> list[Box] | None:
+    """Grid boxes from a stored ``box`` value: a box (``{"x1",..}``, ``{"grid": ..}``, ``[x1, y1,
+    x2, y2]``), a list of them, ``{"boxes": [...]}``, or JSON text of any of these. None when the
+    value holds no recognisable box shape (an empty list is a known "no box")."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    one = _box_from(value)
+    if one is not None:
+        return [one]
+    if isinstance(value, Mapping) and "boxes" in value:
+        return boxes_of_value(value["boxes"])
+    if isinstance(value, (list, tuple)):
+        out = [_box_from(v) for v in value]
+        if all(b is not None for b in out):
+            return out  # type: ignore[return-value]
+    return None

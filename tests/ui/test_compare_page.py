@@ -14,7 +14,8 @@ from streamlit.testing.v1 import AppTest
 
 from services.core import settings
 from services.bench.runner import BenchmarkConfig, ImageSetSpec, run_benchmark
-from services.compare.comparison import build_comparison, compare_run, format_bytes
+from services.compare.comparison import build_comparison, compare_run
+from services.compare.verdict import format_bytes
 from services.bench.sampler import stop_shared_sampler
 from services.bench.store import RunStore
 from services.client.server_target import ServerTarget

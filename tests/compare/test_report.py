@@ -3,14 +3,13 @@
 The run goes through the real benchmark service (both versions interleaved, a small generated
 labelled set) against the session's embedded Triton (tests/conftest.py: the tiny random-weight
 model, whose answers are gibberish: no box, so IoU 0). Every number of the report is recomputed
-here straight from the RunStore rows, independently of services.compare.comparison, and must be equal.
+here straight from the RunStore rows, independently of services.compare, and must be equal.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import re
 from collections import defaultdict
 
 import numpy as np
@@ -18,19 +17,14 @@ import pytest
 
 from services.bench.stats import RequestRecord
 from services.bench.runner import BenchmarkConfig, ImageSetSpec, run_benchmark
-from services.core.boxes import Box, format_answer, match_boxes, parse_answer
-from services.compare.comparison import compare_run, format_bytes
-from services.compare.report import (
-    figures,
-    gallery,
-    main,
-    report_files,
-    report_html,
-    write_report,
-)
+from services.core.boxes import Box, match_boxes, parse_answer
+from services.compare.comparison import compare_run
+from services.compare.report import main, write_report
+from services.compare.verdict import format_bytes
 from services.bench.sampler import stop_shared_sampler
 from services.bench.store import RunStore
 from services.client.server_target import ServerTarget
+from tests.compare.support import check_self_contained
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -220,22 +214,13 @@ def test_the_report_files_hold_the_database_numbers(paired, tmp_path):
     assert float(summary[("memory", "weights_bytes")]["a"]) == c.memory.a.weights_bytes
 
     text = (tmp_path / "report" / f"{stem}.html").read_text()
-    _check_self_contained(text)
+    check_self_contained(text)
     for line in c.verdict.lines:
         assert line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("'", "&#x27;") \
             .replace('"', "&quot;") in text
     for div in ("fig-change", "fig-memory", "fig-latency", "fig-ttft", "fig-tpot", "fig-throughput",
                 "fig-accuracy", "fig-agreement", "fig-floor"):
         assert f'id="{div}"' in text
-
-
-def _check_self_contained(text: str) -> None:
-    """One inline copy of plotly.js, no script or stylesheet fetched from anywhere."""
-    assert text.count("<script") >= 2
-    assert len(re.findall(r"plotly\.js v\d", text)) == 1  # the library's banner, inlined exactly once
-    assert not re.search(r"<script[^>]+src=", text)
-    assert not re.search(r"<link[^>]+href=", text)
-    assert not re.search(r"""<img[^>]+src=["']?http""", text)
 
 
 def test_command_line_reports_a_stored_run_and_a_fresh_one(paired, triton_server, tmp_path, monkeypatch, capsys):
@@ -263,46 +248,3 @@ def test_command_line_reports_a_stored_run_and_a_fresh_one(paired, triton_server
 def test_command_line_refuses_missing_choices(tmp_path):
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path)])
-
-
-# --------------------------------------------------------------------------- the gallery
-
-
-def test_gallery_draws_both_versions_boxes_on_the_regenerated_image(tmp_path):
-    """A stored run of a generated set where the versions disagree: the gallery regenerates the
-    images from their recorded seeds and draws both answers and the truth on them."""
-    from services.image_sets.generator import generate_dataset
-
-    samples = list(generate_dataset(11, 2))
-    ids = [f"generated-11-{i:04d}" for i in range(2)]
-    with RunStore(tmp_path) as store:
-        manifest = {"image_set": {"kind": "generated", "seed": 11, "images": [
-            {"id": i, "seed": s.seed, "truth": [b.__dict__ for b in s.grid_boxes]} for i, s in zip(ids, samples)]}}
-        rid = store.create_run({"versions": ["1", "2"], "image_set": {"kind": "generated", "seed": 11, "count": 2,
-                                                                      "max_side": 1024}}, manifest)
-        seq = 0
-        for image_id, s in zip(ids, samples):
-            truth = s.grid_boxes or [Box(100, 100, 400, 400)]
-            shifted = [Box(b.x1 + 50, b.y1, min(1000, b.x2 + 50), b.y2) for b in truth]
-            for v, boxes in (("1", truth), ("2", shifted)):
-                store.add_request(rid, RequestRecord(seq=seq, version=v, image_id=image_id, latency_ms=10.0 + seq,
-                                                     answer=format_answer(boxes)))
-                seq += 1
-        store.finish_run(rid, "completed")
-        c = compare_run(store, rid)
-        items = gallery(store, c, k=5)
-        assert [it.image.image_id for it in items] == sorted(ids, key=lambda i: next(
-            p.iou for p in c.agreement.pairs if p.image_id == i))
-        for it, s in zip(sorted(items, key=lambda it: it.image.image_id), samples):
-            assert it.image.source == f"regenerated from seed {s.seed}"
-            assert it.figure is not None and it.image.note is None
-            series = {tr.meta["series"] for tr in it.figure.data if getattr(tr, "meta", None)}
-            assert {"1", "2"} <= series
-            assert ("truth" in series) == bool(s.grid_boxes)
-        files = report_files(store, c, items=items)
-        html_text = next(v for k, v in files.items() if k.endswith(".html")).decode()
-        _check_self_contained(html_text)
-        assert html_text.count("data:image/") >= len(items)
-        assert "fig-gallery-0" in html_text
-        assert set(figures(c)) >= {"memory", "latency_cdf", "ttft_cdf", "tpot_cdf", "accuracy", "agreement", "floor"}
-        assert "Where they disagree most" in report_html(c, items)

@@ -1,0 +1,176 @@
+"""The verdict: one plain-words sentence per question the comparison answers, and its caveats.
+
+Memory saved (GB and %, on the weights when known), the median change of latency, TTFT and TPOT,
+the change of accuracy, the agreement between the versions and decode against the floor; each
+difference is said to be significant (its 95 % interval excludes 0), not significant, or of unknown
+significance. The caveats say what limits the numbers (runs not completed, failures, few requests).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from services.bench.stats import RequestRecord
+from services.bench.store import RunInfo
+from services.compare.accuracy import AccuracyComparison, Agreement
+from services.compare.decode_floor import DecodeFloor
+from services.compare.differences import Difference
+from services.compare.memory import MemoryComparison
+from services.compare.pairing import Side
+from services.compare.request_boxes import FOUND_IOU
+from services.compare.speed import MetricComparison, metric_named
+
+
+def _fmt_ms(v: float) -> str:
+    return f"{v:.1f} ms" if abs(v) < 100 else f"{v:.0f} ms"
+
+
+def _ci_words(d: Difference, fmt: Callable[[float], str]) -> str:
+    if d.significant is None:
+        return f"significance unknown ({d.note or 'no interval'})"
+    where = f"{int(d.confidence * 100)}% CI of the difference [{fmt(d.lo)}, {fmt(d.hi)}]"  # type: ignore[arg-type]
+    if d.significant:
+        return f"significant: the {where} excludes 0"
+    return f"not significant: the {where} includes 0"
+
+
+def format_bytes(n: float) -> str:
+    """Bytes in GB (10^9) with two decimals; MB or kB below 1 GB, so that small models say something."""
+    v = abs(n)
+    if v >= 1e9:
+        return f"{n / 1e9:.2f} GB"
+    if v >= 1e6:
+        return f"{n / 1e6:.2f} MB"
+    return f"{n / 1e3:.1f} kB"
+
+
+def memory_sentence(m: MemoryComparison, a: Side, b: Side) -> str:
+    """Memory saved by B in GB and %, on the weights when known."""
+    if m.saved_bytes is None:
+        return ("Memory: unknown. Neither the weight bytes of both versions nor comparable memory samples "
+                "were recorded.")
+    what = "weights" if m.basis == "weights" else "peak memory of the serving processes"
+    ref_a = m.a.weights_bytes if m.basis == "weights" else m.a.peak_bytes
+    ref_b = m.b.weights_bytes if m.basis == "weights" else m.b.peak_bytes
+    verb = "saves" if m.saved_bytes > 0 else "costs" if m.saved_bytes < 0 else "changes nothing in"
+    pct = f" ({abs(m.saved_pct):.1f}%)" if m.saved_pct is not None else ""
+    core = (f"Memory: {b.label} {verb} {format_bytes(abs(m.saved_bytes))}{pct} of {what} "
+            f"({format_bytes(ref_b)} vs {format_bytes(ref_a)} for {a.label}).")  # type: ignore[arg-type]
+    if m.basis == "weights" and m.a.kv_room_bytes is not None and m.b.kv_room_bytes is not None:
+        core += f" KV-cache room: {format_bytes(m.b.kv_room_bytes)} vs {format_bytes(m.a.kv_room_bytes)}."
+    return core
+
+
+def latency_sentence(mc: MetricComparison, a: Side, b: Side) -> str:
+    """Median change of one latency metric, B vs A, and whether it is significant."""
+    d = mc.difference
+    if d.diff is None or d.a is None or d.b is None:
+        return f"{mc.label.capitalize()}: unknown ({d.note or 'no values'})."
+    if d.diff == 0:
+        change = "unchanged"
+    else:
+        rel = f" ({abs(d.rel) * 100:.1f}%)" if d.rel is not None else ""
+        change = f"{_fmt_ms(abs(d.diff))}{rel} {'faster' if d.diff < 0 else 'slower'}"
+    return (f"Median {mc.label}: {b.label} {_fmt_ms(d.b)} vs {a.label} {_fmt_ms(d.a)}, {change}; "
+            f"{_ci_words(d, _fmt_ms)}.")
+
+
+def _pts(v: float) -> str:
+    return f"{v * 100:+.1f} pts"
+
+
+def accuracy_sentence(acc: AccuracyComparison, a: Side, b: Side) -> str:
+    """Mean IoU (and found share) change, B vs A, and whether it is significant."""
+    if not acc.known:
+        return "Accuracy: unknown (no ground truth for these images)."
+    d = acc.mean_iou
+    if d.diff is None or d.a is None or d.b is None:
+        return f"Accuracy: unknown ({d.note or 'no IoU values'})."
+    change = "unchanged" if d.diff == 0 else f"{'higher' if d.diff > 0 else 'lower'} by {abs(d.diff):.3f}"
+    text = (f"Accuracy: mean IoU with the ground truth {d.b:.3f} for {b.label} vs {d.a:.3f} for {a.label}, "
+            f"{change}; {_ci_words(d, lambda v: f'{v:+.3f}')}.")
+    f = acc.found
+    if f.diff is not None and f.a is not None and f.b is not None:
+        text += (f" Tables found at IoU ≥ {FOUND_IOU}: {f.b * 100:.1f}% vs {f.a * 100:.1f}% "
+                 f"({_pts(f.diff)}; {_ci_words(f, _pts)}).")
+    return text
+
+
+@dataclass
+class Verdict:
+    """The plain-words answer, one sentence per question."""
+
+    memory: str
+    latency: str
+    ttft: str
+    tpot: str
+    accuracy: str
+    agreement: str
+    floor: str
+    caveats: list[str] = field(default_factory=list)
+
+    @property
+    def lines(self) -> list[str]:
+        return [self.memory, self.latency, self.ttft, self.tpot, self.accuracy, self.agreement, self.floor]
+
+
+def agreement_sentence(ag: Agreement, a: Side, b: Side) -> str:
+    if not ag.pairs:
+        return "Agreement: unknown (no image was answered by both versions)."
+    parts = []
+    if ag.compared:
+        parts.append(f"mean IoU between the two versions' boxes {ag.mean_iou:.3f} over {ag.compared} image "
+                     f"request(s), {ag.at_05 * 100:.0f}% at IoU ≥ {FOUND_IOU}")  # type: ignore[operator]
+    if ag.both_no_box:
+        parts.append(f"{ag.both_no_box} where both gave no box")
+    if ag.same_answer_share is not None:
+        parts.append(f"identical answer text in {ag.same_answer_share * 100:.0f}% of pairs")
+    return f"Agreement of {b.label} with {a.label}: " + "; ".join(parts) + "."
+
+
+def floor_sentence(fa: DecodeFloor, fb: DecodeFloor, a: Side, b: Side) -> str:
+    if fa.applicable is False and fb.applicable is False:
+        return "Decode vs the memory-bandwidth floor: not applicable (CPU-only run)."
+    parts = []
+    for side, f in ((a, fa), (b, fb)):
+        if f.fraction is not None:
+            parts.append(f"{side.label} {f.measured_tpot_ms:.2f} ms/token vs a floor of {f.floor_ms:.2f} ms, "
+                         f"{f.fraction * 100:.0f}% of the bandwidth-bound speed")
+        else:
+            parts.append(f"{side.label}: {f.reason}")
+    return "Decode vs the memory-bandwidth floor: " + "; ".join(parts) + "."
+
+
+def run_caveats(runs: Sequence[RunInfo], measured: Sequence[tuple[Side, Sequence[RequestRecord]]]) -> list[str]:
+    """What limits the numbers: a run that did not complete, failed requests, few requests per side."""
+    caveats = []
+    for run in {run.id: run for run in runs}.values():
+        if run.status != "completed":
+            caveats.append(f"Run {run.id} is {run.status}" + (f": {run.reason}" if run.reason else "") + ".")
+    for side, rs in measured:
+        n = sum(1 for r in rs if not r.ok)
+        if n:
+            caveats.append(f"{n} measured request(s) of {side.label} failed: they are left out of the latency "
+                           "statistics and count as no box for accuracy.")
+    small = min(len(rs) for _, rs in measured)
+    if small < 20:
+        caveats.append(f"Only {small} measured requests per version: intervals are wide and p99 is the "
+                       "maximum in disguise.")
+    return caveats
+
+
+def build_verdict(a: Side, b: Side, *, latency: Sequence[MetricComparison], memory: MemoryComparison,
+                  accuracy: AccuracyComparison, agreement: Agreement, floor_a: DecodeFloor, floor_b: DecodeFloor,
+                  caveats: list[str]) -> Verdict:
+    """One sentence per question, B vs A."""
+    return Verdict(
+        memory=memory_sentence(memory, a, b),
+        latency=latency_sentence(metric_named(latency, "latency_ms"), a, b),
+        ttft=latency_sentence(metric_named(latency, "ttft_ms"), a, b),
+        tpot=latency_sentence(metric_named(latency, "tpot_ms"), a, b),
+        accuracy=accuracy_sentence(accuracy, a, b),
+        agreement=agreement_sentence(agreement, a, b),
+        floor=floor_sentence(floor_a, floor_b, a, b),
+        caveats=caveats,
+    )
