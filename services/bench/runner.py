@@ -612,7 +612,6 @@ def collect_manifest(client: TritonClient, target: "ServerTarget", config: Bench
         manifest["quantization"] = {v: "unknown" for v in config.versions}
     manifest["gpu"] = gpu_info()
     manifest["client"] = client_versions()
-    manifest["config"] = config_to_dict(config)
     manifest["seeds"] = {"arrivals": config.seed if config.load == "open" else None,
                          "sampling": config.seed if config.temperature > 0 else None,
                          "image_set": config.image_set.seed if config.image_set.kind == "generated" else None}
@@ -865,7 +864,7 @@ class _Runner:
         except ValueError as exc:  # an address the client refuses (a path, another scheme)
             error: str | None = f"bad server address {url!r}: {exc}"
             manifest = {"schema": MANIFEST_SCHEMA, "target": _target_dict(target), "server": {"error": error},
-                        "client": client_versions(), "config": config_to_dict(cfg)}
+                        "client": client_versions()}
         else:
             with TritonClient(url, protocol=protocol,  # type: ignore[arg-type]
                               timeout_s=min(cfg.timeout_s, PREFLIGHT_TIMEOUT_S)) as admin:
