@@ -174,7 +174,7 @@ def device_check(pairs: Sequence[Mapping[str, Any]], tolerance: float = TOLERANC
                      "sampler's reading) counts and nvidia-smi's memory.used does not")
             if v2 and max(v2) <= tolerance:
                 text += (f"; NVML's v2 'used' agrees with nvidia-smi within {max(v2) * 100:.2f} %: reading "
-                         "nvmlDeviceGetMemoryInfo(handle, version=nvmlMemory_v2) in services/bench/sampler.py "
+                         "nvmlDeviceGetMemoryInfo(handle, version=nvmlMemory_v2) in services/bench/memory_readings.py "
                          "would make the sampler agree")
         result["explanation"] = text
     return result
@@ -219,7 +219,7 @@ def attribution_check(sampler: Mapping[int, Mapping[str, Any]], versions: Iterab
 
 def torch_from_metrics(metrics: Mapping[str, float], version: str) -> dict[str, int | None]:
     """torch's counters of a version from the ``qwen_engine_torch_memory_bytes{version,kind}`` gauges."""
-    from services.bench.sampler import parse_series_key
+    from services.bench.triton_metrics import parse_series_key
 
     out: dict[str, int | None] = {k: None for k in TORCH_KINDS}
     for key, value in metrics.items():
@@ -329,7 +329,8 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
 
     from services.core import settings
     from services.compare.comparison import memory_side
-    from services.bench.sampler import Sampler, sample_rows
+    from services.bench.sample_series import sample_rows
+    from services.bench.sampler import Sampler
     from services.bench.store import SAMPLE_COLUMNS
 
     result: dict[str, Any] = {"made_by": "scripts/gpu_memory_check.py", "time": time.time(),

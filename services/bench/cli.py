@@ -225,7 +225,7 @@ def summary_table(summaries: dict[str, Any]) -> str:
 
 
 def memory_lines(memory: Sequence[Any]) -> list[str]:
-    from services.bench.sampler import chart_label
+    from services.bench.sample_series import chart_label
 
     mib = 2**20
     out = []

@@ -503,7 +503,7 @@ def gpu_info() -> dict[str, Any] | str:
 def quantization_from_metrics(metrics_text: str, model: str = settings.MODEL_NAME) -> dict[str, dict[str, Any]]:
     """Per version, what the ``qwen_engine_*`` gauges of the metrics port say the engine applied:
     ``{"precision", "mode", "weight_bytes": {part: bytes}, "quantized_layers"}``."""
-    from services.bench.sampler import parse_metrics, parse_series_key
+    from services.bench.triton_metrics import parse_metrics, parse_series_key
 
     out: dict[str, dict[str, Any]] = {}
     for key, value in parse_metrics(metrics_text).items():

@@ -51,7 +51,7 @@ import pandas as pd
 import psutil
 
 from services.bench.stats import RequestRecord, mean_min_max
-from services.bench.sampler import Sample, SampleRow, sample_rows
+from services.bench.sample_series import Sample, SampleRow, sample_rows
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DATA_DIR_ENV = "QWEN_DATA_DIR"

@@ -18,7 +18,8 @@ import psutil
 import pytest
 
 from services.bench.stats import RequestRecord
-from services.bench.sampler import SampleRow, Sampler
+from services.bench.sample_series import SampleRow
+from services.bench.sampler import Sampler
 from services.bench.store import MIB, STALE_REASON, RunStore, default_data_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,7 +28,7 @@ CHILD = r"""
 import os, sys, time
 sys.path.insert(0, sys.argv[2])
 from services.bench.stats import RequestRecord
-from services.bench.sampler import SampleRow
+from services.bench.sample_series import SampleRow
 from services.bench.store import RunStore
 
 store = RunStore(sys.argv[1])

@@ -43,7 +43,7 @@ from services.compare.comparison import (
     run_gpu,
     summary_rows,
 )
-from services.bench.sampler import SampleRow
+from services.bench.sample_series import SampleRow
 from services.bench.store import RunStore
 
 A = Side(1, "1", "bf16 (v1)")
