@@ -15,7 +15,8 @@ import pandas as pd
 import streamlit as st
 
 from services.compare import report as cr
-from services.bench.runner import BenchmarkConfig, ImageSetSpec, start_benchmark
+from services.bench.runner import BenchmarkConfig, start_benchmark
+from services.image_sets.image_set import ImageSetSpec
 from services.compare.comparison import Comparison, RunChoice, build_comparison, run_choices
 from services.core.versions import version_label
 from services.bench.store import FINAL_STATUSES

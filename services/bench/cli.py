@@ -135,7 +135,8 @@ def sized_image_folder(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def build_config(args: argparse.Namespace):
-    from services.bench.runner import BenchmarkConfig, ImageSetSpec, validate_config
+    from services.bench.runner import BenchmarkConfig, validate_config
+    from services.image_sets.image_set import ImageSetSpec
 
     extra: dict[str, Any] = {}
     if args.sampling:

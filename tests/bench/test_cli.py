@@ -198,7 +198,7 @@ def test_sigkill_mid_run_leaves_a_database_that_opens_with_every_request_written
 
 def test_image_size_draws_the_generated_set_once_at_that_size_with_its_truth(tmp_path) -> None:
     from services.bench.cli import build_config, build_parser, sized_image_folder
-    from services.bench.runner import load_image_set
+    from services.image_sets.image_set import load_image_set
     from services.image_sets.generator import GeneratorConfig, generate_dataset
 
     args = build_parser().parse_args(["--images", "generated", "--count", "2", "--image-seed", "3",
