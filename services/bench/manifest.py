@@ -146,6 +146,7 @@ def served_quantization(target: "ServerTarget", versions: Sequence[str],
 
 
 def target_dict(target: "ServerTarget") -> dict[str, Any]:
+    """The server target as JSON-ready data (paths as text)."""
     checkpoint = None
     if target.checkpoint is not None:
         checkpoint = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(target.checkpoint).items()}
@@ -155,7 +156,8 @@ def target_dict(target: "ServerTarget") -> dict[str, Any]:
             "checkpoint": checkpoint}
 
 
-def collect_manifest(client: TritonClient, target: "ServerTarget", config: "BenchmarkConfig") -> tuple[dict[str, Any], str | None]:
+def collect_manifest(client: TritonClient, target: "ServerTarget",
+                     config: "BenchmarkConfig") -> tuple[dict[str, Any], str | None]:
     """What the run runs against (see the module docstring), and the preflight error if the run
     cannot start (server unreachable, a version not READY). Each part that cannot be read says so
     under ``"error"`` instead of failing the whole manifest."""

@@ -220,8 +220,8 @@ class HostProcessReader:
         new pid, whose parent is known from the moment it exists, exec or not), so the parentage
         of the others need not be read again (psutil's ``children(recursive=True)`` reads every
         process's ``/proc/<pid>/stat``). Processes that ended are dropped by :meth:`read`; a
-        tree without its root (ended, or changed by ``Sampler.configure``) and a burst of new pids (half
-        the machine's) are walked in full again. By name, every discovery walks every process (a
+        tree without its root (ended, or changed by ``Sampler.configure``) and a burst of new pids
+        (half the machine's) are walked in full again. By name, every discovery walks every process (a
         process that takes the name by exec keeps its pid).
         """
         pids = set(psutil.pids())  # before the walk: a process forked during it is new next time
@@ -229,7 +229,8 @@ class HostProcessReader:
         found = {p.pid: p for p in self._procs}
         if (root_pid is None or known is None or root_pid not in found
                 or 2 * len(pids - known) > len(pids)):
-            return self._discover_all(root_pid, process_names)  # the root's end is reported by the walk (NoSuchProcess)
+            # the root's end is reported by the walk (NoSuchProcess)
+            return self._discover_all(root_pid, process_names)
         parent_of: dict[int, tuple[psutil.Process, int]] = {}
         for pid in pids - known - found.keys():
             try:
