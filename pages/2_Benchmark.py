@@ -25,7 +25,8 @@ import streamlit as st
 from services.core.images import UPLOAD_TYPES
 from services.bench import figures as bf
 from services.bench.stats import summarize
-from services.bench.runner import BenchmarkConfig, BenchmarkProgress, ImageSetSpec, start_benchmark
+from services.bench.runner import BenchmarkConfig, BenchmarkProgress, start_benchmark
+from services.image_sets.image_set import ImageSetSpec
 from services.core.versions import VERSION_LABELS, version_label
 from services.bench.sampler import get_shared_sampler
 from services.bench.store import FINAL_STATUSES, RunStore, default_data_dir

@@ -17,7 +17,8 @@ import streamlit as st
 from services.compare import figures as cf
 from services.compare import gallery as cg
 from services.compare import report as cr
-from services.bench.runner import BenchmarkConfig, ImageSetSpec, start_benchmark
+from services.bench.runner import BenchmarkConfig, start_benchmark
+from services.image_sets.image_set import ImageSetSpec
 from services.compare.comparison import Comparison, build_comparison
 from services.compare.runs import RunChoice, run_choices
 from services.core.versions import version_label

@@ -227,7 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from services.bench.stats import request_throughput
-    from services.bench.runner import BenchmarkConfig, ImageSetSpec, load_image_set, request_plan, run_benchmark
+    from services.bench.request_plan import request_plan
+    from services.bench.runner import BenchmarkConfig, run_benchmark
+    from services.image_sets.image_set import ImageSetSpec, load_image_set
     from services.serving.checkpoint_builder import ensure_tiny_checkpoint
     from services.serving.embedded_triton import start_embedded_triton
     from services.bench.sampler import stop_shared_sampler

@@ -219,7 +219,7 @@ def attribution_check(sampler: Mapping[int, Mapping[str, Any]], versions: Iterab
 
 def torch_from_metrics(metrics: Mapping[str, float], version: str) -> dict[str, int | None]:
     """torch's counters of a version from the ``qwen_engine_torch_memory_bytes{version,kind}`` gauges."""
-    from services.bench.sampler import parse_series_key
+    from services.bench.triton_metrics import parse_series_key
 
     out: dict[str, int | None] = {k: None for k in TORCH_KINDS}
     for key, value in metrics.items():
@@ -329,7 +329,8 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
 
     from services.core import settings
     from services.compare.memory import memory_side
-    from services.bench.sampler import Sampler, sample_rows
+    from services.bench.sampler import Sampler
+    from services.bench.sample_series import sample_rows
     from services.bench.store import SAMPLE_COLUMNS
 
     result: dict[str, Any] = {"made_by": "scripts/gpu_memory_check.py", "time": time.time(),

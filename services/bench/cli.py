@@ -1,7 +1,9 @@
 """Command-line benchmark: the same runs as the Benchmark page, with a progress bar.
 
-    python -m services.bench.cli --versions 1 2 --requests 64 --warmup 4 --load closed --concurrency 1 \\
+    qwen-bench --versions 1 2 --requests 64 --warmup 4 --load closed --concurrency 1 \\
         --images generated --count 16 --max-tokens 200 --ignore-eos --out results/
+
+(``qwen-bench`` is this module's console script; ``python -m services.bench.cli`` runs the same.)
 
 Writes the same database rows as the page (``RunStore``: ``--data-dir``, default ``$QWEN_DATA_DIR``
 or ``data/``), and with ``--out`` the run's exports (``RunStore.export_run``: ``latency_vN.json``,
@@ -35,13 +37,23 @@ EXIT_CODES = {"completed": 0, "failed": 1, "partial": 3, "cancelled": 130}
 EXIT_USAGE = 2
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default where it says something: not for an option whose default is None
+    (it has none, or its help text names the real one), nor where the help text already names it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m services.bench.cli",
+        prog="qwen-bench",
         description="Benchmark the qwen model versions (1 = bf16, 2 = fp8) on Triton: latency, TTFT, TPOT, "
                     "throughput, memory and box IoU, every request recorded.",
         epilog="Exit status: 0 completed, 1 failed, 2 bad arguments, 3 partial, 130 cancelled (Ctrl-C).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     run = p.add_argument_group("requests")
     run.add_argument("--versions", nargs="+", default=["1", "2"], metavar="V",
                      help="model versions; with several, requests are interleaved on the same image order")
@@ -135,7 +147,8 @@ def sized_image_folder(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def build_config(args: argparse.Namespace):
-    from services.bench.runner import BenchmarkConfig, ImageSetSpec, validate_config
+    from services.bench.runner import BenchmarkConfig, validate_config
+    from services.image_sets.image_set import ImageSetSpec
 
     extra: dict[str, Any] = {}
     if args.sampling:
@@ -225,7 +238,7 @@ def summary_table(summaries: dict[str, Any]) -> str:
 
 
 def memory_lines(memory: Sequence[Any]) -> list[str]:
-    from services.bench.sampler import chart_label
+    from services.bench.sample_series import chart_label
 
     mib = 2**20
     out = []

@@ -2,12 +2,12 @@
 
 Inputs are the shapes the services already produce:
 
-- memory: sampler samples (``gpu_sampler.Sample``), stored rows (``SampleRow``) or the run store's
-  ``samples_frame`` (columns of ``SampleRow``), turned into the long chart frame of
-  :func:`services.bench.sampler.series_for_chart` by :func:`memory_chart_frame`;
+- memory: sampler samples (``services.bench.sample_series.Sample``), stored rows (``SampleRow``) or
+  the run store's ``samples_frame`` (columns of ``SampleRow``), turned into the long chart frame of
+  :func:`services.bench.sample_series.series_for_chart` by :func:`memory_chart_frame`;
 - requests: the run store's ``requests_frame`` (one row per request, ``*_ns`` stamps on the
   ``perf_counter`` clock, ``warmup`` 0/1, ``status`` ok/error);
-- summaries: ``bench_stats.VersionSummary`` objects (or their dicts) per version.
+- summaries: ``services.bench.stats.VersionSummary`` objects (or their dicts) per version.
 
 Time axes are seconds since ``t0``, a ``time.perf_counter()`` value (the clock of both the
 requests' ``*_ns`` stamps and the samples' ``t_mono``), so that the memory, latency and throughput
@@ -32,7 +32,8 @@ from plotly.subplots import make_subplots
 from services.bench.stats import memory_summary
 from services.core.versions import version_label
 from services.detect.figures import version_color
-from services.bench.sampler import CHART_COLUMNS, Sample, SampleRow, parse_series_key, series_for_chart
+from services.bench.sample_series import CHART_COLUMNS, Sample, SampleRow, series_for_chart
+from services.bench.triton_metrics import parse_series_key
 
 MIB = 2**20
 GIB = 2**30

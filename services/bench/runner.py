@@ -9,22 +9,24 @@ CONTRACT (the Benchmark page and the command-line entry build on exactly these n
     handle.wait(timeout) -> RunOutcome (run_id, status, reason, summaries per version)
     run_benchmark(config, store, target, on_progress=None, cancel_event=None) -> RunOutcome  # blocking
 
-Images come from ``ImageSetSpec`` (uploaded bytes, the bundled samples, a generated labelled set
-from a seed, or a dataset folder), each with its ground truth where known. With both versions the
-requests are interleaved in the same image order (v1 img0, v2 img0, v1 img1, ...), so drift hits both
-alike. Load: closed loop at a concurrency, or open loop at a request rate with Poisson arrivals.
+Images come from ``ImageSetSpec`` (:mod:`services.image_sets.image_set`: uploaded bytes, the
+bundled samples, a generated labelled set from a seed, or a dataset folder), each with its ground
+truth where known. With both versions the requests are interleaved in the same image order (v1
+img0, v2 img0, v1 img1, ...: :mod:`services.bench.request_plan`), so drift hits both alike. Load:
+closed loop at a concurrency, or open loop at a request rate with Poisson arrivals.
 
 How a run goes (all of it in the caller's thread for ``run_benchmark``, in a daemon thread for
 ``start_benchmark``):
 
-1. Preflight and manifest (``collect_manifest``): server metadata, the model's versions and their
-   states, the model config as served, quantization as served, GPU, client libraries, git commit.
-   The images are loaded (``load_image_set``). Then the run is created in the store with its
-   config and manifest. An unreachable server, a version that is not READY or an image set with no
-   usable image ends the run at once as "failed", with the reason.
-2. The shared sampler (``gpu_sampler.get_shared_sampler``, pointed at the target's metrics URL and
-   server pid) gets a ``RunStore.sample_sink`` for the run's duration; the run waits for one
-   sample before the first request, so the memory baseline precedes it.
+1. Preflight and manifest (:func:`services.bench.manifest.collect_manifest`): server metadata, the
+   model's versions and their states, the model config as served, quantization as served, GPU,
+   client libraries, git commit. The images are loaded (``load_image_set``). Then the run is
+   created in the store with its config (stored once) and manifest. An unreachable server, a
+   version that is not READY or an image set with no usable image ends the run at once as
+   "failed", with the reason.
+2. The shared sampler (``services.bench.sampler.get_shared_sampler``, pointed at the target's
+   metrics URL and server pid) gets a ``RunStore.sample_sink`` for the run's duration; the run
+   waits for one sample before the first request, so the memory baseline precedes it.
 3. Warm-up: ``warmup`` requests per version, interleaved, as a closed loop at ``concurrency`` (in
    both load modes), all finished before the first measured request; recorded with
    ``warmup=True``, excluded from summaries.
@@ -36,8 +38,9 @@ How a run goes (all of it in the caller's thread for ``run_benchmark``, in a dae
 5. Every request is written to the store as soon as it is answered (or failed): send and receive
    times, latency, TTFT, tokens, streamed chunk times, status and error text, the raw answer, the
    parsed box and its IoU with the ground truth (``answer_box``).
-6. The end: summaries per version from the stored rows (``bench_stats.summarize``), memory
-   baseline/peak/delta over the run's window (``bench_stats.memory_summary``), the final status.
+6. The end: summaries per version from the stored rows (``services.bench.stats.summarize``),
+   memory baseline/peak/delta over the run's window (``services.bench.stats.memory_summary``), the
+   final status.
 
 Final status:
 
@@ -60,27 +63,16 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
-import itertools
-import json
 import logging
 import math
-import os
-import platform
-import socket
-import subprocess
 import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
-import numpy as np
-
-from services.core import settings
+from services.bench.manifest import address_error_manifest, collect_manifest
+from services.bench.request_plan import PlannedRequest, poisson_offsets, request_plan
 from services.bench.stats import (
     MemorySeriesSummary,
     RequestRecord,
@@ -88,10 +80,11 @@ from services.bench.stats import (
     memory_summary,
     summarize_version,
 )
-from services.core.boxes import Box, match_boxes, parse_answer
-from services.core.images import ImageError, encode_base64, load_image
 from services.bench.store import RunStore
 from services.client.triton_client import ServerUnreachable, TritonClient, TritonClientError
+from services.core import settings
+from services.core.boxes import match_boxes, parse_answer
+from services.image_sets.image_set import IMAGE_SET_KINDS, BenchImage, ImageSetSpec, load_image_set
 
 if TYPE_CHECKING:  # server_target imports the checkpoint catalog: only where a target is resolved
     from services.client.server_target import ServerTarget
@@ -99,29 +92,14 @@ if TYPE_CHECKING:  # server_target imports the checkpoint catalog: only where a 
 log = logging.getLogger(__name__)
 
 LoadMode = Literal["closed", "open"]
-ImageSetKind = Literal["uploaded", "samples", "generated", "folder"]
 
 LOAD_MODES = ("closed", "open")
-IMAGE_SET_KINDS = ("uploaded", "samples", "generated", "folder")
 PROTOCOLS = ("http", "grpc")
-MANIFEST_SCHEMA = "qwen-bench-manifest/1"
 STOP_AFTER_UNREACHABLE = 5  # ServerUnreachable errors with no success between them: the server is gone
 MAX_OPEN_LOOP_WORKERS = 256
 LATE_SEND_MS = 10.0  # an open-loop send starting this much after its arrival time counts as late
 PREFLIGHT_TIMEOUT_S = 10.0
 DEAD_SERVER_REASON = "the server stopped answering"
-
-
-@dataclass(frozen=True)
-class ImageSetSpec:
-    """Which images a run sends. ``uploaded``: ``images`` holds (name, bytes) pairs."""
-
-    kind: ImageSetKind = "samples"
-    seed: int = 0  # generated sets
-    count: int = 16  # generated sets
-    folder: str | None = None  # dataset folder (labels.jsonl or OpenFoodFacts parquet)
-    images: tuple[tuple[str, bytes], ...] = ()  # uploaded
-    max_side: int = 1024
 
 
 @dataclass(frozen=True)
@@ -179,7 +157,7 @@ class RunOutcome:
     run_id: int
     status: str
     reason: str | None
-    summaries: dict[str, Any]  # version -> bench_stats.VersionSummary
+    summaries: dict[str, Any]  # version -> services.bench.stats.VersionSummary
     # added after the contract:
     memory: list[MemorySeriesSummary] = field(default_factory=list)
     progress: BenchmarkProgress | None = None
@@ -262,156 +240,7 @@ def open_loop_workers(rate: float, timeout_s: float) -> int:
     return int(min(MAX_OPEN_LOOP_WORKERS, max(4, math.ceil(rate * timeout_s))))
 
 
-# --------------------------------------------------------------------------- images
-
-
-@dataclass(frozen=True)
-class BenchImage:
-    """One image of a run, ready to send.
-
-    ``width``/``height``: the original size (grid boxes scale to it); ``sent_width``/``sent_height``:
-    the size sent. ``truth``: ground-truth boxes on the 0..1000 grid (``None``: unknown, ``()``: known
-    to hold no table). ``sha256``: of the bytes sent.
-    """
-
-    id: str
-    b64: str
-    width: int
-    height: int
-    sent_width: int
-    sent_height: int
-    truth: tuple[Box, ...] | None
-    sha256: str
-    seed: int | None = None
-
-    def describe(self) -> dict[str, Any]:
-        return {"id": self.id, "sha256": self.sha256, "width": self.width, "height": self.height,
-                "sent_width": self.sent_width, "sent_height": self.sent_height, "seed": self.seed,
-                "truth": None if self.truth is None else [dataclasses.asdict(b) for b in self.truth]}
-
-
-@dataclass
-class ImageSet:
-    """The images of a run, in sending order, and the ones that could not be used (with why)."""
-
-    spec: ImageSetSpec
-    images: list[BenchImage]
-    problems: list[str] = field(default_factory=list)
-
-    def describe(self) -> dict[str, Any]:
-        s = self.spec
-        return {"kind": s.kind, "seed": s.seed if s.kind == "generated" else None,
-                "count": len(self.images), "folder": s.folder, "max_side": s.max_side,
-                "images": [im.describe() for im in self.images], "problems": list(self.problems)}
-
-
-def _bench_image(image_id: str, data: bytes, max_side: int, truth: Sequence[Box] | None,
-                 seed: int | None = None) -> BenchImage:
-    loaded = load_image(data, max_side=max_side, name=image_id)
-    return BenchImage(id=image_id, b64=encode_base64(loaded), width=loaded.original_width,
-                      height=loaded.original_height, sent_width=loaded.width, sent_height=loaded.height,
-                      truth=None if truth is None else tuple(truth),
-                      sha256=hashlib.sha256(loaded.data).hexdigest(), seed=seed)
-
-
-def _png(image: Any) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, "PNG")
-    return buf.getvalue()
-
-
-def load_image_set(spec: ImageSetSpec) -> ImageSet:
-    """Load, check and encode the images of ``spec`` (see :class:`ImageSetSpec`).
-
-    An image that cannot be used is left out and named in ``problems``; ValueError when none is
-    left (or the folder does not exist). Ids are unique (a repeated upload name gets ``#2``...).
-    """
-    candidates: list[tuple[str, Callable[[], bytes], Sequence[Box] | None, int | None]] = []
-    problems: list[str] = []
-    if spec.kind == "uploaded":
-        for name, data in spec.images:
-            candidates.append((str(name), lambda d=data: bytes(d), None, None))
-    elif spec.kind == "samples":
-        from services.image_sets.samples import list_samples
-
-        for s in list_samples():
-            candidates.append((s.path.name, s.path.read_bytes, s.grid_boxes, None))
-    elif spec.kind == "generated":
-        from services.image_sets.generator import generate_dataset
-
-        for i, sample in enumerate(generate_dataset(spec.seed, spec.count)):
-            candidates.append((f"generated-{spec.seed}-{i:04d}", lambda im=sample.image: _png(im),
-                               sample.grid_boxes, sample.seed))
-    elif spec.kind == "folder":
-        from services.image_sets.datasets import load_labeled_images
-
-        if not spec.folder or not Path(spec.folder).exists():
-            raise ValueError(f"the data set folder {spec.folder!r} does not exist")
-        records, load_problems = load_labeled_images(spec.folder)
-        problems.extend(str(p) for p in load_problems)
-        for r in records:
-            getter = (lambda b=r.image_bytes: b) if r.image_bytes is not None else r.path.read_bytes
-            candidates.append((str(r.id), getter, r.grid_boxes, None))
-    else:
-        raise ValueError(f"unknown image set kind {spec.kind!r}")
-
-    images: list[BenchImage] = []
-    seen: dict[str, int] = {}
-    for name, get_bytes, truth, seed in candidates:
-        seen[name] = seen.get(name, 0) + 1
-        image_id = name if seen[name] == 1 else f"{name}#{seen[name]}"
-        try:
-            images.append(_bench_image(image_id, get_bytes(), spec.max_side, truth, seed))
-        except (ImageError, OSError) as exc:
-            problems.append(f"{image_id}: {exc}")
-    if not images:
-        detail = f": {'; '.join(problems[:5])}" if problems else ""
-        raise ValueError(f"the {spec.kind} image set has no usable image{detail}")
-    return ImageSet(spec, images, problems)
-
-
 # --------------------------------------------------------------------------- requests
-
-
-@dataclass(frozen=True)
-class PlannedRequest:
-    """One request of a run: ``seq`` is its place in sending order; ``pair`` its place in the image
-    order (the same for every version: v1 and v2 of one image share it)."""
-
-    seq: int
-    version: str
-    image_index: int
-    pair: int
-    warmup: bool
-
-
-def request_plan(versions: Sequence[str], n_images: int, requests: int, warmup: int) -> list[PlannedRequest]:
-    """Warm-up then measured requests, the versions interleaved on the same image order.
-
-    ``[(v1, img0), (v2, img0), (v1, img1), (v2, img1), ...]``; images repeat cyclically; the
-    measured requests start again at image 0.
-    """
-    if n_images < 1:
-        raise ValueError("need at least one image")
-    plan: list[PlannedRequest] = []
-    seq = itertools.count()
-    for is_warm, count in ((True, warmup), (False, requests)):
-        for i in range(count):
-            for v in versions:
-                plan.append(PlannedRequest(next(seq), str(v), i % n_images, i, is_warm))
-    return plan
-
-
-def poisson_offsets(n: int, rate: float, seed: int) -> np.ndarray:
-    """Send times (seconds from the start) of ``n`` Poisson arrivals at ``rate`` per second.
-
-    The first request goes at 0; the gaps are exponential with mean ``1 / rate``, drawn from
-    ``numpy.random.default_rng(seed)`` (the same seed gives the same schedule).
-    """
-    if n <= 0:
-        return np.zeros(0)
-    gaps = np.random.default_rng(seed).exponential(1.0 / rate, size=n - 1)
-    return np.concatenate([[0.0], np.cumsum(gaps)])
 
 
 def answer_box(text: str, image: BenchImage) -> tuple[dict[str, float] | None, float | None]:
@@ -432,191 +261,6 @@ def answer_box(text: str, image: BenchImage) -> tuple[dict[str, float] | None, f
     if best is None:
         return dataclasses.asdict(boxes[0]), 0.0
     return dataclasses.asdict(boxes[best[0]]), float(best[2])
-
-
-# --------------------------------------------------------------------------- manifest
-
-
-def _git_commit() -> dict[str, Any] | None:
-    root = settings.PROJECT_ROOT
-    if not (root / ".git").exists():
-        return None
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=5).stdout.strip() != ""
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return {"commit": commit, "dirty": dirty}
-
-
-def client_versions() -> dict[str, Any]:
-    """Python, the client libraries and this project's git commit."""
-    from importlib import metadata
-
-    def version(dist: str) -> str | None:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return None
-
-    return {"python": platform.python_version(), "implementation": platform.python_implementation(),
-            "tritonclient": version("tritonclient"), "requests": version("requests"),
-            "numpy": version("numpy"), "grpcio": version("grpcio"), "git": _git_commit(),
-            "host": socket.gethostname(), "platform": platform.platform(), "cpus": os.cpu_count()}
-
-
-def gpu_info() -> dict[str, Any] | str:
-    """GPU names, memory and the driver version through NVML, or ``"none"``."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-    except Exception:  # no library, no driver, no GPU
-        return "none"
-    try:
-        def text(v: Any) -> str:
-            return v.decode() if isinstance(v, bytes) else str(v)
-
-        gpus = []
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            h = pynvml.nvmlDeviceGetHandleByIndex(i)
-            gpus.append({"index": i, "name": text(pynvml.nvmlDeviceGetName(h)),
-                         "uuid": text(pynvml.nvmlDeviceGetUUID(h)),
-                         "memory_total_bytes": int(pynvml.nvmlDeviceGetMemoryInfo(h).total)})
-        info = {"driver": text(pynvml.nvmlSystemGetDriverVersion()), "gpus": gpus}
-        try:
-            info["cuda_driver"] = int(pynvml.nvmlSystemGetCudaDriverVersion())
-        except Exception:
-            pass
-        return info if gpus else "none"
-    except Exception as exc:
-        return {"error": f"{type(exc).__name__}: {exc}"}
-    finally:
-        try:
-            pynvml.nvmlShutdown()
-        except Exception:
-            pass
-
-
-def quantization_from_metrics(metrics_text: str, model: str = settings.MODEL_NAME) -> dict[str, dict[str, Any]]:
-    """Per version, what the ``qwen_engine_*`` gauges of the metrics port say the engine applied:
-    ``{"precision", "mode", "weight_bytes": {part: bytes}, "quantized_layers"}``."""
-    from services.bench.sampler import parse_metrics, parse_series_key
-
-    out: dict[str, dict[str, Any]] = {}
-    for key, value in parse_metrics(metrics_text).items():
-        name, labels = parse_series_key(key)
-        if not name.startswith("qwen_engine_") or labels.get("model", model) != model or "version" not in labels:
-            continue
-        entry = out.setdefault(labels["version"], {"weight_bytes": {}})
-        for label in ("precision", "mode"):
-            if label in labels:
-                entry[label] = labels[label]
-        if name == "qwen_engine_weight_bytes":
-            entry["weight_bytes"][labels.get("part", "total")] = int(value)
-        elif name == "qwen_engine_quantized_layers":
-            entry["quantized_layers"] = int(value)
-        else:
-            entry[name[len("qwen_engine_"):]] = value
-    return out
-
-
-def served_quantization(target: "ServerTarget", versions: Sequence[str],
-                        model: str = settings.MODEL_NAME) -> dict[str, Any]:
-    """Quantization as served, per version: the metrics port's ``qwen_engine_*`` gauges when present,
-    else the embedded server's engine report (``<repository>/<model>/<v>/engine_report.json``, what
-    ``EmbeddedTriton.engine_report`` reads), else ``"unknown"``. Each entry says its ``source``."""
-    from_metrics: dict[str, dict[str, Any]] = {}
-    metrics_error = None
-    if target.metrics_url:
-        try:
-            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-            with opener.open(target.metrics_url, timeout=3.0) as resp:
-                from_metrics = quantization_from_metrics(resp.read(16 * 2**20).decode("utf-8", "replace"), model)
-        except Exception as exc:
-            metrics_error = f"{type(exc).__name__}: {exc}"
-    out: dict[str, Any] = {}
-    for v in versions:
-        if v in from_metrics:
-            out[v] = {"source": "metrics", **from_metrics[v]}
-            continue
-        report = None
-        if target.embedded and target.repository is not None:
-            try:
-                report = json.loads((Path(target.repository) / model / v / "engine_report.json").read_text())
-            except (OSError, json.JSONDecodeError):
-                report = None
-        out[v] = {"source": "engine_report", **report} if isinstance(report, dict) else "unknown"
-    if metrics_error:
-        out["metrics_error"] = metrics_error
-    return out
-
-
-def _target_dict(target: "ServerTarget") -> dict[str, Any]:
-    checkpoint = None
-    if target.checkpoint is not None:
-        checkpoint = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(target.checkpoint).items()}
-    return {"label": target.label, "http_url": target.http_url, "grpc_url": target.grpc_url,
-            "metrics_url": target.metrics_url, "protocol": target.protocol, "embedded": target.embedded,
-            "server_pid": target.server_pid, "repository": None if target.repository is None else str(target.repository),
-            "checkpoint": checkpoint}
-
-
-def collect_manifest(client: TritonClient, target: "ServerTarget", config: BenchmarkConfig) -> tuple[dict[str, Any], str | None]:
-    """What the run runs against (see the module docstring), and the preflight error if the run
-    cannot start (server unreachable, a version not READY). Each part that cannot be read says so
-    under ``"error"`` instead of failing the whole manifest."""
-    manifest: dict[str, Any] = {
-        "schema": MANIFEST_SCHEMA,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-        "target": _target_dict(target),
-        "protocol": client.protocol,
-        "url": client.url,
-    }
-    error = None
-    try:
-        info = client.server_info()
-        manifest["server"] = {"name": info.name, "version": info.version, "extensions": info.extensions,
-                              "live": info.live, "ready": info.ready}
-    except TritonClientError as exc:
-        manifest["server"] = {"error": str(exc)}
-        error = str(exc)
-    if error is None:
-        try:
-            states = client.versions()
-            manifest["model"] = {"name": client.model,
-                                 "versions": [dataclasses.asdict(s) for s in states]}
-            by_version = {s.version: s for s in states}
-            for v in config.versions:
-                state = by_version.get(v)
-                if state is None:
-                    known = ", ".join(sorted(by_version)) or "none"
-                    error = (f"version {v} of model '{client.model}' is not in the server's repository "
-                             f"(versions there: {known})")
-                elif not state.ready:
-                    error = (f"version {v} of model '{client.model}' is not ready on the server (state "
-                             f"{state.state}{': ' + state.reason if state.reason else ''})")
-                if error:
-                    break
-        except TritonClientError as exc:
-            manifest["model"] = {"name": client.model, "error": str(exc)}
-            error = str(exc)
-        try:
-            manifest.setdefault("model", {"name": client.model})["config"] = client.model_config()
-        except TritonClientError as exc:
-            manifest.setdefault("model", {"name": client.model})["config"] = {"error": str(exc)}
-        manifest["quantization"] = served_quantization(target, config.versions, client.model)
-    else:
-        manifest["quantization"] = {v: "unknown" for v in config.versions}
-    manifest["gpu"] = gpu_info()
-    manifest["client"] = client_versions()
-    manifest["config"] = config_to_dict(config)
-    manifest["seeds"] = {"arrivals": config.seed if config.load == "open" else None,
-                         "sampling": config.seed if config.temperature > 0 else None,
-                         "image_set": config.image_set.seed if config.image_set.kind == "generated" else None}
-    return manifest, error
 
 
 # --------------------------------------------------------------------------- the run
@@ -645,7 +289,6 @@ class _Runner:
         self._stop_cause: str | None = None  # "cancelled", "dead", "fatal"
         self._stop_reason: str | None = None
         self._unreachable_streak = 0
-        self._measured_ok = 0
         self._first_send_ns: int | None = None
         self._late_sends = 0
         self._max_lag_ms = 0.0
@@ -761,8 +404,6 @@ class _Runner:
                 p.ok += 1
                 per["ok"] += 1
                 self._unreachable_streak = 0
-                if not record.warmup:
-                    self._measured_ok += 1
             else:
                 p.failures += 1
                 per["failures"] += 1
@@ -864,8 +505,7 @@ class _Runner:
                                         max_streams=max(workers, cfg.concurrency))
         except ValueError as exc:  # an address the client refuses (a path, another scheme)
             error: str | None = f"bad server address {url!r}: {exc}"
-            manifest = {"schema": MANIFEST_SCHEMA, "target": _target_dict(target), "server": {"error": error},
-                        "client": client_versions(), "config": config_to_dict(cfg)}
+            manifest = address_error_manifest(target, error)
         else:
             with TritonClient(url, protocol=protocol,  # type: ignore[arg-type]
                               timeout_s=min(cfg.timeout_s, PREFLIGHT_TIMEOUT_S)) as admin:

@@ -358,7 +358,7 @@ def memory_summary(
     """Baseline, peak and delta per series (source, kind, GPU, model, version) over ``[t0, t1]``.
 
     ``samples``: memory rows with ``t_mono``, ``source``, ``kind``, ``gpu``, ``model``,
-    ``version``, ``memory_bytes`` (``gpu_sampler.SampleRow`` objects, dicts, or a DataFrame such as
+    ``version``, ``memory_bytes`` (``services.bench.sample_series.SampleRow`` objects, dicts, or a DataFrame such as
     the run store's). Rows of the same series at the same time (several processes of one version)
     are summed. Baseline: the last reading before ``first_request_t`` (seconds on the
     ``perf_counter`` clock, i.e. ``send_ns / 1e9``), or the window's first reading when there is none

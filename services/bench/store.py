@@ -10,11 +10,12 @@ that much of the memory series.
 
 Each thread gets its own connection (sqlite3 connections are not shared across threads).
 
-Tables: ``runs`` (status running|completed|partial|failed|cancelled; the writer's pid, process
+Tables: ``runs`` (status running|completed|partial|failed|cancelled; the run's config, stored once,
+in the ``config`` column, and its manifest (:mod:`services.bench.manifest`); the writer's pid, process
 create time and host name, so that :meth:`RunStore.mark_stale_runs` can tell a killed run from a
-live one), ``requests`` (one row per request, see ``bench_stats.RequestRecord``; ``chunk_ns`` keeps
+live one), ``requests`` (one row per request, see ``services.bench.stats.RequestRecord``; ``chunk_ns`` keeps
 streamed chunk times for ITL) and ``samples`` (one memory reading per row, see
-``gpu_sampler.SampleRow``; ``pid`` is the process a reading belongs to).
+``services.bench.sample_series.SampleRow``; ``pid`` is the process a reading belongs to).
 
 Exports per run (:meth:`RunStore.export_files`, :meth:`RunStore.export_run`):
 
@@ -50,7 +51,7 @@ import pandas as pd
 import psutil
 
 from services.bench.stats import RequestRecord, mean_min_max
-from services.bench.sampler import Sample, SampleRow, sample_rows
+from services.bench.sample_series import Sample, SampleRow, sample_rows
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DATA_DIR_ENV = "QWEN_DATA_DIR"
@@ -112,8 +113,8 @@ CREATE TABLE IF NOT EXISTS samples (
     pid INTEGER
 );
 CREATE INDEX IF NOT EXISTS samples_by_run ON samples(run_id, t_mono);
-PRAGMA user_version = 1;
 """
+SCHEMA_VERSION = 2  # 1: the run's config also inside its manifest (``manifest["config"]``); 2: once
 
 REQUEST_COLUMNS = [
     "seq", "version", "image_id", "warmup", "send_ns", "first_token_ns", "recv_ns", "latency_ms",
@@ -195,7 +196,33 @@ class RunStore:
         self._conns_lock = threading.Lock()
         with self._conn() as conn:  # the connection sets WAL, NORMAL and foreign keys
             conn.executescript(SCHEMA)
+        self._migrate()
         self.mark_stale_runs()
+
+    def _migrate(self) -> None:
+        """Bring a database of an earlier schema version up to :data:`SCHEMA_VERSION`.
+
+        Version 1 stored the run's config twice: in the ``config`` column and again as
+        ``manifest["config"]``. Each such row keeps one copy, in the ``config`` column: the
+        manifest's keys that the column lacks are merged into it (the column wins where both have
+        a key), then the manifest's copy is dropped. Rows written since are left as they are.
+        """
+        conn = self._conn()
+        if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+            return
+        with conn:
+            rows = conn.execute("SELECT id, config, manifest FROM runs WHERE manifest LIKE '%\"config\"%'").fetchall()
+            for r in rows:
+                manifest = _loads(r["manifest"]) or {}
+                if not isinstance(manifest, dict) or "config" not in manifest:
+                    continue
+                from_manifest = manifest.pop("config")
+                config = _loads(r["config"]) or {}
+                if isinstance(from_manifest, dict):
+                    config = {**from_manifest, **config}
+                conn.execute("UPDATE runs SET config = ?, manifest = ? WHERE id = ?",
+                             (_dumps(config), _dumps(manifest), r["id"]))
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # ------------------------------------------------------------------ connections
 

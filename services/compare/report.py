@@ -297,7 +297,8 @@ def write_report(store: RunStore, c: Comparison, out: str | Path, **kwargs: Any)
 
 def fresh_run(store: RunStore, args: argparse.Namespace) -> int:
     """Run a paired benchmark (both versions interleaved) and return its run id."""
-    from services.bench.runner import BenchmarkConfig, ImageSetSpec, run_benchmark
+    from services.bench.runner import BenchmarkConfig, run_benchmark
+    from services.image_sets.image_set import ImageSetSpec
     from services.client.server_target import current_target
 
     spec = ImageSetSpec(kind=args.image_set, seed=args.seed, count=args.count, folder=args.folder,

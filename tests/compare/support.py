@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from services.bench.sampler import SampleRow
+from services.bench.sample_series import SampleRow
 from services.bench.stats import RequestRecord
 from services.bench.store import RunStore
 from services.compare.pairing import Side

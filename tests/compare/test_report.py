@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from services.bench.stats import RequestRecord
-from services.bench.runner import BenchmarkConfig, ImageSetSpec, run_benchmark
+from services.bench.runner import BenchmarkConfig, run_benchmark
+from services.image_sets.image_set import ImageSetSpec
 from services.core.boxes import Box, match_boxes, parse_answer
 from services.compare.comparison import compare_run
 from services.compare.report import main, write_report

@@ -13,7 +13,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from services.core import settings
-from services.bench.runner import BenchmarkConfig, ImageSetSpec, run_benchmark
+from services.bench.runner import BenchmarkConfig, run_benchmark
+from services.image_sets.image_set import ImageSetSpec
 from services.compare.comparison import build_comparison, compare_run
 from services.compare.verdict import format_bytes
 from services.bench.sampler import stop_shared_sampler

@@ -14,7 +14,8 @@ import re
 import pytest
 
 from tests.browser_support import open_page, require_chromium, running_app
-from services.bench.runner import BenchmarkConfig, ImageSetSpec, run_benchmark
+from services.bench.runner import BenchmarkConfig, run_benchmark
+from services.image_sets.image_set import ImageSetSpec
 from services.compare.comparison import compare_run
 from services.bench.sampler import stop_shared_sampler
 from services.bench.store import RunStore

@@ -18,7 +18,8 @@ import psutil
 import pytest
 
 from services.bench.stats import RequestRecord
-from services.bench.sampler import SampleRow, Sampler
+from services.bench.sample_series import SampleRow
+from services.bench.sampler import Sampler
 from services.bench.store import MIB, STALE_REASON, RunStore, default_data_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,7 +28,7 @@ CHILD = r"""
 import os, sys, time
 sys.path.insert(0, sys.argv[2])
 from services.bench.stats import RequestRecord
-from services.bench.sampler import SampleRow
+from services.bench.sample_series import SampleRow
 from services.bench.store import RunStore
 
 store = RunStore(sys.argv[1])
@@ -283,3 +284,41 @@ def test_sampler_sink_and_request_writes_from_two_threads(tmp_path: Path) -> Non
     finally:
         stub.kill()
         stub.wait(10)
+
+
+V1_DATABASE = Path(__file__).parent / "data" / "runs_v1.sqlite3"  # written by the store of schema version 1
+
+
+def test_a_version_1_database_keeps_its_rows_and_stores_the_config_once(tmp_path: Path) -> None:
+    """``runs_v1.sqlite3`` was made by the code before the config was stored once: run 1 by a real
+    run that failed at preflight, run 2 (completed, with requests and samples) through the store;
+    both with the config in the ``config`` column and again in ``manifest["config"]``."""
+    import shutil
+
+    db = tmp_path / "runs.sqlite3"
+    shutil.copy(V1_DATABASE, db)
+    with sqlite3.connect(db) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == 1
+        old = {i: (json.loads(c), json.loads(m)) for i, c, m in raw.execute("SELECT id, config, manifest FROM runs")}
+        # a row whose config is only in its manifest (the column left at its default)
+        raw.execute("INSERT INTO runs (created_at, status, manifest) VALUES"
+                    " ('2026-01-01T00:00:00.000+00:00', 'failed', ?)",
+                    (json.dumps({"gpu": "none", "config": {"versions": ["2"], "requests": 3}}),))
+    assert all("config" in m and m["config"]["versions"] == c["versions"] for c, m in old.values())
+    with RunStore(tmp_path) as store:
+        assert store.pragma("user_version") == 2
+        runs = {r.id: r for r in store.list_runs()}
+        assert sorted(runs) == [1, 2, 3]
+        for i, (config, manifest) in old.items():
+            assert runs[i].config == {**manifest["config"], **config} == config  # nothing lost
+            assert runs[i].manifest == {k: v for k, v in manifest.items() if k != "config"}
+            assert runs[i].status == {1: "failed", 2: "completed"}[i]
+        assert runs[3].config == {"versions": ["2"], "requests": 3} and runs[3].manifest == {"gpu": "none"}
+        assert runs[2].config["load"] == "open" and runs[2].manifest["seeds"]["arrivals"] == 11
+        assert [r.latency_ms for r in store.get_requests(2)] == pytest.approx([50.0, 60.0])
+        assert store.versions(2) == ["1", "2"] and store.versions(1) == ["1", "2"]
+        files = store.export_files(2)
+        assert json.loads(files["latency_v1.json"])["count"] == 1 and len(store.get_samples(2)) == 1
+        new = store.create_run({"model": "qwen"}, {"gpu": "none"})
+    with RunStore(tmp_path) as again:  # opening again changes nothing
+        assert again.get_run(new).manifest == {"gpu": "none"} and again.get_run(2).config == runs[2].config

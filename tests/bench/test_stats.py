@@ -28,7 +28,7 @@ from services.bench.stats import (
     tpot_ms,
     tpots_ms,
 )
-from services.bench.sampler import SampleRow
+from services.bench.sample_series import SampleRow
 
 S = 1_000_000_000  # ns per second
 MS = 1_000_000  # ns per ms

@@ -1,6 +1,7 @@
 """services.bench.runner against the real local Triton (tests/conftest.py): closed and open loop on both
 versions, cancellation, a server killed mid-run, an unreachable server, a version that is not there;
-plus the pure parts (request plan, Poisson schedule, box and IoU of an answer, config checks, image sets).
+plus the pure parts (box and IoU of an answer, config checks); the request plan and the image sets are
+tested in tests/bench/test_request_plan.py and tests/image_sets/test_image_set.py.
 
 The tiny random-weight model answers gibberish quickly on this CPU: runs are short (a few requests of a
 few tokens on small images), and ``ignore_eos`` makes every answer exactly ``max_tokens`` long. Nothing
@@ -23,23 +24,19 @@ import pytest
 from PIL import Image, ImageDraw
 
 from services.bench.stats import mean_min_max
+from services.bench.request_plan import poisson_offsets
 from services.bench.runner import (
     DEAD_SERVER_REASON,
-    BenchImage,
     BenchmarkConfig,
-    ImageSetSpec,
     answer_box,
     config_to_dict,
-    load_image_set,
-    poisson_offsets,
-    request_plan,
     run_benchmark,
     start_benchmark,
     validate_config,
 )
+from services.image_sets.image_set import BenchImage, ImageSetSpec
 from services.core.boxes import Box
 from services.bench.sampler import get_shared_sampler, stop_shared_sampler
-from services.image_sets.generator import generate_dataset, write_dataset
 from services.bench.store import RunStore
 from services.client.server_target import ServerTarget
 
@@ -99,29 +96,6 @@ def store(tmp_path) -> RunStore:
 # --------------------------------------------------------------------------- pure parts
 
 
-def test_request_plan_interleaves_versions_on_the_same_image_order() -> None:
-    plan = request_plan(("1", "2"), n_images=3, requests=4, warmup=2)
-    assert [p.seq for p in plan] == list(range(12))
-    assert [(p.version, p.image_index, p.warmup) for p in plan[:4]] == [
-        ("1", 0, True), ("2", 0, True), ("1", 1, True), ("2", 1, True)]
-    measured = [p for p in plan if not p.warmup]
-    assert [p.version for p in measured] == ["1", "2"] * 4
-    assert [p.image_index for p in measured] == [0, 0, 1, 1, 2, 2, 0, 0]  # starts again at image 0, cycles
-    assert all(a.pair == b.pair for a, b in zip(measured[::2], measured[1::2]))
-    assert [p.version for p in request_plan(("2",), 1, 3, 0)] == ["2", "2", "2"]
-
-
-def test_poisson_offsets_are_seeded_start_at_zero_and_have_the_asked_rate() -> None:
-    a = poisson_offsets(20_000, rate=20.0, seed=7)
-    assert a[0] == 0.0 and np.all(np.diff(a) >= 0)
-    assert np.array_equal(a, poisson_offsets(20_000, 20.0, 7))
-    assert not np.array_equal(a[:50], poisson_offsets(50, 20.0, 8))
-    gaps = np.diff(a)
-    assert abs(gaps.mean() - 1 / 20) < 0.05 * (1 / 20)
-    assert abs(gaps.std() / gaps.mean() - 1.0) < 0.05  # exponential gaps: coefficient of variation 1
-    assert len(poisson_offsets(0, 1.0, 0)) == 0
-
-
 def _image(truth) -> BenchImage:
     return BenchImage(id="x", b64="", width=800, height=600, sent_width=800, sent_height=600,
                       truth=truth, sha256="")
@@ -169,32 +143,6 @@ def test_config_as_json_keeps_no_image_bytes() -> None:
     assert [i["name"] for i in d["image_set"]["images"]] == ["red.png", "green.png", "blue.png"]
     assert all(len(i["sha256"]) == 64 and i["bytes"] > 0 for i in d["image_set"]["images"])
     json.dumps(d)
-
-
-def test_image_sets_of_every_kind(tmp_path) -> None:
-    uploaded = load_image_set(ImageSetSpec(kind="uploaded", max_side=100,
-                                           images=(("a.png", IMAGES[0][1]), ("a.png", IMAGES[1][1]),
-                                                   ("broken.jpg", b"\xff\xd8\xff\xe0 not really"))))
-    assert [im.id for im in uploaded.images] == ["a.png", "a.png#2"]
-    assert uploaded.images[0].truth is None and (uploaded.images[0].width, uploaded.images[0].sent_width) == (160, 100)
-    assert len(uploaded.problems) == 1 and "broken.jpg" in uploaded.problems[0]
-    with pytest.raises(ValueError, match="no usable image"):
-        load_image_set(ImageSetSpec(kind="uploaded", images=(("x.png", b"nope"),)))
-
-    generated = load_image_set(ImageSetSpec(kind="generated", seed=3, count=2, max_side=128))
-    expected = list(generate_dataset(3, 2))
-    assert [im.seed for im in generated.images] == [s.seed for s in expected]
-    assert [list(im.truth) for im in generated.images] == [s.grid_boxes for s in expected]
-    assert max(generated.images[0].sent_width, generated.images[0].sent_height) == 128
-
-    samples = load_image_set(ImageSetSpec(kind="samples", max_side=128))
-    assert len(samples.images) >= 1 and any(im.truth for im in samples.images)
-
-    write_dataset(tmp_path / "set", expected)
-    folder = load_image_set(ImageSetSpec(kind="folder", folder=str(tmp_path / "set"), max_side=128))
-    assert [len(im.truth) for im in folder.images] == [len(s.grid_boxes) for s in expected]
-    with pytest.raises(ValueError, match="does not exist"):
-        load_image_set(ImageSetSpec(kind="folder", folder=str(tmp_path / "missing")))
 
 
 # --------------------------------------------------------------------------- runs on the real server
@@ -254,7 +202,8 @@ def test_closed_loop_on_both_versions_records_every_request_in_interleaved_order
     assert m["client"]["tritonclient"] and m["client"]["requests"] and m["client"]["python"]
     assert m["client"]["git"] is None or len(m["client"]["git"]["commit"]) == 40
     assert [i["id"] for i in m["image_set"]["images"]] == names
-    assert m["config"]["concurrency"] == 2 and m["protocol"] == "grpc"
+    assert m["protocol"] == "grpc"
+    assert "config" not in m and run.config["concurrency"] == 2  # the config is stored once, in its column
 
     # memory: the run's samples came through its sink, with a baseline before the first request
     assert outcome.memory and run.summary["memory"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -90,6 +91,13 @@ def test_help_lists_the_options(capsys) -> None:
     for option in ("--versions", "--requests", "--warmup", "--load", "--concurrency", "--rate", "--images",
                    "--count", "--max-tokens", "--ignore-eos", "--url", "--out", "--data-dir", "Exit status"):
         assert option in out
+    assert out.startswith("usage: qwen-bench ")  # the console script's name
+    assert "(default: None)" not in out
+    entries = re.split(r"\n  (?=-)", out.split("options:", 1)[1])  # one entry per option
+    assert len(entries) > 20
+    for entry in entries:  # a default is named once: by the help text or by the formatter
+        assert " ".join(entry.split()).count("default") <= 1, entry
+    assert "(default: 20)" in out and "(default: samples)" in out
 
 
 def test_a_short_run_prints_the_summary_and_writes_exports_matching_the_database(triton_server, image_files,
@@ -198,7 +206,7 @@ def test_sigkill_mid_run_leaves_a_database_that_opens_with_every_request_written
 
 def test_image_size_draws_the_generated_set_once_at_that_size_with_its_truth(tmp_path) -> None:
     from services.bench.cli import build_config, build_parser, sized_image_folder
-    from services.bench.runner import load_image_set
+    from services.image_sets.image_set import load_image_set
     from services.image_sets.generator import GeneratorConfig, generate_dataset
 
     args = build_parser().parse_args(["--images", "generated", "--count", "2", "--image-seed", "3",

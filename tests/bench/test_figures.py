@@ -15,7 +15,8 @@ import pytest
 from services.bench import figures as bf
 from services.bench.stats import RequestRecord, summarize
 from services.detect.figures import version_color
-from services.bench.sampler import SampleRow, Sampler
+from services.bench.sample_series import SampleRow
+from services.bench.sampler import Sampler
 from services.bench.store import RunStore
 
 GIB = 2**30

@@ -1,4 +1,5 @@
-"""services.bench.sampler's NVML path on a real GPU (marked ``gpu``: skipped where torch sees no CUDA device).
+"""services.bench.sampler's NVML path (services.bench.memory_readings.NvmlReader) on a real GPU
+(marked ``gpu``: skipped where torch sees no CUDA device).
 
 Against nvidia-smi, read back to back: the GPU's used memory (within 1 %), and a child process that
 allocates 1 GiB with torch and whose command line names ``<repo>/qwen/2/model.py`` as a Triton stub's
