@@ -91,7 +91,8 @@ from services.bench.stats import (
 from services.core.boxes import Box, match_boxes, parse_answer
 from services.core.images import ImageError, encode_base64, load_image
 from services.bench.store import RunStore
-from services.client.triton_client import ServerUnreachable, TritonClient, TritonClientError
+from services.client.errors import ServerUnreachable, TritonClientError
+from services.client.triton_client import TritonClient
 
 if TYPE_CHECKING:  # server_target imports the checkpoint catalog: only where a target is resolved
     from services.client.server_target import ServerTarget
