@@ -81,7 +81,8 @@ from services.bench.stats import (
     summarize_version,
 )
 from services.bench.store import RunStore
-from services.client.triton_client import ServerUnreachable, TritonClient, TritonClientError
+from services.client.errors import ServerUnreachable, TritonClientError
+from services.client.triton_client import TritonClient
 from services.core import settings
 from services.core.boxes import match_boxes, parse_answer
 from services.image_sets.image_set import IMAGE_SET_KINDS, BenchImage, ImageSetSpec, load_image_set

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from services.client.triton_client import TritonClient, TritonClientError, VersionState
+from services.client.errors import TritonClientError
+from services.client.results import VersionState
+from services.client.triton_client import TritonClient
 from services.core.versions import VERSION_LABELS
 
 

@@ -373,60 +373,10 @@ def parse_answer(text: str, image_width: int, image_height: int) -> ParsedAnswer
 
     result = ParsedAnswer(image_width=width, image_height=height)
     matches = list(_BOX_RE.finditer(text))
-    prev_end = 0
-    prev_raw_label: str | None = None
-    found = 0
-    for k, m in enumerate(matches):
-        found += 1
-        number = found
-        next_start = matches[k + 1].start() if k + 1 < len(matches) else len(text)
-        gap = text[prev_end : m.start()]
-        raw_label, separator_only = _label_before(gap, text[m.end() : next_start])
-        if raw_label is None and separator_only and k > 0:
-            raw_label = prev_raw_label
-        prev_raw_label = raw_label
-        prev_end = m.end()
-
-        if m.group("p1") is not None:
-            strs = [m.group(g) for g in ("p1", "p2", "p3", "p4")]
-        else:
-            strs = [m.group(g) for g in ("f1", "f2", "f3", "f4")]
-        values = [float(s) for s in strs]
-        where = f"box {number} {_short(m.group(0))!r}"
-
-        is_unit = all(v <= 1.0 for v in values) and any("." in s for s in strs)
-        if is_unit:
-            values = [round(v * GRID, 6) for v in values]
-            result.notes.append(f"{where}: 0..1 values, scaled to the 0..1000 grid")
-        x1, y1, x2, y2 = values
-        swapped = x1 > x2 or y1 > y2
-        if swapped:
-            x1, x2 = min(x1, x2), max(x1, x2)
-            y1, y2 = min(y1, y2), max(y1, y2)
-            result.notes.append(f"{where}: corners in the wrong order, swapped")
-        raw = (x1, y1, x2, y2)
-        c = tuple(min(float(GRID), max(0.0, v)) for v in raw)
-        clamped = c != raw
-        if clamped:
-            result.notes.append(f"{where}: values outside 0..{GRID}, clamped to the grid")
-        grid = Box(*c)
-        if grid.area <= 0:
-            why = "zero area after clamping" if clamped else "zero area"
-            result.notes.append(f"{where}: {why}, dropped")
-            continue
-        result.boxes.append(
-            ParsedBox(
-                grid=grid,
-                pixels=grid_to_pixels(grid, width, height),
-                label=canonical_label(raw_label),
-                raw_label=raw_label,
-                clamped=clamped,
-                swapped=swapped,
-                normalized_input=is_unit,
-                text=m.group(0),
-                span=(m.start(), m.end()),
-            )
-        )
+    for number, (m, raw_label) in enumerate(zip(matches, _box_labels(text, matches)), start=1):
+        box = _read_box(m, number, raw_label, width, height, result.notes)
+        if box is not None:
+            result.boxes.append(box)
 
     # Coordinates outside any complete box: say so, they may be a truncated answer.
     rest = _BOX_RE.sub(lambda m: " " * len(m.group(0)), text)
@@ -435,6 +385,68 @@ def parse_answer(text: str, image_width: int, image_height: int) -> ParsedAnswer
     if not matches:
         result.notes.append("no box found in the answer")
     return result
+
+
+def _box_labels(text: str, matches: list[re.Match[str]]) -> list[str | None]:
+    """The raw label of each box match: the text just before it, or, for a box directly following
+    another one (only separators between), the previous box's label."""
+    labels: list[str | None] = []
+    prev_end = 0
+    prev_raw_label: str | None = None
+    for k, m in enumerate(matches):
+        next_start = matches[k + 1].start() if k + 1 < len(matches) else len(text)
+        gap = text[prev_end : m.start()]
+        raw_label, separator_only = _label_before(gap, text[m.end() : next_start])
+        if raw_label is None and separator_only and k > 0:
+            raw_label = prev_raw_label
+        prev_raw_label = raw_label
+        prev_end = m.end()
+        labels.append(raw_label)
+    return labels
+
+
+def _read_box(m: re.Match[str], number: int, raw_label: str | None, width: int, height: int,
+              notes: list[str]) -> ParsedBox | None:
+    """One box match on the 0..1000 grid: 0..1 values scaled, corners put in order, values clamped
+    (each said in ``notes``); None, with a note, when nothing of it is left (zero area)."""
+    if m.group("p1") is not None:
+        strs = [m.group(g) for g in ("p1", "p2", "p3", "p4")]
+    else:
+        strs = [m.group(g) for g in ("f1", "f2", "f3", "f4")]
+    values = [float(s) for s in strs]
+    where = f"box {number} {_short(m.group(0))!r}"
+
+    is_unit = all(v <= 1.0 for v in values) and any("." in s for s in strs)
+    if is_unit:
+        values = [round(v * GRID, 6) for v in values]
+        notes.append(f"{where}: 0..1 values, scaled to the 0..1000 grid")
+    x1, y1, x2, y2 = values
+    swapped = x1 > x2 or y1 > y2
+    if swapped:
+        x1, x2 = min(x1, x2), max(x1, x2)
+        y1, y2 = min(y1, y2), max(y1, y2)
+        notes.append(f"{where}: corners in the wrong order, swapped")
+    raw = (x1, y1, x2, y2)
+    c = tuple(min(float(GRID), max(0.0, v)) for v in raw)
+    clamped = c != raw
+    if clamped:
+        notes.append(f"{where}: values outside 0..{GRID}, clamped to the grid")
+    grid = Box(*c)
+    if grid.area <= 0:
+        why = "zero area after clamping" if clamped else "zero area"
+        notes.append(f"{where}: {why}, dropped")
+        return None
+    return ParsedBox(
+        grid=grid,
+        pixels=grid_to_pixels(grid, width, height),
+        label=canonical_label(raw_label),
+        raw_label=raw_label,
+        clamped=clamped,
+        swapped=swapped,
+        normalized_input=is_unit,
+        text=m.group(0),
+        span=(m.start(), m.end()),
+    )
 
 
 # --------------------------------------------------------------------------------------------

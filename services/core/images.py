@@ -335,6 +335,120 @@ def _encode(img: Image.Image, send_format: SendFormat) -> bytes:
     return buf.getvalue()
 
 
+def _checked_arguments(data: bytes, max_side: int, max_pixels: int, send_format: SendFormat,
+                       who: str) -> bytes:
+    """``load_image``'s arguments checked; the file's bytes as ``bytes``."""
+    if isinstance(data, (bytearray, memoryview)):
+        data = bytes(data)
+    if not isinstance(data, bytes):
+        raise ImageError(f"{who}: expected the file's bytes, got {type(data).__name__}")
+    if not isinstance(max_side, int) or max_side <= 0:
+        raise ValueError(f"max_side must be a positive int, got {max_side!r}")
+    if not isinstance(max_pixels, int) or max_pixels <= 0:
+        raise ValueError(f"max_pixels must be a positive int, got {max_pixels!r}")
+    if send_format not in _MIME:
+        raise ValueError(f"send_format must be JPEG or PNG, got {send_format!r}")
+    if not data:
+        raise ImageError(f"{who}: empty file (0 bytes)")
+    return data
+
+
+def _check_dimensions(who: str, w: int, h: int, where: str, max_pixels: int) -> None:
+    """Refuse a zero-size image or one over ``max_pixels`` (``where`` says where the size was read)."""
+    if w <= 0 or h <= 0:
+        raise ImageError(f"{who}: zero-size image ({w}x{h} {where})")
+    if w * h > max_pixels:
+        raise ImageError(
+            f"{who}: image over the pixel limit: {w}x{h} ({_mp(w * h)}) {where}, "
+            f"more than {_mp(max_pixels)}; refused before decoding"
+        )
+
+
+def _decode(data: bytes, who: str, max_pixels: int, notes: list[str]) -> tuple[Image.Image, str]:
+    """Open the file, check its size, pick its first frame and decode it fully; (image, format)."""
+    with _truncated_images_refused(), warnings.catch_warnings():
+        # PIL warns (DecompressionBombWarning) above its own limit and raises at twice it:
+        # both are refusals here.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        img = _open(data, who)
+        fmt = img.format or "unknown"
+        _check_dimensions(who, img.width, img.height, f"in the {fmt} file", max_pixels)
+        # The warnings filter above is process-wide and not thread-safe: do not rely on it alone.
+        pil_limit = Image.MAX_IMAGE_PIXELS
+        if pil_limit and img.width * img.height > pil_limit:
+            raise ImageError(
+                _bomb_message(
+                    who,
+                    f"{img.width}x{img.height} ({_mp(img.width * img.height)}) is over "
+                    f"PIL's limit of {_mp(pil_limit)}",
+                )
+            )
+        _seek_first_frame(img, fmt, who, notes)
+        _load_pixels(img, who)
+    return img, fmt
+
+
+def _open(data: bytes, who: str) -> Image.Image:
+    """``Image.open`` (the header only), its failures made ``ImageError``."""
+    try:
+        return Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(_bomb_message(who, e)) from e
+    except UnidentifiedImageError as e:
+        raise ImageError(f"{who}: {_not_an_image_reason(data)}") from e
+    except Exception as e:  # noqa: BLE001 - any plugin error on a bad header is a refusal
+        detail = str(e) or type(e).__name__
+        raise ImageError(
+            f"{who}: the file is truncated or its header is corrupt ({detail})"
+        ) from e
+
+
+def _seek_first_frame(img: Image.Image, fmt: str, who: str, notes: list[str]) -> None:
+    """Of an animated or multi-frame file, take the first frame (and say so in ``notes``)."""
+    try:
+        frames = int(getattr(img, "n_frames", 1) or 1)
+    except Exception:  # noqa: BLE001 - counting frames of a damaged file; frame 0 decides
+        frames = 1
+    if frames > 1:
+        try:
+            img.seek(0)
+        except EOFError as e:
+            raise ImageError(f"{who}: the image data is truncated or corrupt ({e})") from e
+        if getattr(img, "is_animated", False) and fmt in _ANIMATED_FORMATS:
+            notes.append(f"first frame of an animated {fmt} ({frames} frames)")
+        else:
+            notes.append(f"first of {frames} images in the {fmt} file")
+
+
+def _load_pixels(img: Image.Image, who: str) -> None:
+    """Force the full decode now: a cut file fails here, not later."""
+    try:
+        img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(_bomb_message(who, e)) from e
+    except MemoryError as e:
+        raise ImageError(f"{who}: not enough memory to decode the image") from e
+    except Exception as e:  # noqa: BLE001 - OSError, EOFError, SyntaxError, zlib.error ...
+        detail = str(e) or type(e).__name__
+        raise ImageError(f"{who}: the image data is truncated or corrupt ({detail})") from e
+
+
+def _apply_exif_orientation(img: Image.Image, notes: list[str]) -> Image.Image:
+    """The image turned as its EXIF orientation says (left as stored when that cannot be done)."""
+    try:
+        orientation = int(img.getexif().get(0x0112, 1) or 1)
+    except Exception:  # noqa: BLE001 - malformed EXIF: keep the image as stored
+        orientation = 1
+        notes.append("EXIF data unreadable, orientation left as stored")
+    if 2 <= orientation <= 8:
+        try:
+            img = ImageOps.exif_transpose(img)
+            notes.append(f"rotated/flipped by EXIF orientation {orientation}")
+        except Exception:  # noqa: BLE001
+            notes.append(f"EXIF orientation {orientation} could not be applied, left as stored")
+    return img
+
+
 def load_image(
     data: bytes,
     max_side: int = DEFAULT_MAX_SIDE,
@@ -359,95 +473,15 @@ def load_image(
     limit), zero size, unsupported color mode.
     """
     who = _display_name(name)
-    if isinstance(data, (bytearray, memoryview)):
-        data = bytes(data)
-    if not isinstance(data, bytes):
-        raise ImageError(f"{who}: expected the file's bytes, got {type(data).__name__}")
-    if not isinstance(max_side, int) or max_side <= 0:
-        raise ValueError(f"max_side must be a positive int, got {max_side!r}")
-    if not isinstance(max_pixels, int) or max_pixels <= 0:
-        raise ValueError(f"max_pixels must be a positive int, got {max_pixels!r}")
-    if send_format not in _MIME:
-        raise ValueError(f"send_format must be JPEG or PNG, got {send_format!r}")
-    if not data:
-        raise ImageError(f"{who}: empty file (0 bytes)")
-
-    def check_size(w: int, h: int, where: str) -> None:
-        if w <= 0 or h <= 0:
-            raise ImageError(f"{who}: zero-size image ({w}x{h} {where})")
-        if w * h > max_pixels:
-            raise ImageError(
-                f"{who}: image over the pixel limit: {w}x{h} ({_mp(w * h)}) {where}, "
-                f"more than {_mp(max_pixels)}; refused before decoding"
-            )
+    data = _checked_arguments(data, max_side, max_pixels, send_format, who)
 
     header = _header_size(data)
     if header is not None:
-        check_size(header[1], header[2], f"declared in the {header[0]} header")
+        _check_dimensions(who, header[1], header[2], f"declared in the {header[0]} header", max_pixels)
 
     notes: list[str] = []
-    with _truncated_images_refused(), warnings.catch_warnings():
-        # PIL warns (DecompressionBombWarning) above its own limit and raises at twice it:
-        # both are refusals here.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            img = Image.open(io.BytesIO(data))
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise ImageError(_bomb_message(who, e)) from e
-        except UnidentifiedImageError as e:
-            raise ImageError(f"{who}: {_not_an_image_reason(data)}") from e
-        except Exception as e:  # noqa: BLE001 - any plugin error on a bad header is a refusal
-            detail = str(e) or type(e).__name__
-            raise ImageError(
-                f"{who}: the file is truncated or its header is corrupt ({detail})"
-            ) from e
-
-        fmt = img.format or "unknown"
-        check_size(img.width, img.height, f"in the {fmt} file")
-        # The warnings filter above is process-wide and not thread-safe: do not rely on it alone.
-        pil_limit = Image.MAX_IMAGE_PIXELS
-        if pil_limit and img.width * img.height > pil_limit:
-            raise ImageError(
-                _bomb_message(
-                    who,
-                    f"{img.width}x{img.height} ({_mp(img.width * img.height)}) is over "
-                    f"PIL's limit of {_mp(pil_limit)}",
-                )
-            )
-        try:
-            frames = int(getattr(img, "n_frames", 1) or 1)
-        except Exception:  # noqa: BLE001 - counting frames of a damaged file; frame 0 decides
-            frames = 1
-        if frames > 1:
-            try:
-                img.seek(0)
-            except EOFError as e:
-                raise ImageError(f"{who}: the image data is truncated or corrupt ({e})") from e
-            if getattr(img, "is_animated", False) and fmt in _ANIMATED_FORMATS:
-                notes.append(f"first frame of an animated {fmt} ({frames} frames)")
-            else:
-                notes.append(f"first of {frames} images in the {fmt} file")
-        try:
-            img.load()  # force the full decode now: a cut file fails here, not later
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise ImageError(_bomb_message(who, e)) from e
-        except MemoryError as e:
-            raise ImageError(f"{who}: not enough memory to decode the image") from e
-        except Exception as e:  # noqa: BLE001 - OSError, EOFError, SyntaxError, zlib.error ...
-            detail = str(e) or type(e).__name__
-            raise ImageError(f"{who}: the image data is truncated or corrupt ({detail})") from e
-
-    try:
-        orientation = int(img.getexif().get(0x0112, 1) or 1)
-    except Exception:  # noqa: BLE001 - malformed EXIF: keep the image as stored
-        orientation = 1
-        notes.append("EXIF data unreadable, orientation left as stored")
-    if 2 <= orientation <= 8:
-        try:
-            img = ImageOps.exif_transpose(img)
-            notes.append(f"rotated/flipped by EXIF orientation {orientation}")
-        except Exception:  # noqa: BLE001
-            notes.append(f"EXIF orientation {orientation} could not be applied, left as stored")
+    img, fmt = _decode(data, who, max_pixels, notes)
+    img = _apply_exif_orientation(img, notes)
     original_width, original_height = img.size
 
     rgb, mode_note = _to_rgb(img, who)

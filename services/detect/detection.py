@@ -35,7 +35,9 @@ from services.core.boxes import Box, ParsedBox, grid_to_pixels, match_boxes, par
 from services.core.images import DEFAULT_MAX_SIDE, ImageError, LoadedImage, encode_base64, load_image
 from services.image_sets.samples import SampleImage, list_samples
 from services.core.versions import VERSION_LABELS, version_label  # noqa: F401 (re-exported for callers)
-from services.client.triton_client import Completion, TritonClient, TritonClientError, VersionState
+from services.client.errors import TritonClientError
+from services.client.results import Completion, VersionState
+from services.client.triton_client import TritonClient
 
 log = logging.getLogger(__name__)
 

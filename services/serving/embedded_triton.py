@@ -12,7 +12,8 @@ environment's ``python3`` first on ``PATH``; ports already taken are replaced by
 readiness is awaited with a timeout and a message carrying the server log's error; shutdown leaves no
 process and none of this server's shared-memory files behind.
 
-    python -m services.serving.embedded_triton [--checkpoint DIR] [--http-port 8000]   # serve until Ctrl-C
+    qwen-serve [--checkpoint DIR] [--http-port 8000]   # serve until Ctrl-C
+    python -m services.serving.embedded_triton ...     # the same
 """
 
 from __future__ import annotations
@@ -482,7 +483,8 @@ def shared_server(**kwargs) -> EmbeddedTriton:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Serve qwen (bf16 + fp8) on the embedded Triton server.")
+    parser = argparse.ArgumentParser(prog="qwen-serve",
+                                     description="Serve qwen (bf16 + fp8) on the embedded Triton server.")
     parser.add_argument("--checkpoint", help="checkpoint folder (default: QWEN_CHECKPOINT or the bundled demo)")
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--grpc-port", type=int, default=8001)

@@ -2,10 +2,9 @@
 
 Every transport (HTTP generate, HTTP generate_stream, gRPC stream) is run against both versions of
 ``qwen``; errors are caused for real (unknown version, corrupt image, closed port, unknown host,
-killed server, missing input, tiny timeout). The one fault the real server cannot produce on demand,
-an error event or a broken connection after a 200 stream has started, is served by a small local
-HTTP server in ``fake_sse_server`` (a real socket speaking server-sent events; nothing inside the
-client is mocked). The test that gives up on requests and kills the server uses ``own_triton_server``:
+killed server, missing input, tiny timeout). What belongs to one transport alone is tested beside
+its module: tests/client/test_http_generate.py (faults inside a 200 stream),
+tests/client/test_grpc_stream.py (the stream pool, the ModelReady check). The test that gives up on requests and kills the server uses ``own_triton_server``:
 the embedded model does not survive a stream cancelled mid-generation (its version's worker thread
 dies), so no cancelled stream may touch the shared server.
 """
@@ -16,31 +15,23 @@ import base64
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
 
 from services.core.prompt import build_prompt
-from services.client.triton_client import (
+from services.client.errors import (
     BadRequest,
-    Completion,
     InferenceError,
     RequestTimeout,
     ServerUnreachable,
-    StreamError,
-    TritonClient,
-    TritonClientError,
     VersionNotReady,
-    _classify,
-    parse_url,
 )
+from services.client.results import Completion
+from services.client.triton_client import TritonClient, parse_url
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -59,11 +50,6 @@ def closed_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def image_b64(label_image_bytes) -> str:
-    return base64.b64encode(label_image_bytes).decode("ascii")
 
 
 @pytest.fixture(scope="module")
@@ -121,23 +107,6 @@ def test_request_body_always_carries_max_tokens_and_the_return_flags(image_b64):
         client.request_body(b"raw bytes")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("message, status, in_stream, expected", [
-    ("Request for unknown model: 'qwen' version 3 is not found", 404, False, VersionNotReady),
-    ("'qwen' version 2 is not at ready state", 503, False, VersionNotReady),
-    ("Request for unknown model: 'qwen' has no available versions", None, False, VersionNotReady),
-    ("Error generating stream: image is not a recognised image file", 400, False, InferenceError),
-    ("Error generating stream: 'NoneType' object has no attribute 'as_numpy'", None, False, BadRequest),
-    ("failed to parse the request JSON buffer: Invalid value. at 1", 500, False, BadRequest),
-    ("some validation message", 400, False, BadRequest),
-    ("Error generating stream: CUDA out of memory", 200, True, StreamError),
-    ("Error generating stream: CUDA out of memory", None, False, InferenceError),
-])
-def test_error_classification_of_the_servers_own_messages(message, status, in_stream, expected):
-    """Messages as Triton core and the vLLM backend word them (the not-ready one cannot be caused
-    on the embedded server, whose versions are always loaded)."""
-    error = _classify(message, url="http://h:1", model="qwen", version="2", status=status, in_stream=in_stream)
-    assert type(error) is expected
-    assert message in str(error) and error.server_message == message
 
 
 # --------------------------------------------------------------------------- server and versions
@@ -252,17 +221,6 @@ def test_unknown_version_is_version_not_ready(clients, image_b64, transport):
     assert "version 3" in str(caught.value) and "is not found" in str(caught.value)
 
 
-def test_unknown_versions_after_served_requests_on_one_grpc_stream_leave_the_server_up(own_triton_server, image_b64):
-    # Triton 2.51 aborts (proto_buffer_writer.h: !byte_buffer->Valid()) when a stream request for an
-    # unknown version follows a served one on the same stream; before the client checked versions
-    # first, this loop killed the server within 2 to 91 pairs. One stream: the calls run one at a time.
-    with TritonClient(own_triton_server.grpc_url, protocol="grpc", max_streams=1) as client:
-        for _ in range(120):
-            assert client.detect(image_b64, version="1", max_tokens=1, stream=True).num_output_tokens == 1
-            with pytest.raises(VersionNotReady, match="is not found"):
-                client.detect(image_b64, version="3", max_tokens=1, stream=True)
-        assert own_triton_server.process.poll() is None
-        assert client.detect(image_b64, version="2", max_tokens=1).num_output_tokens == 1
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -373,134 +331,3 @@ def test_tiny_timeout_then_a_server_that_dies(own_triton_server, image_b64):
         http.close()
         grpc.close()
         own_triton_server.stop()
-
-
-# --------------------------------------------------------------------------- errors inside a 200 stream
-
-
-class _SSEHandler(BaseHTTPRequestHandler):
-    """Speaks generate_stream's format: one good event, then a fault chosen by the URL's version."""
-
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-        good = b'data: {"model_name":"qwen","model_version":"1","text_output":"nutri","num_output_tokens":1,' \
-               b'"finish_reason":"None"}\n\n'
-        self.wfile.write(b"%x\r\n%s\r\n" % (len(good), good))
-        self.wfile.flush()
-        if "/versions/1/" in self.path:  # an error event under status 200
-            bad = b'data: {"error":"Error generating stream: CUDA out of memory"}\n\n'
-            self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(bad), bad))
-        else:  # the connection drops mid-stream
-            self.wfile.flush()
-            self.connection.shutdown(socket.SHUT_RDWR)
-        self.close_connection = True
-
-
-@pytest.fixture
-def fake_sse_server():
-    """A local HTTP server whose streams fail after their first event (the real one cannot be made to)."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _SSEHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-
-
-def test_error_event_inside_a_200_stream_is_a_stream_error(fake_sse_server, image_b64):
-    with TritonClient(fake_sse_server, timeout_s=5) as client:
-        with pytest.raises(StreamError, match="CUDA out of memory") as caught:
-            client.detect(image_b64, version="1", stream=True)
-        assert caught.value.status == 200
-        with pytest.raises(StreamError, match="broke"):
-            client.detect(image_b64, version="2", stream=True)
-
-
-# --------------------------------------------------------------------------- concurrency
-
-
-def test_concurrent_grpc_calls_complete_with_their_own_ids(triton_server):
-    with TritonClient(triton_server.grpc_url, protocol="grpc") as client:
-        def one(i: int) -> tuple[str, Completion]:
-            rid = f"req-{i}-{uuid.uuid4().hex[:6]}"
-            return rid, client.detect(None, version=VERSIONS[i % 2], max_tokens=3 + i % 4, stream=True,
-                                      extra_sampling=EXACT, request_id=rid)  # text only: cheap
-
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            results = list(pool.map(one, range(16)))
-        assert len({done.request_id for _, done in results}) == 16
-        for i, (rid, done) in enumerate(results):
-            assert done.request_id == rid and done.version == VERSIONS[i % 2]
-            assert done.num_output_tokens == done.token_responses == 3 + i % 4
-            assert done.ttft_ms is not None and done.ttft_ms <= done.latency_ms
-        opened = client.grpc_streams_opened
-        assert 1 <= opened <= 16 and client._pool.idle == opened
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            assert all(d.num_output_tokens == 2 for d in pool.map(
-                lambda i: client.detect(None, max_tokens=2, stream=True, extra_sampling=EXACT), range(8)))
-        assert client.grpc_streams_opened == opened  # idle streams are reused
-
-
-def test_concurrent_http_stream_calls(triton_server):
-    with TritonClient(triton_server.http_url) as client, ThreadPoolExecutor(max_workers=8) as pool:
-        results = list(pool.map(lambda i: client.detect(None, version=VERSIONS[i % 2], max_tokens=2 + i % 3,
-                                                        stream=True, extra_sampling=EXACT), range(8)))
-    for i, done in enumerate(results):
-        assert done.num_output_tokens == done.token_responses == 2 + i % 3
-
-
-def test_idle_grpc_streams_are_closed(triton_server, image_b64):
-    with TritonClient(triton_server.grpc_url, protocol="grpc", idle_close_s=0.2) as client:
-        client.detect(image_b64, max_tokens=2, stream=True)
-        assert client._pool.idle == 1
-        deadline = time.monotonic() + 5
-        while client._pool.idle and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert client._pool.idle == 0
-        assert client.detect(image_b64, max_tokens=2, stream=True).num_output_tokens == 2  # reopens one
-        assert client.grpc_streams_opened == 2
-
-
-def test_an_unclosed_grpc_client_does_not_block_interpreter_exit(triton_server, image_b64):
-    script = (
-        "import sys; from services.client.triton_client import TritonClient\n"
-        f"c = TritonClient('grpc://{triton_server.grpc_url}')\n"
-        "d = c.detect(None, max_tokens=2, stream=True)\n"
-        "print(d.num_output_tokens, c._pool.idle)\n"
-    )
-    started = time.monotonic()
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["2", "1"]  # an idle stream was open at exit
-    assert time.monotonic() - started < 20
-
-
-def test_every_error_is_a_triton_client_error():
-    for cls in (ServerUnreachable, VersionNotReady, RequestTimeout, StreamError, InferenceError, BadRequest):
-        assert issubclass(cls, TritonClientError)
-    assert issubclass(StreamError, InferenceError)
-
-
-def test_first_token_is_the_first_response_carrying_a_token_even_without_visible_text():
-    """A random-weight or special first token decodes to no text; TTFT must still start there."""
-    from services.client.triton_client import _Collector
-
-    c = _Collector()
-    c.add(100, None, 1316, None, None)  # a response with no token (e.g. input count only)
-    c.add(200, b"", 1316, 1, None)  # first token, no visible text
-    c.add(300, b"nutrition", 1316, 1, None)
-    c.add(400, b"", 1316, 1, "length")
-    done = c.completion(version="1", protocol="grpc", stream=True, request_id="r", send_ns=0, recv_ns=400)
-    assert done.first_token_ns == 200 and done.ttft_ms == 200 / 1e6
-    assert done.num_output_tokens == 3 and done.chunk_ns == [200, 300, 400]
-    assert done.tpot_ms == (400 - 200) / 1e6 / 2

@@ -33,7 +33,8 @@ from services.detect.figures import (
     version_color,
 )
 from services.core.images import load_image
-from services.client.triton_client import ServerUnreachable, TritonClient
+from services.client.errors import ServerUnreachable
+from services.client.triton_client import TritonClient
 
 pytestmark = pytest.mark.timeout(120)
 

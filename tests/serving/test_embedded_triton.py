@@ -327,7 +327,8 @@ def test_command_line_serves_until_terminated(tmp_path, tiny_checkpoint):
 
 def test_a_cancelled_stream_leaves_the_version_serving(own_triton_server, label_image_bytes):
     """A client that gives up mid-stream (timeout: the gRPC stream is cancelled) must not break the version."""
-    from services.client.triton_client import RequestTimeout, TritonClient
+    from services.client.errors import RequestTimeout
+    from services.client.triton_client import TritonClient
 
     image = base64.b64encode(label_image_bytes).decode()
     impatient = TritonClient(own_triton_server.grpc_url, "grpc", timeout_s=0.05)

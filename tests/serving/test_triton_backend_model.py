@@ -21,7 +21,8 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.core.prompt import build_prompt
-from services.client.triton_client import TritonClient, TritonClientError
+from services.client.errors import TritonClientError
+from services.client.triton_client import TritonClient
 
 TORCH_GAUGE = "qwen_engine_torch_memory_bytes"
 FREE_PORTS = {"http": None, "grpc": None, "metrics": None}
@@ -97,7 +98,7 @@ def test_cancellation_is_asked_before_the_prefill_and_while_the_answer_is_unfini
     import threading
 
     from services.serving.embedded_triton import start_embedded_triton
-    from services.client.triton_client import RequestTimeout
+    from services.client.errors import RequestTimeout
 
     trace_path = tmp_path / "trace.jsonl"
     monkeypatch.setenv("QWEN_TRITON_TRACE", str(trace_path))

@@ -1,0 +1,107 @@
+"""The errors of the Triton client (``TritonClientError`` and its subclasses) and the one function
+that turns a server's error message into the right one (``classify_error``).
+
+Every message is fit to show the user as it is; the class says what went wrong (no server, a
+version that is not ready, a timeout, a malformed request, a failed generation, a broken stream),
+the same class for the same fault on every transport.
+"""
+
+from __future__ import annotations
+
+import re
+
+
+class TritonClientError(RuntimeError):
+    """Base of every error the Triton client raises; ``str(error)`` is a message fit for the user.
+
+    Attributes: ``url`` (the server), ``version`` (the model version, when a request named one),
+    ``server_message`` (the server's own words, when it sent any) and ``status`` (the HTTP status
+    or gRPC status code, when known).
+    """
+
+    def __init__(self, message: str, *, url: str = "", version: str | None = None,
+                 server_message: str | None = None, status: str | int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.url = url
+        self.version = version
+        self.server_message = server_message
+        self.status = status
+
+
+class ServerUnreachable(TritonClientError):
+    """No connection to the server: refused, unknown host, reset or closed."""
+
+
+class VersionNotReady(TritonClientError):
+    """The model version is unknown to the server, not loaded, or not in the READY state."""
+
+
+class RequestTimeout(TritonClientError):
+    """The request did not finish within the client's timeout."""
+
+
+class BadRequest(TritonClientError):
+    """The server rejected the request as malformed (HTTP 400: missing input, unparseable body...)."""
+
+
+class InferenceError(TritonClientError):
+    """The model failed on this request (e.g. an image it cannot decode)."""
+
+
+class StreamError(InferenceError):
+    """An error inside a stream that had started: an error event or body under HTTP 200, a gRPC
+    error after responses of the request had arrived, a connection or gRPC stream that broke
+    mid-response, or an HTTP stream that ended without any response."""
+
+
+# Triton's and the vLLM backend's own words, most specific first (see classify_error).
+VERSION_PATTERNS = (
+    re.compile(r"unknown model", re.I),
+    re.compile(r"is not at ready state", re.I),
+    re.compile(r"has no available versions", re.I),
+    re.compile(r"model '.*' (version \d+ )?is not (found|ready)", re.I),
+)
+_BAD_REQUEST_PATTERNS = (
+    re.compile(r"missing required input|input '[^']+'.* is required", re.I),
+    # The vLLM backend reads text_input without checking it is there: a missing input surfaces as
+    # "Error generating stream: 'NoneType' object has no attribute 'as_numpy'".
+    re.compile(r"'NoneType' object has no attribute 'as_numpy'"),
+    re.compile(r"unable to parse|failed to parse", re.I),
+    re.compile(r"unexpected inference input|unexpected shape|expected number of inputs", re.I),
+    re.compile(r"generate expects model to produce exactly 1 response", re.I),
+)
+_MODEL_ERROR_PREFIX = "Error generating stream"
+
+
+def classify_error(server_message: str, *, url: str, model: str, version: str | None,
+                   status: str | int | None = None, in_stream: bool = False,
+                   missing: list[str] | None = None) -> TritonClientError:
+    """The typed error for an error the server reported.
+
+    The class is chosen from the message first, because gRPC stream errors carry no status code
+    and the HTTP status does not separate a malformed request from a failed generation (both are
+    400 under the vLLM backend); so the same fault gives the same class on every transport.
+    ``in_stream``: the error came after the stream had started (HTTP status 200, or a gRPC error
+    after responses of the request): unless it names a version or malformed request, it is a
+    ``StreamError``. ``missing``: required inputs the request lacked (any error is then a
+    ``BadRequest`` naming them).
+    """
+    msg = (server_message or "").strip() or "(no message)"
+    where = f"the Triton server at {url}"
+    common = dict(url=url, version=version, server_message=server_message, status=status)
+    if any(p.search(msg) for p in VERSION_PATTERNS) or status == 404:
+        which = f"Version {version} of model '{model}'" if version else f"Model '{model}'"
+        return VersionNotReady(f"{which} is not loaded and ready on {where}: {msg}", **common)
+    if status in ("StatusCode.UNAVAILABLE",):
+        return ServerUnreachable(f"The Triton server at {url} is not reachable: {msg}", **common)
+    if status in ("StatusCode.DEADLINE_EXCEEDED",):
+        return RequestTimeout(f"The request to {where} timed out: {msg}", **common)
+    if missing or any(p.search(msg) for p in _BAD_REQUEST_PATTERNS) or (
+            status == 400 and not msg.startswith(_MODEL_ERROR_PREFIX)) or status == "StatusCode.INVALID_ARGUMENT":
+        hint = f" (required input missing: {', '.join(missing)})" if missing else ""
+        return BadRequest(f"{where[0].upper() + where[1:]} rejected the request as malformed{hint}: {msg}", **common)
+    if in_stream:
+        return StreamError(f"The response stream from {where} failed (model '{model}' version {version}): {msg}",
+                           **common)
+    return InferenceError(f"Model '{model}' version {version} could not answer this request: {msg}", **common)
