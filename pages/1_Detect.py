@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from services.core.images import UPLOAD_TYPES
+from services.core.images import DEFAULT_MAX_SIDE, UPLOAD_TYPES
 from services.detect.detection import (
     DEFAULT_MAX_TOKENS,
     VERSION_LABELS,
@@ -20,7 +20,6 @@ from services.detect.detection import (
     sample_inputs,
     version_label,
 )
-from services.core.images import DEFAULT_MAX_SIDE
 from services.image_sets.samples import list_samples
 from ui.results import render_batch
 from ui.sidebar import render_sidebar

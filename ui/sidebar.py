@@ -1,8 +1,12 @@
-"""The sidebar of every page: which server, its health, each model version's state, which model.
+"""The sidebar of every page: the page menu, which server, its health, each version's state, which model.
 
-``render_sidebar()`` draws the connection settings (server URL, protocol, request timeout), then
-what the server says, and returns the session's :class:`ui.state.Connection` for the page to use.
-The helpers below it also draw the home page's fuller overview.
+``render_sidebar()`` draws the page menu (:data:`MENU`), the connection settings (server URL,
+protocol, request timeout), then what the server says, and returns the session's
+:class:`ui.state.Connection` for the page to use. The helpers below it also draw the home page's
+fuller overview.
+
+The menu is the dashboard's own: Streamlit's, which names each page after its file and so the home
+page "app", is turned off in ``.streamlit/config.toml`` (``client.showSidebarNavigation``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,23 @@ from services.core.versions import VERSION_LABELS, version_label
 from services.client.triton_client import PROTOCOLS
 from ui import state
 from ui.state import Connection
+
+# (page file, title in the menu, icon): the home page, then the pages of pages/ (their URLs are
+# Streamlit's, from the file names: /Detect, /Benchmark, /Compare)
+MENU = (
+    ("app.py", "Home", ":material/home:"),
+    ("pages/1_Detect.py", "Detect", ":material/search:"),
+    ("pages/2_Benchmark.py", "Benchmark", ":material/speed:"),
+    ("pages/3_Compare.py", "Compare", ":material/compare:"),
+)
+
+
+def render_menu() -> None:
+    """The page menu at the top of the sidebar."""
+    with st.sidebar.container(key="page_menu"):
+        for page, title, icon in MENU:
+            st.page_link(page, label=title, icon=icon)
+
 
 def model_notice(conn: Connection) -> tuple[str, str]:
     """(``"info"|"success"|"warning"``, text): plainly, which model answers."""
@@ -69,6 +90,7 @@ def version_lines(status: ServerStatus) -> list[tuple[str, str]]:
 def render_sidebar() -> Connection:
     """Draw the sidebar and return the session's connection."""
     sb = st.sidebar
+    render_menu()
     sb.header("Triton server")
     env_url = state.default_url()
     sb.text_input(

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from services.bench.triton_metrics import metrics_opener, parse_metrics, parse_series_key, read_metrics_text
-from services.client.triton_client import TritonClient, TritonClientError
+from services.client.errors import TritonClientError
+from services.client.triton_client import TritonClient
 from services.core import settings
 
 if TYPE_CHECKING:  # server_target imports the checkpoint catalog: only where a target is resolved

@@ -70,6 +70,9 @@ def test_home_shows_health_versions_and_which_model(server_env):
     assert sidebar[1:] == ["bf16 (v1): READY", "fp8 (v2): READY"]
     assert at.sidebar.text_input(key="server_url").value == server_env.http_url
     assert at.sidebar.radio(key="server_protocol").value == "http"
+    # the page menu names the home page "Home" (Streamlit's own menu would call it "app", after its file)
+    menu = [(link.proto.label, link.proto.page) for link in at.sidebar.get("page_link")]
+    assert menu == [("Home", ""), ("Detect", "Detect"), ("Benchmark", "Benchmark"), ("Compare", "Compare")]
     # a URL named by the user is an external server: the app says it cannot see the checkpoint
     assert any("An external server's model" in i.value for i in at.info)
     versions = at.dataframe[0].value

@@ -28,14 +28,6 @@ BENCH = "pages/2_Benchmark.py"
 RUN_WAIT_S = 90  # the longest a short run may take on a busy machine
 
 
-@pytest.fixture
-def bench_env(triton_server, monkeypatch, tmp_path):
-    monkeypatch.setenv("QWEN_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("QWEN_TRITON_URL", triton_server.http_url)
-    monkeypatch.delenv("QWEN_TRITON_PROTOCOL", raising=False)
-    return tmp_path
-
-
 def closed_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,11 @@ def test_upload_and_sample_over_both_versions_in_the_browser(app_url, label_imag
     with open_page(f"{app_url}/Detect", timeout_ms=UI_TIMEOUT_MS) as page:
         expect(page.get_by_role("heading", name="Detect nutrition tables")).to_be_visible()
         expect(page.locator("[data-testid=stSidebar]").get_by_text("fp8 (v2): READY")).to_be_visible()
+        # the dashboard's page menu (Streamlit's own, which calls the home page "app", is off); no Deploy button
+        expect(page.locator(".st-key-page_menu a")).to_have_text(
+            [re.compile(rf"{title}$") for title in ("Home", "Detect", "Benchmark", "Compare")])
+        expect(page.locator("[data-testid=stSidebarNav]")).to_have_count(0)
+        expect(page.locator("[data-testid=stAppDeployButton]")).to_have_count(0)
 
         page.locator("[data-testid=stFileUploader] input[type=file]").set_input_files(str(upload))
         expect(page.get_by_text("shelf photo.png")).to_be_visible()
