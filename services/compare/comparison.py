@@ -14,7 +14,7 @@ its concern (the module's docstring gives the rules):
 * :mod:`services.compare.differences`: every difference (B minus A) and its bootstrap interval;
 * :mod:`services.compare.speed`: latency, TTFT, TPOT and throughput;
 * :mod:`services.compare.accuracy`: accuracy against the ground truth (recovered by
-  :func:`services.image_sets.recovery.truth_for_run`) and agreement between the versions, scored with
+  :func:`services.image_sets.image_set.truth_for_run`) and agreement between the versions, scored with
   the boxes of each request (:mod:`services.compare.request_boxes`);
 * :mod:`services.compare.memory`: memory from the samples and the manifest;
 * :mod:`services.compare.decode_floor`: decode against the memory-bandwidth floor;
@@ -45,7 +45,7 @@ from services.compare.speed import (
 )
 from services.compare.verdict import Verdict, build_verdict, run_caveats
 from services.core.versions import version_label
-from services.image_sets.recovery import truth_for_run
+from services.image_sets.image_set import truth_for_run
 
 
 @dataclass
@@ -132,7 +132,7 @@ def build_comparison(
     """Compare version ``a[1]`` of run ``a[0]`` with version ``b[1]`` of run ``b[0]`` (B - A).
 
     ``truth(run, image_ids)`` gives each image's ground-truth grid boxes (None: unknown); the
-    default (:func:`services.image_sets.recovery.truth_for_run`) looks in the run's manifest,
+    default (:func:`services.image_sets.image_set.truth_for_run`) looks in the run's manifest,
     regenerates generated sets from their seed, and reads the bundled samples' and dataset folders' labels.
     Raises ``KeyError`` for a run that does not exist and ``ValueError`` for a side without requests.
     """

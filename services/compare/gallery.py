@@ -1,6 +1,6 @@
 """The gallery: the images where the two versions disagree most, both versions' boxes (and the
 truth, dashed) drawn through ``services.detect.figures.detection_figure`` on the image recovered
-from the run (:func:`services.image_sets.recovery.run_images`).
+from the run (:func:`services.image_sets.image_set.run_images`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from services.bench.store import RunStore
 from services.compare.accuracy import PairAgreement
 from services.compare.comparison import Comparison
 from services.core.boxes import Box
-from services.image_sets.recovery import RunImage, run_images
+from services.image_sets.image_set import RunImage, run_images
 
 GALLERY_SIZE = 6
 REPORT_IMAGE_SIDE = 640  # images in the HTML are shrunk to this longest side

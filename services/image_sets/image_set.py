@@ -12,6 +12,14 @@ An :class:`ImageSetSpec` names one of four kinds:
 :func:`load_image_set` turns a spec into an :class:`ImageSet`: :class:`BenchImage` records ready to
 send (base64 of the resized image, original and sent sizes, ground truth on the 0..1000 grid, the
 sha256 of the bytes sent), and the images that could not be used, with why.
+
+Recovery: a run stores no pixels. Its manifest records, per image it sent, the id, the sha256 of the
+bytes sent, the seed of a generated image and the ground truth the benchmark knew. From these and the
+run's image-set spec (``config["image_set"]``), :func:`run_images` recovers each image of every kind
+for display and scoring: a generated label is regenerated from its seed, a bundled sample is read by
+name, a dataset folder by id; uploaded images are not kept. :func:`truth_for_run` gives only the
+ground truth (what the comparison scores accuracy against). Loading and recovery of every kind live
+here, side by side, so a new kind is added in one place.
 """
 
 from __future__ import annotations
@@ -19,11 +27,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
-from services.core.boxes import Box
+from services.bench.store import RunInfo
+from services.core.boxes import Box, boxes_of_value
 from services.core.images import ImageError, encode_base64, load_image
 
 ImageSetKind = Literal["uploaded", "samples", "generated", "folder"]
@@ -147,3 +157,199 @@ def load_image_set(spec: ImageSetSpec) -> ImageSet:
         raise ValueError(f"the {spec.kind} image set has no usable image{detail}")
     return ImageSet(spec, images, problems)
 
+
+# --------------------------------------------------------------------------- recovery of a stored run's images
+
+
+@dataclass
+class RunImage:
+    """One image of a run, recovered for display and scoring.
+
+    ``data``: the encoded image bytes (None when they cannot be recovered: uploads are not kept).
+    ``truth``: ground-truth boxes on the 0..1000 grid (None: unknown; ``[]``: no table).
+    ``source``: where it came from, in words.
+    """
+
+    image_id: str
+    data: bytes | None
+    truth: list[Box] | None
+    source: str
+    note: str | None = None
+
+
+_TRAILING_INT = re.compile(r"(\d+)(?:\.[A-Za-z0-9]+)?$")
+
+
+def _manifest_images(manifest: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """The manifest's per-image records keyed by id (``image_set.images``, as the benchmark writes
+    them: ``id``, ``sha256``, ``width``, ``height``, ``seed``, ``truth``)."""
+    image_set = manifest.get("image_set") if isinstance(manifest, Mapping) else None
+    imgs = image_set.get("images") if isinstance(image_set, Mapping) else None
+    if isinstance(imgs, Mapping):
+        return {str(k): v for k, v in imgs.items() if isinstance(v, Mapping)}
+    out: dict[str, Mapping[str, Any]] = {}
+    if isinstance(imgs, list):
+        for rec in imgs:
+            if isinstance(rec, Mapping):
+                key = rec.get("id", rec.get("image_id", rec.get("name")))
+                if key is not None:
+                    out[str(key)] = rec
+    return out
+
+
+def _truth_of_record(rec: Mapping[str, Any]) -> list[Box] | None:
+    for key in ("truth", "grid_boxes", "truth_grid", "ground_truth"):
+        if key in rec:
+            value = rec[key]
+            if value is None:
+                return None
+            boxes = boxes_of_value(value)
+            if boxes is not None:
+                return boxes
+    return None
+
+
+def _generated_index(image_id: str, rec: Mapping[str, Any] | None) -> int | None:
+    if rec is not None and isinstance(rec.get("index"), int):
+        return int(rec["index"])
+    m = _TRAILING_INT.search(image_id)
+    return int(m.group(1)) if m else None
+
+
+def _encode_png(img: Any) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _check_sent(item: RunImage, rec: Mapping[str, Any] | None, max_side: Any) -> None:
+    """Note whether recovered bytes, prepared as the benchmark prepares them, are the bytes it
+    sent (the manifest's ``sha256``); a mismatch is said, not hidden (another Pillow, fonts...)."""
+    want = rec.get("sha256") if rec is not None else None
+    if item.data is None or not isinstance(want, str):
+        return
+    import hashlib
+
+    from services.core.images import load_image
+
+    try:
+        sent = load_image(item.data, max_side=int(max_side) if isinstance(max_side, int) else 1024).data
+    except Exception as exc:  # noqa: BLE001
+        item.note = f"the recovered image does not load: {exc}"
+        return
+    if hashlib.sha256(sent).hexdigest() != want:
+        item.note = ("the recovered image differs from the one the run sent (another library or font "
+                     "version?): its boxes are drawn on an approximation")
+
+
+class _Recovery:
+    """Recovers the pixels (and, where the manifest lacks it, the truth) of one run's images of one
+    kind; the bundled samples and the dataset folder are read once."""
+
+    def __init__(self, spec: Mapping[str, Any], with_data: bool) -> None:
+        self.spec = spec
+        self.with_data = with_data
+        self._samples: dict[str, Any] | None = None
+        self._folder_records: dict[str, Any] | None = None
+
+    def recover(self, item: RunImage, rec: Mapping[str, Any] | None) -> None:
+        kind = str(self.spec.get("kind") or "")
+        if kind == "generated":
+            self.generated(item, rec)
+        elif kind == "samples":
+            self.sample(item)
+        elif kind == "folder" and self.spec.get("folder"):
+            self.folder(item)
+        elif kind == "uploaded":
+            item.note = "uploaded images are not stored with the run"
+
+    def generated(self, item: RunImage, rec: Mapping[str, Any] | None) -> None:
+        """Regenerated from the seed recorded for it, else from the set's seed and its index."""
+        from services.image_sets.generator import generate_label, sample_seed
+
+        seed = rec.get("seed") if rec is not None and isinstance(rec.get("seed"), int) else None
+        if seed is None:
+            index = _generated_index(item.image_id, rec)
+            if index is not None and isinstance(self.spec.get("seed"), int):
+                seed = sample_seed(int(self.spec["seed"]), index)
+        if seed is None:
+            item.note = "its seed could not be recovered from the run's config"
+            return
+        sample = generate_label(int(seed))
+        item.data = _encode_png(sample.image) if self.with_data else None
+        if item.truth is None:
+            item.truth = list(sample.grid_boxes)
+        item.source = f"regenerated from seed {seed}"
+
+    def sample(self, item: RunImage) -> None:
+        """A bundled sample, by name."""
+        from services.image_sets.samples import list_samples
+
+        if self._samples is None:
+            self._samples = {s.name: s for s in list_samples()}
+        stem = item.image_id.split("#", 1)[0].rsplit(".", 1)[0]
+        sample_image = self._samples.get(stem)
+        if sample_image is None:
+            item.note = "no bundled sample of that name"
+            return
+        item.data = sample_image.path.read_bytes() if self.with_data else None
+        if item.truth is None:
+            item.truth = sample_image.grid_boxes
+        item.source = "bundled sample"
+
+    def folder(self, item: RunImage) -> None:
+        """An image of the run's dataset folder, by id."""
+        from services.core.boxes import pixels_to_grid
+        from services.image_sets.datasets import load_labeled_images
+
+        if self._folder_records is None:
+            self._folder_records = {r.id: r for r in load_labeled_images(str(self.spec["folder"])).records}
+        r = self._folder_records.get(item.image_id.split("#", 1)[0])
+        if r is None:
+            item.note = "not in the dataset folder any more"
+            return
+        if self.with_data:
+            item.data = r.image_bytes if r.image_bytes is not None else (
+                r.path.read_bytes() if r.path is not None else None)
+        if item.truth is None:
+            item.truth = [pixels_to_grid(b, r.width, r.height) for b in r.boxes]
+        item.source = "dataset folder"
+
+
+def run_images(run: RunInfo, image_ids: Sequence[str], *, with_data: bool = True) -> dict[str, RunImage]:
+    """Recover the images ``image_ids`` of ``run`` and their ground truth.
+
+    The truth comes from the run manifest's per-image record (``image_set.images``: what the
+    benchmark knew when it sent the image). The pixels: a generated image is regenerated from the
+    seed recorded for it (``services.image_sets.generator.generate_label``; else from the set's seed
+    and the image's index, ``sample_seed``), a bundled sample is read by name, a dataset folder by id;
+    where the manifest has the sent bytes' sha256, the recovered image is checked against it
+    (``RunImage.note`` says when it differs). Uploaded images are not stored: ``data`` is None.
+    ``with_data=False`` only recovers what the truth needs.
+    """
+    spec = run.config.get("image_set") if isinstance(run.config.get("image_set"), Mapping) else {}
+    max_side = spec.get("max_side", 1024)
+    records = _manifest_images(run.manifest)
+    recovery = _Recovery(spec, with_data)
+    out: dict[str, RunImage] = {}
+    for image_id in image_ids:
+        rec = records.get(str(image_id))
+        truth = _truth_of_record(rec) if rec is not None else None
+        item = RunImage(str(image_id), None, truth, "run manifest" if truth is not None else "unknown")
+        out[str(image_id)] = item
+        if not with_data and truth is not None:
+            continue
+        try:
+            recovery.recover(item, rec)
+            if with_data:
+                _check_sent(item, rec, max_side)
+        except Exception as exc:  # noqa: BLE001 - one image that cannot be recovered is shown as such
+            item.note = f"could not be recovered: {type(exc).__name__}: {exc}"
+    return out
+
+
+def truth_for_run(run: RunInfo, image_ids: Sequence[str]) -> dict[str, list[Box] | None]:
+    """Ground-truth grid boxes of each image of ``run`` (None where unknown)."""
+    return {k: v.truth for k, v in run_images(run, image_ids, with_data=False).items()}
