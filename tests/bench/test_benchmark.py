@@ -39,7 +39,8 @@ from services.bench.runner import (
 )
 from services.core.boxes import Box
 from services.bench.sampler import get_shared_sampler, stop_shared_sampler
-from services.image_sets.generator import generate_dataset, write_dataset
+from services.image_sets.dataset_writer import write_dataset
+from services.image_sets.generator import generate_dataset
 from services.bench.store import RunStore
 from services.client.server_target import ServerTarget
 
