@@ -14,7 +14,7 @@ its bounding box from that drawing, which is the table's ground-truth box.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -112,90 +112,139 @@ def _us_content(rng: np.random.Generator) -> dict:
     }
 
 
-def _us_layout(c: dict, fs: int) -> tuple[int, int, list[Op]]:
-    """Ops of a US "Nutrition Facts" panel at body font size ``fs``; returns (w, h, ops)."""
-    fs = max(4, fs)
-    pad = max(2, round(fs * 0.45))
-    border = max(1, round(fs * 0.12))
-    thin = max(1, round(fs * 0.08))
-    medium = max(2, round(fs * 0.3))
-    thick = max(3, round(fs * 0.75))
-    title_sz, big_sz, hdr_sz, small_sz = round(fs * 2.3), round(fs * 2.0), fs + max(1, fs // 8), \
-        max(4, round(fs * 0.78))
-    indent_px = round(fs * 1.1)
-    gap = round(fs * 0.6)
+@dataclass(frozen=True)
+class _UsSizes:
+    """Pixel sizes of a US panel, all derived from the body font size ``fs``."""
 
-    inner = text_width("sans_bold", title_sz, "Nutrition Facts")
+    fs: int
+    pad: int
+    border: int
+    thin: int
+    medium: int
+    thick: int
+    title_sz: int
+    big_sz: int
+    hdr_sz: int
+    small_sz: int
+    indent_px: int
+    gap: int
+
+    @classmethod
+    def of(cls, fs: int) -> _UsSizes:
+        fs = max(4, fs)
+        return cls(fs=fs, pad=max(2, round(fs * 0.45)), border=max(1, round(fs * 0.12)),
+                   thin=max(1, round(fs * 0.08)), medium=max(2, round(fs * 0.3)),
+                   thick=max(3, round(fs * 0.75)), title_sz=round(fs * 2.3),
+                   big_sz=round(fs * 2.0), hdr_sz=fs + max(1, fs // 8),
+                   small_sz=max(4, round(fs * 0.78)), indent_px=round(fs * 1.1),
+                   gap=round(fs * 0.6))
+
+
+@dataclass
+class _Pen:
+    """Appends draw ops between the columns ``x0`` and ``x1``, moving down from ``y``."""
+
+    x0: int
+    x1: int
+    y: int
+    ops: list[Op] = field(default_factory=list)
+
+    def text(self, x: int, yy: int, s: str, role: str, size: int, anchor: str = "la") -> None:
+        if s:
+            self.ops.append(("text", x, yy, s, role, size, "ink", anchor))
+
+    def rule(self, th: int) -> None:
+        self.ops.append(("rect", self.x0, self.y, self.x1, self.y + th, "ink"))
+        self.y += th
+
+
+def _us_inner_width(c: dict, z: _UsSizes) -> int:
+    """Width between the paddings: the widest line, widened by the content's ``width_extra``."""
+    fs, gap = z.fs, z.gap
+    inner = text_width("sans_bold", z.title_sz, "Nutrition Facts")
     for name, amount, bold, indent, dv in c["rows"]:
-        w = indent * indent_px + text_width("sans_bold" if bold else "sans", fs, name) + gap \
+        w = indent * z.indent_px + text_width("sans_bold" if bold else "sans", fs, name) + gap \
             + text_width("sans", fs, amount) + gap + text_width("sans_bold", fs, dv or "00%")
         inner = max(inner, w)
-    inner = max(inner, text_width("sans_bold", hdr_sz, "Serving size") + gap
-                + text_width("sans_bold", hdr_sz, c["serving"]))
-    inner = int(inner * (1.0 + c["width_extra"]))
-    w = inner + 2 * pad + 2 * border
-    x0, x1 = border + pad, border + pad + inner
-    ops: list[Op] = []
-    y = border + pad // 2
+    inner = max(inner, text_width("sans_bold", z.hdr_sz, "Serving size") + gap
+                + text_width("sans_bold", z.hdr_sz, c["serving"]))
+    return int(inner * (1.0 + c["width_extra"]))
 
-    def text(x: int, yy: int, s: str, role: str, size: int, anchor: str = "la") -> None:
-        if s:
-            ops.append(("text", x, yy, s, role, size, "ink", anchor))
 
-    def rule(th: int) -> None:
-        nonlocal y
-        ops.append(("rect", x0, y, x1, y + th, "ink"))
-        y += th
+def _us_head(pen: _Pen, c: dict, z: _UsSizes) -> None:
+    """Title, servings, serving size, calories and the "% Daily Value*" heading."""
+    fs, x0, x1 = z.fs, pen.x0, pen.x1
+    pen.text(x0, pen.y, "Nutrition Facts", "sans_bold", z.title_sz)
+    pen.y += line_height(z.title_sz)
+    pen.rule(z.thin)
+    pen.y += max(1, fs // 6)
+    pen.text(x0, pen.y, c["servings"], "sans", fs)
+    pen.y += line_height(fs)
+    pen.text(x0, pen.y, "Serving size", "sans_bold", z.hdr_sz)
+    pen.text(x1, pen.y, c["serving"], "sans_bold", z.hdr_sz, "ra")
+    pen.y += line_height(z.hdr_sz)
+    pen.rule(z.thick)
+    pen.y += max(1, fs // 6)
+    pen.text(x0, pen.y, "Amount per serving", "sans_bold", z.small_sz)
+    pen.y += line_height(z.small_sz)
+    pen.text(x0, pen.y + round(z.big_sz * 0.15), "Calories", "sans_bold", round(z.big_sz * 0.8))
+    pen.text(x1, pen.y, c["calories"], "sans_bold", z.big_sz, "ra")
+    pen.y += line_height(z.big_sz)
+    pen.rule(z.medium)
+    pen.y += max(1, fs // 6)
+    pen.text(x1, pen.y, "% Daily Value*", "sans_bold", z.small_sz, "ra")
+    pen.y += line_height(z.small_sz)
 
-    text(x0, y, "Nutrition Facts", "sans_bold", title_sz)
-    y += line_height(title_sz)
-    rule(thin)
-    y += max(1, fs // 6)
-    text(x0, y, c["servings"], "sans", fs)
-    y += line_height(fs)
-    text(x0, y, "Serving size", "sans_bold", hdr_sz)
-    text(x1, y, c["serving"], "sans_bold", hdr_sz, "ra")
-    y += line_height(hdr_sz)
-    rule(thick)
-    y += max(1, fs // 6)
-    text(x0, y, "Amount per serving", "sans_bold", small_sz)
-    y += line_height(small_sz)
-    text(x0, y + round(big_sz * 0.15), "Calories", "sans_bold", round(big_sz * 0.8))
-    text(x1, y, c["calories"], "sans_bold", big_sz, "ra")
-    y += line_height(big_sz)
-    rule(medium)
-    y += max(1, fs // 6)
-    text(x1, y, "% Daily Value*", "sans_bold", small_sz, "ra")
-    y += line_height(small_sz)
+
+def _us_nutrients(pen: _Pen, c: dict, z: _UsSizes) -> None:
+    """The nutrient rows (name, amount, %DV), each under a thin rule, closed by a thick one."""
+    fs = z.fs
     for name, amount, bold, indent, dv in c["rows"]:
-        rule(thin)
-        y += max(1, fs // 8)
-        xn = x0 + indent * indent_px
+        pen.rule(z.thin)
+        pen.y += max(1, fs // 8)
+        xn = pen.x0 + indent * z.indent_px
         role = "sans_bold" if bold else "sans"
-        text(xn, y, name, role, fs)
+        pen.text(xn, pen.y, name, role, fs)
         if amount:
-            text(xn + text_width(role, fs, name) + round(fs * 0.3), y, amount, "sans", fs)
-        text(x1, y, dv, "sans_bold", fs, "ra")
-        y += line_height(fs)
-    rule(thick)
+            pen.text(xn + text_width(role, fs, name) + round(fs * 0.3), pen.y, amount, "sans", fs)
+        pen.text(pen.x1, pen.y, dv, "sans_bold", fs, "ra")
+        pen.y += line_height(fs)
+    pen.rule(z.thick)
+
+
+def _us_vitamins_and_footnote(pen: _Pen, c: dict, z: _UsSizes, inner: int) -> None:
+    """The vitamin rows, the closing rule and the optional footnote wrapped to ``inner``."""
+    fs = z.fs
     for name, dv in c["vitamins"]:
-        y += max(1, fs // 8)
-        text(x0, y, name, "sans", fs)
-        text(x1, y, dv, "sans", fs, "ra")
-        y += line_height(fs)
-        rule(thin)
-    y += medium
-    rule(medium - thin)
+        pen.y += max(1, fs // 8)
+        pen.text(pen.x0, pen.y, name, "sans", fs)
+        pen.text(pen.x1, pen.y, dv, "sans", fs, "ra")
+        pen.y += line_height(fs)
+        pen.rule(z.thin)
+    pen.y += z.medium
+    pen.rule(z.medium - z.thin)
     if c["footnote"]:
-        y += max(1, fs // 6)
-        for line in wrap_text(_US_FOOTNOTE, "sans", small_sz, inner):
-            text(x0, y, line, "sans", small_sz)
-            y += line_height(small_sz)
-    h = y + pad + border
+        pen.y += max(1, fs // 6)
+        for line in wrap_text(_US_FOOTNOTE, "sans", z.small_sz, inner):
+            pen.text(pen.x0, pen.y, line, "sans", z.small_sz)
+            pen.y += line_height(z.small_sz)
+
+
+def _us_layout(c: dict, fs: int) -> tuple[int, int, list[Op]]:
+    """Ops of a US "Nutrition Facts" panel at body font size ``fs``; returns (w, h, ops)."""
+    z = _UsSizes.of(fs)
+    inner = _us_inner_width(c, z)
+    w = inner + 2 * z.pad + 2 * z.border
+    pen = _Pen(x0=z.border + z.pad, x1=z.border + z.pad + inner, y=z.border + z.pad // 2)
+    _us_head(pen, c, z)
+    _us_nutrients(pen, c, z)
+    _us_vitamins_and_footnote(pen, c, z, inner)
+    h = pen.y + z.pad + z.border
     # the border frame, drawn first so that text stays on top
-    frame = [("rect", 0, 0, w, border, "ink"), ("rect", 0, h - border, w, h, "ink"),
-             ("rect", 0, 0, border, h, "ink"), ("rect", w - border, 0, w, h, "ink")]
-    return w, h, frame + ops
+    b = z.border
+    frame = [("rect", 0, 0, w, b, "ink"), ("rect", 0, h - b, w, h, "ink"),
+             ("rect", 0, 0, b, h, "ink"), ("rect", w - b, 0, w, h, "ink")]
+    return w, h, frame + pen.ops
 
 
 def _eu_content(rng: np.random.Generator) -> dict:
