@@ -208,7 +208,7 @@ def measure_sampler(metrics_url: str, pid: int, seconds: float, metrics_interval
             "load": os.getloadavg()[0]}
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "),
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--requests", type=int, default=32, help="requests per version per run")
@@ -224,115 +224,156 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sampler-only", action="store_true",
                         help="measure the sampler only, not the harness against the bare loop")
     parser.add_argument("--checkpoint", help="default: the tiny random-weight checkpoint")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    from services.bench.stats import request_throughput
-    from services.bench.request_plan import request_plan
-    from services.bench.runner import BenchmarkConfig, run_benchmark
+
+def uploaded_images(count: int, max_side: int) -> tuple[Any, list]:
+    """(image-set spec, loaded images) of ``count`` generated images from seed 0, handed to the
+    harness as uploaded bytes: generating them is not its cost."""
     from services.image_sets.image_set import ImageSetSpec, load_image_set
-    from services.serving.checkpoint_builder import ensure_tiny_checkpoint
-    from services.serving.embedded_triton import start_embedded_triton
-    from services.bench.sampler import stop_shared_sampler
-    from services.bench.store import RunStore
-    from services.client.server_target import ServerTarget
-    from services.client.triton_client import TritonClient
-
     from services.image_sets.generator import generate_dataset
 
-    checkpoint = args.checkpoint or ensure_tiny_checkpoint()
-    # the generated images, handed to the harness as uploaded bytes: generating them is not its cost
     pngs = []
-    for i, sample in enumerate(generate_dataset(0, args.images)):
+    for i, sample in enumerate(generate_dataset(0, count)):
         buf = io.BytesIO()
         sample.image.save(buf, "PNG")
         pngs.append((f"generated-0-{i:04d}.png", buf.getvalue()))
-    spec = ImageSetSpec(kind="uploaded", images=tuple(pngs), max_side=args.max_side)
-    images = load_image_set(spec).images
-    extra = {"ignore_eos": True}
-    stream = True
+    spec = ImageSetSpec(kind="uploaded", images=tuple(pngs), max_side=max_side)
+    return spec, load_image_set(spec).images
+
+
+EXTRA = {"ignore_eos": True}
+STREAM = True
+
+
+class Contest:
+    """The bare loop and the harness against one server, with the same images and request plan."""
+
+    def __init__(self, args: argparse.Namespace, server: Any, spec: Any, images: list, work: Path) -> None:
+        from services.bench.request_plan import request_plan
+        from services.bench.store import RunStore
+        from services.client.server_target import ServerTarget
+        from services.client.triton_client import TritonClient
+
+        self.args, self.spec, self.images = args, spec, images
+        self.url = server.grpc_url if args.protocol == "grpc" else server.http_url
+        with TritonClient(self.url, protocol=args.protocol) as client:
+            self.bodies = [client.request_body(im.b64, None, args.max_tokens, 0.0, STREAM, EXTRA) for im in images]
+            for v in args.versions:  # the first request of each version is slow: not timed anywhere
+                for im in images[:2]:
+                    client.detect(im.b64, version=v, max_tokens=args.max_tokens, stream=STREAM, extra_sampling=EXTRA)
+        self.target = ServerTarget(server.http_url, server.grpc_url, server.metrics_url, args.protocol, embedded=True,
+                                   checkpoint=None, repository=server.repository, server_pid=server.pid)
+        self.plan = request_plan(args.versions, len(images), args.requests, 0)
+        self.store = RunStore(work / "db")
+
+    def run_bare(self, c: int) -> tuple[float, float]:
+        """(throughput in req/s, client CPU ms per request) of the bare loop at concurrency ``c``."""
+        args = self.args
+        spans, cpu = with_cpu(lambda: bare_grpc(self.url, self.bodies, self.plan, c) if args.protocol == "grpc"
+                              else bare_http(self.url, self.bodies, self.plan, c, STREAM))
+        failed = sum(1 for *_, ok in spans if not ok)
+        if failed:
+            print(f"  (bare loop: {failed} failed requests)")
+        return throughput(spans), cpu / len(spans) * 1e3
+
+    def run_harness(self, c: int) -> tuple[float, float]:
+        """(throughput in req/s, client CPU ms per request) of a harness run at concurrency ``c``."""
+        from services.bench.runner import BenchmarkConfig, run_benchmark
+        from services.bench.sampler import stop_shared_sampler
+        from services.bench.stats import request_throughput
+
+        args, store = self.args, self.store
+        cfg = BenchmarkConfig(versions=tuple(args.versions), image_set=self.spec, requests=args.requests, warmup=0,
+                              load="closed", concurrency=c, max_tokens=args.max_tokens, temperature=0.0,
+                              stream=STREAM, protocol=args.protocol, extra_sampling=dict(EXTRA))
+        outcome, cpu = with_cpu(lambda: run_benchmark(cfg, store=store, target=self.target))
+        stop_shared_sampler()  # not left running under the bare loop
+        if outcome.status != "completed":
+            raise SystemExit(f"harness run {outcome.run_id} {outcome.status}: {outcome.reason}")
+        sent = [i["sha256"] for i in store.get_run(outcome.run_id).manifest["image_set"]["images"]]
+        if sent != [im.sha256 for im in self.images]:
+            raise SystemExit("the harness sent other images than the bare loop")
+        records = store.get_requests(outcome.run_id)
+        return request_throughput(records), cpu / len(records) * 1e3
+
+    def compare_at(self, c: int) -> str:
+        """``--rounds`` bare/harness pairs at concurrency ``c``, alternating which goes first; one
+        table row a round; returns the verdict line."""
+        ratios, bares, harnesses = [], [], []
+        for r in range(self.args.rounds):
+            order = ("bare", "harness") if r % 2 == 0 else ("harness", "bare")
+            got = {}
+            for which in order:
+                got[which] = self.run_bare(c) if which == "bare" else self.run_harness(c)
+            (bare, bare_cpu), (harness, harness_cpu) = got["bare"], got["harness"]
+            ratios.append(harness / bare)
+            bares.append(bare)
+            harnesses.append(harness)
+            print(f"{c:>11}  {r + 1:>5}  {bare:>10.2f}  {harness:>13.2f}  {harness / bare:>6.3f}  "
+                  f"{bare_cpu:>15.2f}  {harness_cpu:>18.2f}  {os.getloadavg()[0]:>8.2f}", flush=True)
+        med = statistics.median(ratios)
+        return (f"concurrency {c}: median harness/bare = {med:.3f} "
+                f"({'meets' if med >= 0.9 else 'misses'} the target >= 0.9); per-round ratios "
+                f"{min(ratios):.2f}..{max(ratios):.2f}; median throughputs: bare "
+                f"{statistics.median(bares):.2f}, harness {statistics.median(harnesses):.2f} req/s "
+                f"(ratio {statistics.median(harnesses) / statistics.median(bares):.3f})")
+
+
+def print_setup(args: argparse.Namespace, server: Any, checkpoint: str, contest: Contest) -> None:
+    print(f"server: embedded Triton {server.http_url} (gRPC {server.grpc_url}), checkpoint {checkpoint}")
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the start "
+          "(other processes share these cores: see the load column)")
+    print(f"requests per run: {len(contest.plan)} ({args.requests} per version {args.versions}, interleaved), "
+          f"{len(contest.images)} generated images <= {args.max_side} px, max_tokens {args.max_tokens} (ignore_eos), "
+          f"streamed, {args.protocol}")
+    print()
+
+
+def compare_harness(args: argparse.Namespace, contest: Contest) -> None:
+    """The harness against the bare loop at each ``--concurrency``: a table, then the verdicts."""
+    header = "" if args.sampler_only else f"{'concurrency':>11}  {'round':>5}  {'bare req/s':>10}  {'harness req/s':>13}  {'ratio':>6}  " \
+             f"{'bare CPU ms/req':>15}  {'harness CPU ms/req':>18}  {'load avg':>8}"
+    if header:
+        print(header)
+        print("-" * len(header))
+    verdicts = [contest.compare_at(c) for c in ([] if args.sampler_only else args.concurrency)]
+    if verdicts:
+        print()
+        print("\n".join(verdicts))
+        print()
+
+
+def report_sampler(args: argparse.Namespace, server: Any) -> None:
+    """The sampler's CPU with the default metrics interval, then with a metrics read at every tick."""
+    print(f"sampler at 10 samples/s, {args.sampler_seconds:g} s each, server idle; sources: NVML and the host memory "
+          f"of pid {server.pid} and its children at every tick, metrics {server.metrics_url} every metrics_interval_s")
+    for interval in (None, 0.0):  # the default interval, then (for comparison) a read at every tick
+        m = measure_sampler(server.metrics_url, server.pid, args.sampler_seconds, interval)
+        how = (f"metrics every {m['interval']:g} s (the default)" if interval is None
+               else "metrics at every tick (metrics_interval_s=0, for comparison)")
+        verdict = f" ({'meets' if m['fraction'] < 0.02 else 'misses'} the target < 2%)" if interval is None else ""
+        print(f"  {how}: {m['samples']} samples, {m['reads']} metrics readings: "
+              f"CPU {m['fraction'] * 100:.2f}% of one core{verdict}; load average {m['load']:.2f}"
+              + (f"; failing sources: {m['errors']}" if m["errors"] else ""), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    from services.serving.checkpoint_builder import ensure_tiny_checkpoint
+    from services.serving.embedded_triton import start_embedded_triton
+
+    checkpoint = args.checkpoint or ensure_tiny_checkpoint()
+    spec, images = uploaded_images(args.images, args.max_side)
     work = Path(tempfile.mkdtemp(prefix="bench-harness-"))
     server = start_embedded_triton(checkpoint, workdir=work / "triton", ports={"http": None, "grpc": None, "metrics": None})
     try:
-        url = server.grpc_url if args.protocol == "grpc" else server.http_url
-        with TritonClient(url, protocol=args.protocol) as client:
-            bodies = [client.request_body(im.b64, None, args.max_tokens, 0.0, stream, extra) for im in images]
-            for v in args.versions:  # the first request of each version is slow: not timed anywhere
-                for im in images[:2]:
-                    client.detect(im.b64, version=v, max_tokens=args.max_tokens, stream=stream, extra_sampling=extra)
-        target = ServerTarget(server.http_url, server.grpc_url, server.metrics_url, args.protocol, embedded=True,
-                              checkpoint=None, repository=server.repository, server_pid=server.pid)
-        plan = request_plan(args.versions, len(images), args.requests, 0)
-        store = RunStore(work / "db")
-        print(f"server: embedded Triton {server.http_url} (gRPC {server.grpc_url}), checkpoint {checkpoint}")
-        print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the start "
-              "(other processes share these cores: see the load column)")
-        print(f"requests per run: {len(plan)} ({args.requests} per version {args.versions}, interleaved), "
-              f"{len(images)} generated images <= {args.max_side} px, max_tokens {args.max_tokens} (ignore_eos), "
-              f"streamed, {args.protocol}")
-        print()
-
-        def run_bare(c: int) -> tuple[float, float]:
-            spans, cpu = with_cpu(lambda: bare_grpc(url, bodies, plan, c) if args.protocol == "grpc"
-                                  else bare_http(url, bodies, plan, c, stream))
-            failed = sum(1 for *_, ok in spans if not ok)
-            if failed:
-                print(f"  (bare loop: {failed} failed requests)")
-            return throughput(spans), cpu / len(spans) * 1e3
-
-        def run_harness(c: int) -> tuple[float, float]:
-            cfg = BenchmarkConfig(versions=tuple(args.versions), image_set=spec, requests=args.requests, warmup=0,
-                                  load="closed", concurrency=c, max_tokens=args.max_tokens, temperature=0.0,
-                                  stream=stream, protocol=args.protocol, extra_sampling=dict(extra))
-            outcome, cpu = with_cpu(lambda: run_benchmark(cfg, store=store, target=target))
-            stop_shared_sampler()  # not left running under the bare loop
-            if outcome.status != "completed":
-                raise SystemExit(f"harness run {outcome.run_id} {outcome.status}: {outcome.reason}")
-            sent = [i["sha256"] for i in store.get_run(outcome.run_id).manifest["image_set"]["images"]]
-            if sent != [im.sha256 for im in images]:
-                raise SystemExit("the harness sent other images than the bare loop")
-            records = store.get_requests(outcome.run_id)
-            return request_throughput(records), cpu / len(records) * 1e3
-
-        header = "" if args.sampler_only else f"{'concurrency':>11}  {'round':>5}  {'bare req/s':>10}  {'harness req/s':>13}  {'ratio':>6}  " \
-                 f"{'bare CPU ms/req':>15}  {'harness CPU ms/req':>18}  {'load avg':>8}"
-        if header:
-            print(header)
-            print("-" * len(header))
-        verdicts = []
-        for c in ([] if args.sampler_only else args.concurrency):
-            ratios, bares, harnesses = [], [], []
-            for r in range(args.rounds):
-                order = ("bare", "harness") if r % 2 == 0 else ("harness", "bare")
-                got = {}
-                for which in order:
-                    got[which] = run_bare(c) if which == "bare" else run_harness(c)
-                (bare, bare_cpu), (harness, harness_cpu) = got["bare"], got["harness"]
-                ratios.append(harness / bare)
-                bares.append(bare)
-                harnesses.append(harness)
-                print(f"{c:>11}  {r + 1:>5}  {bare:>10.2f}  {harness:>13.2f}  {harness / bare:>6.3f}  "
-                      f"{bare_cpu:>15.2f}  {harness_cpu:>18.2f}  {os.getloadavg()[0]:>8.2f}", flush=True)
-            med = statistics.median(ratios)
-            verdicts.append(f"concurrency {c}: median harness/bare = {med:.3f} "
-                            f"({'meets' if med >= 0.9 else 'misses'} the target >= 0.9); per-round ratios "
-                            f"{min(ratios):.2f}..{max(ratios):.2f}; median throughputs: bare "
-                            f"{statistics.median(bares):.2f}, harness {statistics.median(harnesses):.2f} req/s "
-                            f"(ratio {statistics.median(harnesses) / statistics.median(bares):.3f})")
-        if verdicts:
-            print()
-            print("\n".join(verdicts))
-            print()
-        print(f"sampler at 10 samples/s, {args.sampler_seconds:g} s each, server idle; sources: NVML and the host memory "
-              f"of pid {server.pid} and its children at every tick, metrics {server.metrics_url} every metrics_interval_s")
-        for interval in (None, 0.0):  # the default interval, then (for comparison) a read at every tick
-            m = measure_sampler(server.metrics_url, server.pid, args.sampler_seconds, interval)
-            how = (f"metrics every {m['interval']:g} s (the default)" if interval is None
-                   else "metrics at every tick (metrics_interval_s=0, for comparison)")
-            verdict = f" ({'meets' if m['fraction'] < 0.02 else 'misses'} the target < 2%)" if interval is None else ""
-            print(f"  {how}: {m['samples']} samples, {m['reads']} metrics readings: "
-                  f"CPU {m['fraction'] * 100:.2f}% of one core{verdict}; load average {m['load']:.2f}"
-                  + (f"; failing sources: {m['errors']}" if m["errors"] else ""), flush=True)
-        store.close()
+        contest = Contest(args, server, spec, images, work)
+        print_setup(args, server, checkpoint, contest)
+        compare_harness(args, contest)
+        report_sampler(args, server)
+        contest.store.close()
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)

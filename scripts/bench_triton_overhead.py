@@ -53,6 +53,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -223,7 +224,7 @@ def verdict(paired: dict[str, dict], splits: dict[str, dict], in_process_ms: flo
     return {"transports": judged, "worst": worst, "met": worst["ms"] <= TARGET_MS, "target_ms": TARGET_MS}
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200, help="timed rounds (one request per path each)")
     parser.add_argument("--warmup", type=int, default=10)
@@ -234,9 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-trace", action="store_true", help="no per-request server timestamps")
     parser.add_argument("--device", help="engine device of both sides (cpu, cuda); default: cuda where present")
     parser.add_argument("--no-floor", action="store_true", help="skip the floor (a model with no engine)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    # Before torch is imported anywhere; the server's model processes inherit the environment.
+
+def prepare_environment(args: argparse.Namespace) -> tuple[Path, Path]:
+    """Thread counts and the trace file for this process and the server's model processes (which
+    inherit the environment); call before torch is imported anywhere. Returns (workdir, trace path)."""
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
     workdir = Path(tempfile.mkdtemp(prefix="bench-triton-overhead-"))
     trace_path = workdir / "trace.jsonl"
@@ -244,21 +248,28 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.pop("QWEN_TRITON_TRACE", None)
     else:
         os.environ["QWEN_TRITON_TRACE"] = str(trace_path)
+    return workdir, trace_path
 
-    import torch
+
+def engine_weights(metrics: str) -> dict[tuple[str, str], tuple[float, str]]:
+    """``qwen_engine_weight_bytes`` from the metrics page: (version, part) -> (bytes, mode)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    from services.serving.embedded_triton import resolve_checkpoint, start_embedded_triton
-    from services.serving.engine import Engine, SamplingParams, decode_image
-    from services.core.prompt import build_prompt
-    from services.client.triton_client import TritonClient
+    weights = {}
+    for family in text_string_to_metric_families(metrics):
+        if family.name == "qwen_engine_weight_bytes":
+            for s in family.samples:
+                weights[(s.labels["version"], s.labels["part"])] = (s.value, s.labels["mode"])
+    return weights
 
-    torch.set_num_threads(args.threads)
-    checkpoint = resolve_checkpoint(args.checkpoint)
-    image_jpeg = label_image()
-    image_b64 = base64.b64encode(image_jpeg).decode()
-    prompt = build_prompt()
-    load_before = load_average()
+
+def measure_paths(args: argparse.Namespace, checkpoint: Path, workdir: Path, image_b64: str,
+                  prompt: str) -> tuple[Any, dict[str, list[dict]], dict]:
+    """The interleaved rounds of the in-process engine and both Triton transports, against an
+    embedded server; returns (the in-process engine, each path's calls, the server's weight bytes)."""
+    from services.client.triton_client import TritonClient
+    from services.serving.embedded_triton import start_embedded_triton
+    from services.serving.engine import Engine, SamplingParams, decode_image
 
     server = start_embedded_triton(checkpoint, workdir=workdir / "server", device=args.device,
                                    ports={"http": None, "grpc": None, "metrics": None})
@@ -286,21 +297,79 @@ def main(argv: list[str] | None = None) -> int:
         paths = {ENGINE: in_process, **{name: (lambda p=p: timed_detect(clients[p], image_b64, prompt, args.version))
                                         for name, p in TRANSPORTS.items()}}
         calls = interleaved(paths, args.requests, args.warmup)
-
-        metrics = http_metrics(server.metrics_url)
-        weights = {}
-        for family in text_string_to_metric_families(metrics):
-            if family.name == "qwen_engine_weight_bytes":
-                for s in family.samples:
-                    weights[(s.labels["version"], s.labels["part"])] = (s.value, s.labels["mode"])
+        weights = engine_weights(http_metrics(server.metrics_url))
     finally:
         for client in (http, grpc):
             if client is not None:
                 client.close()  # open gRPC streams would hold the server's shutdown
         server.stop()
+    return engine, calls, weights
+
+
+def print_verdict(judged: dict) -> None:
+    w = judged["worst"]
+    print(f"Triton overhead at the median (worst transport, {w['transport']}): {w['ms']:.2f} ms, the "
+          f"{w['basis']}  (target <= {TARGET_MS:g} ms: {'met' if judged['met'] else 'NOT met'})")
+    for name, j in judged["transports"].items():
+        if "server_work_ms" in j:
+            print(f"  {name}: paired {j['paired_ms']:.2f} ms, segments outside the engine {j['outside_ms']:.2f} ms;"
+                  f" the engine's work took {j['server_work_ms']:.2f} ms in the server, "
+                  f"{j['in_process_ms']:.2f} ms in-process")
+
+
+def print_floor(floor_times: dict[str, list[float]], in_process_ms: float,
+                overheads: dict[str, dict]) -> dict[str, dict]:
+    """The floor's table and what the project's model adds to it; returns the floor's overheads."""
+    print(f"\nthe floor: the same rounds through Triton to a model with no engine that computes (hashing, GIL"
+          f" released) for {in_process_ms:.2f} ms, the in-process median above, and answers one token")
+    floor = print_table(floor_times, SPIN)
+    print("what this project's model adds to the floor (overhead - floor, paired medians): " + ", ".join(
+        f"{name.removeprefix('Triton ')} {overheads[name]['median'] - floor[name]['median']:.2f} ms"
+        for name in TRANSPORTS))
+    return floor
+
+
+def print_breakdown(splits: dict[str, dict]) -> None:
+    print("\nwhere a Triton round trip goes (medians per segment, ms; see breakdown() for the segments):")
+    seg_names = [s for s in next(v for v in splits.values() if v) if s != "page faults"]
+    print(f"{'segment':<16}" + "".join(f"{name:>24}" for name in splits))
+    for seg in seg_names:
+        print(f"{seg:<16}" + "".join(f"{splits[name].get(seg, float('nan')):24.3f}" for name in splits))
+    print(f"{'overhead parts':<16}" + "".join(f"{outside_engine(splits[name]):24.3f}" for name in splits))
+    print(f"{'page faults':<16}" + "".join(f"{splits[name].get('page faults', 0):24.0f}" for name in splits)
+          + "   (model's serving thread, per request)")
+
+
+def print_weights(weights: dict) -> None:
+    """Decoder-linear and whole-model weight bytes of both versions, where the server reported them."""
+    bf16 = weights.get(("1", "decoder_linear"))
+    fp8 = weights.get(("2", "decoder_linear"))
+    if bf16 and fp8:
+        print(f"\ndecoder linear weight bytes: v1 {int(bf16[0])} ({bf16[1]}), v2 {int(fp8[0])} ({fp8[1]}); "
+              f"fp8/bf16 ratio {fp8[0] / bf16[0]:.3f}")
+        model1, model2 = weights[("1", "model")][0], weights[("2", "model")][0]
+        print(f"whole-model weight bytes: v1 {int(model1)}, v2 {int(model2)}; ratio {model2 / model1:.3f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    workdir, trace_path = prepare_environment(args)  # before torch is imported anywhere
+
+    import torch
+
+    from services.core.prompt import build_prompt
+    from services.serving.embedded_triton import resolve_checkpoint
+
+    torch.set_num_threads(args.threads)
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    image_jpeg = label_image()
+    image_b64 = base64.b64encode(image_jpeg).decode()
+    prompt = build_prompt()
+    load_before = load_average()
+
+    engine, calls, weights = measure_paths(args, checkpoint, workdir, image_b64, prompt)
     times = durations_ms(calls)
-    base = times[ENGINE]
-    in_process_ms = statistics.median(base)
+    in_process_ms = statistics.median(times[ENGINE])
     floor_times = None
     if not args.no_floor:
         floor_times = measure_floor(checkpoint, workdir / "floor", in_process_ms, image_b64, prompt,
@@ -315,40 +384,12 @@ def main(argv: list[str] | None = None) -> int:
     overheads = print_table(times, ENGINE)
     splits = {name: breakdown(calls[name], traces) for name in TRANSPORTS} if traces else {}
     judged = verdict(overheads, splits, in_process_ms)
-    w = judged["worst"]
-    print(f"Triton overhead at the median (worst transport, {w['transport']}): {w['ms']:.2f} ms, the "
-          f"{w['basis']}  (target <= {TARGET_MS:g} ms: {'met' if judged['met'] else 'NOT met'})")
-    for name, j in judged["transports"].items():
-        if "server_work_ms" in j:
-            print(f"  {name}: paired {j['paired_ms']:.2f} ms, segments outside the engine {j['outside_ms']:.2f} ms;"
-                  f" the engine's work took {j['server_work_ms']:.2f} ms in the server, "
-                  f"{j['in_process_ms']:.2f} ms in-process")
-
-    floor: dict[str, dict] = {}
-    if floor_times is not None:
-        print(f"\nthe floor: the same rounds through Triton to a model with no engine that computes (hashing, GIL"
-              f" released) for {in_process_ms:.2f} ms, the in-process median above, and answers one token")
-        floor = print_table(floor_times, SPIN)
-        print("what this project's model adds to the floor (overhead - floor, paired medians): " + ", ".join(
-            f"{name.removeprefix('Triton ')} {overheads[name]['median'] - floor[name]['median']:.2f} ms"
-            for name in TRANSPORTS))
-
+    print_verdict(judged)
+    floor = print_floor(floor_times, in_process_ms, overheads) if floor_times is not None else {}
     if any(splits.values()):
-        print("\nwhere a Triton round trip goes (medians per segment, ms; see breakdown() for the segments):")
-        seg_names = [s for s in next(v for v in splits.values() if v) if s != "page faults"]
-        print(f"{'segment':<16}" + "".join(f"{name:>24}" for name in splits))
-        for seg in seg_names:
-            print(f"{seg:<16}" + "".join(f"{splits[name].get(seg, float('nan')):24.3f}" for name in splits))
-        print(f"{'overhead parts':<16}" + "".join(f"{outside_engine(splits[name]):24.3f}" for name in splits))
-        print(f"{'page faults':<16}" + "".join(f"{splits[name].get('page faults', 0):24.0f}" for name in splits)
-              + "   (model's serving thread, per request)")
-    bf16 = weights.get(("1", "decoder_linear"))
-    fp8 = weights.get(("2", "decoder_linear"))
-    if bf16 and fp8:
-        print(f"\ndecoder linear weight bytes: v1 {int(bf16[0])} ({bf16[1]}), v2 {int(fp8[0])} ({fp8[1]}); "
-              f"fp8/bf16 ratio {fp8[0] / bf16[0]:.3f}")
-        model1, model2 = weights[("1", "model")][0], weights[("2", "model")][0]
-        print(f"whole-model weight bytes: v1 {int(model1)}, v2 {int(model2)}; ratio {model2 / model1:.3f}")
+        print_breakdown(splits)
+    print_weights(weights)
+    bf16, fp8 = weights.get(("1", "decoder_linear")), weights.get(("2", "decoder_linear"))
     print(json.dumps({
         "medians_ms": {k: statistics.median(v) for k, v in times.items()},
         "paired_overhead_ms": overheads,

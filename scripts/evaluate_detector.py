@@ -41,7 +41,7 @@ from services.core.images import encode_base64, load_image  # noqa: E402
 from services.image_sets.generator import GeneratorConfig, generate_label  # noqa: E402
 from services.core.prompt import build_prompt  # noqa: E402
 from training.metrics import ImageResult, agreement, score  # noqa: E402
-from training.train_detector import EVAL_SEED_BASE  # noqa: E402
+from training.examples import EVAL_SEED_BASE  # noqa: E402
 
 VERSIONS = {"1": "bf16", "2": "fp8"}
 TARGETS = {"mean_iou": 0.75, "recall_50": 0.90, "median_latency_s": 1.0}

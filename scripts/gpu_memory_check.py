@@ -324,29 +324,14 @@ def checks_of(result: Mapping[str, Any]) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- the run
 
 
-def collect(args: argparse.Namespace) -> dict[str, Any]:
-    import pandas as pd
-
-    from services.core import settings
-    from services.compare.memory import memory_side
-    from services.bench.sampler import Sampler
-    from services.bench.sample_series import sample_rows
-    from services.bench.store import SAMPLE_COLUMNS
-
-    result: dict[str, Any] = {"made_by": "scripts/gpu_memory_check.py", "time": time.time(),
-                              "metrics_url": args.metrics_url, "http_url": args.http_url,
-                              "repository": args.repository, "notes": []}
-    try:
-        result["gpus"] = smi_device_info()
-    except Exception as exc:
-        result["gpus"] = []
-        result["notes"].append(f"nvidia-smi --query-gpu failed: {exc}")
-
-    sampler = Sampler(nvml=True, host_memory=False, metrics_url=args.metrics_url, metrics_timeout_s=3.0)
+def read_device_pairs(sampler: Any, count: int, notes: list[str]) -> tuple[list, list[dict[str, Any]], str | None]:
+    """``count`` readings of each GPU's used memory by the sampler and by nvidia-smi, back to back,
+    alternating which reads first. Returns (the sampler's samples, the pairs, the error that stopped
+    the readings or None); notes what NVML v2 could not read."""
     samples = []
     pairs = []
     device_error = None
-    for i in range(args.pairs):
+    for i in range(count):
         smi: dict[int, int] = {}
         smi_error = None
 
@@ -373,23 +358,20 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
         except Exception as exc:
             v2 = {}
             if i == 0:
-                result["notes"].append(f"NVML v2 memory reading unavailable: {type(exc).__name__}: {exc}")
+                notes.append(f"NVML v2 memory reading unavailable: {type(exc).__name__}: {exc}")
         for g in s.gpus:
             pairs.append({"gpu": g.index, "order": "sampler first" if i % 2 == 0 else "nvidia-smi first",
                           "sampler_used": g.memory_used_bytes, "smi_used": smi.get(g.index),
                           "nvml_v2_used": (v2.get(g.index) or {}).get("used"),
                           "nvml_v2_reserved": (v2.get(g.index) or {}).get("reserved")})
         time.sleep(0.2)
-    result["device"] = device_check(pairs)
-    if device_error:
-        result["device"]["error"] = device_error
-    if samples and "triton_metrics" in samples[-1].source_errors:
-        result["notes"].append(f"metrics not read: {samples[-1].source_errors['triton_metrics']}")
+    return samples, pairs, device_error
 
-    # per process: the sampler's last reading and nvidia-smi's, back to back
+
+def check_processes(args: argparse.Namespace, result: dict[str, Any], last: Any) -> dict[int, dict[str, Any]]:
+    """Per process: the sampler's reading ``last`` against nvidia-smi's, read right after; sets
+    ``result["processes"]`` and ``result["other_pids"]`` and returns this server's GPU processes."""
     procs: dict[int, dict[str, Any]] = {}
-    last = sampler.sample_once()
-    samples.append(last)
     try:
         smi_p = smi_processes()
     except Exception as exc:
@@ -411,24 +393,36 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
                                "error": f"the sampler's NVML source failed: {last.source_errors['nvml']}"}
     elif smi_p is not None:
         result["processes"] = process_check(procs, {k: v for k, v in smi_p.items() if k not in others})
+    return procs
 
-    # versions the server serves
+
+def served_versions(http_url: str | None, notes: list[str]) -> list[str]:
+    """The versions the server serves and reports ready (1 and 2 when it cannot be asked)."""
     versions = ["1", "2"]
-    if args.http_url:
+    if http_url:
         try:
             from services.client.triton_client import TritonClient
 
-            with TritonClient(args.http_url, protocol="http", timeout_s=10) as client:
+            with TritonClient(http_url, protocol="http", timeout_s=10) as client:
                 states = client.versions()
             versions = sorted(s.version for s in states if s.ready) or versions
         except Exception as exc:
-            result["notes"].append(f"could not list the server's versions ({exc}); assuming 1 and 2")
-    result["served_versions"] = versions
-    result["attribution"] = attribution_check(procs, versions) if procs else {
-        "by_version": {}, "missing_versions": versions, "pass": None,
-        "error": result["processes"].get("error") or "no GPU process seen"}
+            notes.append(f"could not list the server's versions ({exc}); assuming 1 and 2")
+    return versions
 
-    # the dashboard's figures (weights from the gauge, peak/rest from the NVML rows) against torch
+
+def check_versions(args: argparse.Namespace, result: dict[str, Any], samples: list,
+                   procs: Mapping[int, Mapping[str, Any]], versions: Sequence[str]) -> None:
+    """The dashboard's figures (weights from the gauge, peak/rest from the NVML rows) against torch's
+    counters, per version; sets ``result["versions"]``."""
+    import pandas as pd
+
+    from services.bench.sample_series import sample_rows
+    from services.bench.store import SAMPLE_COLUMNS
+    from services.compare.memory import memory_side
+    from services.core import settings
+
+    others = result["other_pids"]
     rows = [r for s in samples for r in sample_rows(s) if r.pid is None or r.pid not in others]
     frame = pd.DataFrame([{c: getattr(r, c) for c in SAMPLE_COLUMNS} for r in rows], columns=SAMPLE_COLUMNS)
     metrics = samples[-1].metrics if samples else {}
@@ -458,6 +452,37 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     if not any(torch_from_metrics(metrics, v)["allocated"] is not None for v in versions):
         result["notes"].append(f"the server exports no {TORCH_GAUGE} gauge: torch's counters are read from the "
                                "engine reports only")
+
+
+def collect(args: argparse.Namespace) -> dict[str, Any]:
+    from services.bench.sampler import Sampler
+
+    result: dict[str, Any] = {"made_by": "scripts/gpu_memory_check.py", "time": time.time(),
+                              "metrics_url": args.metrics_url, "http_url": args.http_url,
+                              "repository": args.repository, "notes": []}
+    try:
+        result["gpus"] = smi_device_info()
+    except Exception as exc:
+        result["gpus"] = []
+        result["notes"].append(f"nvidia-smi --query-gpu failed: {exc}")
+
+    sampler = Sampler(nvml=True, host_memory=False, metrics_url=args.metrics_url, metrics_timeout_s=3.0)
+    samples, pairs, device_error = read_device_pairs(sampler, args.pairs, result["notes"])
+    result["device"] = device_check(pairs)
+    if device_error:
+        result["device"]["error"] = device_error
+    if samples and "triton_metrics" in samples[-1].source_errors:
+        result["notes"].append(f"metrics not read: {samples[-1].source_errors['triton_metrics']}")
+
+    last = sampler.sample_once()
+    samples.append(last)
+    procs = check_processes(args, result, last)
+    versions = served_versions(args.http_url, result["notes"])
+    result["served_versions"] = versions
+    result["attribution"] = attribution_check(procs, versions) if procs else {
+        "by_version": {}, "missing_versions": versions, "pass": None,
+        "error": result["processes"].get("error") or "no GPU process seen"}
+    check_versions(args, result, samples, procs, versions)
     sampler.stop()
     result["checks"] = checks_of(result)
     verdicts = [c["pass"] for c in result["checks"] if c["pass"] is not None]

@@ -244,27 +244,24 @@ def section_checkpoint(build: Mapping[str, Any] | None) -> list[str]:
             "sizes, memory and speed are those of the real architecture.", ""]
 
 
-def section_headline(comparison: Mapping[str, Any] | None, run: Mapping[str, Any] | None,
-                     headline: Mapping[str, Any] | None) -> list[str]:
-    lines = ["## Headline figures: bf16 (version 1) against fp8 (version 2)", ""]
-    if not comparison:
-        status = get(headline, "run")
-        error = get(headline, "error")
-        return lines + [f"No comparison report in the results (run: {status}"
-                        + (f"; {error}" if error else "") + ").", ""]
+def headline_run_line(comparison: Mapping[str, Any], run: Mapping[str, Any] | None) -> str:
+    """The sentence saying how the headline run was made (load, requests, tokens, images)."""
     cfg = get(comparison, "runs", 0, "config") or get(run, "config") or {}
     img = cfg.get("image_set") or {}
-    sides = [("a", get(comparison, "a", "label", default="A")), ("b", get(comparison, "b", "label", default="B"))]
     status = get(comparison, "runs", 0, "status")
     reason = get(comparison, "runs", 0, "reason")
-    lines.append(
+    return (
         f"Run {get(comparison, 'a', 'run_id')} ({status}{': ' + reason if reason else ''}): closed loop at "
         f"concurrency {cfg.get('concurrency')}, {cfg.get('requests')} measured requests per version after "
         f"{cfg.get('warmup')} warm-up, both versions interleaved on the same images; {cfg.get('max_tokens')} output "
         f"tokens forced (`ignore_eos`: {get(cfg, 'extra_sampling', 'ignore_eos', default=False)}), "
         f"streaming {cfg.get('stream')}, protocol {cfg.get('protocol')}; images: {comparison.get('image_set')}"
         + (f" ({Path(str(img.get('folder'))).name})" if img.get("folder") else "") + ".")
-    lines.append("")
+
+
+def headline_figures(comparison: Mapping[str, Any], run: Mapping[str, Any] | None,
+                     sides: Sequence[tuple[str, str]]) -> list[list[str]]:
+    """The rows of the figures table: memory, request counts, latencies, throughput, decode floor."""
     lat = {m.get("metric"): m for m in comparison.get("latency") or []}
     mem = comparison.get("memory") or {}
     thr = comparison.get("throughput") or {}
@@ -278,7 +275,7 @@ def section_headline(comparison: Mapping[str, Any] | None, run: Mapping[str, Any
 
     floor = {s: comparison.get(f"floor_{s}") or {} for s, _ in sides}
     version = {s: str(get(comparison, s, "version")) for s, _ in sides}
-    rows = [
+    return [
         row("weights (dashboard: server gauge)", lambda s: gb(get(mem, s, "weights_bytes"))),
         row("decoder linear layers' weights", lambda s: gb(get(mem, s, "decoder_linear_bytes"))),
         row("peak memory of the version's processes", lambda s: gb(get(mem, s, "peak_bytes"))
@@ -300,10 +297,15 @@ def section_headline(comparison: Mapping[str, Any] | None, run: Mapping[str, Any
         row("decode: fraction of the floor (floor / TPOT)", lambda s: pct(floor[s].get("fraction"))
             + f" (decoder linear only: {pct(floor[s].get('lower_fraction'))})"),
     ]
-    lines += table(["figure", *[label for _, label in sides]], rows)
-    bw = floor["a"].get("bandwidth_bytes_per_s")
-    lines += ["", f"Bandwidth used for the floor: {plain(None if bw is None else f'{bw / 1e12:.2f} TB/s')} "
-                  f"({floor['a'].get('bandwidth_source')}); {floor['a'].get('reason')}."]
+
+
+def headline_bandwidth_and_memory(comparison: Mapping[str, Any]) -> list[str]:
+    """The bandwidth behind the floor, the memory fp8 saves and each whole GPU's baseline and peak."""
+    mem = comparison.get("memory") or {}
+    floor_a = comparison.get("floor_a") or {}
+    bw = floor_a.get("bandwidth_bytes_per_s")
+    lines = ["", f"Bandwidth used for the floor: {plain(None if bw is None else f'{bw / 1e12:.2f} TB/s')} "
+                 f"({floor_a.get('bandwidth_source')}); {floor_a.get('reason')}."]
     saved, saved_pct = mem.get("saved_bytes"), mem.get("saved_pct")
     if saved is not None:
         lines += [f"Memory saved by fp8 on {mem.get('basis')}: {gb(saved)} "
@@ -312,7 +314,12 @@ def section_headline(comparison: Mapping[str, Any] | None, run: Mapping[str, Any
     for d in dev:
         lines.append(f"Whole GPU {d.get('gpu')}: baseline {gb(d.get('baseline_bytes'))}, peak {gb(d.get('peak_bytes'))} "
                      f"({d.get('source')}; both versions and every process together).")
-    lines += ["", "Differences (B - A, medians, 95 % bootstrap interval over the pairs):", ""]
+    return lines
+
+
+def headline_differences(comparison: Mapping[str, Any]) -> list[str]:
+    """The B - A differences table, then the report's verdict and notes."""
+    lines = ["", "Differences (B - A, medians, 95 % bootstrap interval over the pairs):", ""]
     drows = []
     for m in comparison.get("latency") or []:
         d = m.get("difference") or {}
@@ -326,6 +333,22 @@ def section_headline(comparison: Mapping[str, Any] | None, run: Mapping[str, Any
     notes = comparison.get("notes") or []
     if notes:
         lines += ["", "Notes:", ""] + [f"- {n}" for n in notes]
+    return lines
+
+
+def section_headline(comparison: Mapping[str, Any] | None, run: Mapping[str, Any] | None,
+                     headline: Mapping[str, Any] | None) -> list[str]:
+    lines = ["## Headline figures: bf16 (version 1) against fp8 (version 2)", ""]
+    if not comparison:
+        status = get(headline, "run")
+        error = get(headline, "error")
+        return lines + [f"No comparison report in the results (run: {status}"
+                        + (f"; {error}" if error else "") + ").", ""]
+    sides = [("a", get(comparison, "a", "label", default="A")), ("b", get(comparison, "b", "label", default="B"))]
+    lines += [headline_run_line(comparison, run), ""]
+    lines += table(["figure", *[label for _, label in sides]], headline_figures(comparison, run, sides))
+    lines += headline_bandwidth_and_memory(comparison)
+    lines += headline_differences(comparison)
     return lines + [""]
 
 

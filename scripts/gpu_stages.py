@@ -378,33 +378,91 @@ def run_logged(cmd: list[str], timeout: float | None) -> int:
         return 124
 
 
+class Headline:
+    """The headline stage's folders, deadline and what it records (``headline.json``)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.out = Path(args.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.data_dir, self.exports, self.report_dir = self.out / "db", self.out / "bench", self.out / "report"
+        self.deadline = args.deadline or (time.time() + 24 * 3600)
+        self.steps: dict[str, Any] = {}
+        self.commands: dict[str, str] = {}
+        self.status: dict[str, Any] = {"steps": self.steps, "commands": self.commands,
+                                       "checkpoint": args.checkpoint, "device": args.device}
+
+    def left(self) -> float:
+        return self.deadline - time.time()
+
+    def ready_timeout(self) -> float:
+        """Loading the 7B includes torch.compile of each version's decode step inside its stub (~45 s
+        for bf16, up to ~3 min for fp8, the versions loading side by side): the server gets everything
+        but the report's reserve and a short benchmark, and at least READY_FLOOR_S where the deadline
+        allows it."""
+        args, left = self.args, self.left
+        ready_timeout = max(60.0, min(args.ready_timeout,
+                                      max(left() - args.reserve_s - 30, min(READY_FLOOR_S, left() - 20))))
+        if ready_timeout < READY_FLOOR_S:
+            say(f"WARNING: only {ready_timeout:.0f} s for the server to be ready; loading the 7B with compiled decode "
+                f"steps can take {READY_FLOOR_S:.0f} s")
+        return ready_timeout
+
+    def bench(self) -> None:
+        """The benchmark CLI in this process; with a deadline, a timer interrupts it in time to leave
+        ``--reserve-s`` for the report. Records the run the store holds last in ``status["run"]``."""
+        from services.bench.cli import main as bench_main
+        from services.bench.store import RunStore
+
+        args, steps = self.args, self.steps
+        argv = bench_argv(args, self.data_dir, self.exports)
+        self.commands["bench"] = "python -m services.bench.cli --checkpoint " + args.checkpoint + " " + " ".join(argv)
+        bench_budget = self.left() - args.reserve_s
+        say(f"benchmark: {bench_budget:.0f} s before it is cancelled to leave {args.reserve_s:.0f} s for the report")
+        timer = None
+        if args.deadline:
+            timer = threading.Timer(max(1.0, bench_budget), lambda: os.kill(os.getpid(), signal.SIGINT))
+            timer.daemon = True
+            timer.start()
+        t0 = time.perf_counter()
+        try:
+            steps["bench_rc"] = bench_main(argv)
+        except KeyboardInterrupt:  # the deadline came before the benchmark's own Ctrl-C handling
+            steps["bench_rc"] = 130
+            say("the benchmark was interrupted before it could store a run")
+        finally:
+            if timer:
+                timer.cancel()
+        steps["bench_s"] = round(time.perf_counter() - t0, 1)
+        with RunStore(self.data_dir) as store:
+            runs = store.list_runs(limit=1)
+            run = runs[0] if runs else None
+            self.status["run"] = None if run is None else {"id": run.id, "status": run.status, "reason": run.reason}
+        say(f"benchmark exit {steps['bench_rc']} in {steps['bench_s']} s; run {self.status['run']}")
+
+    def report(self, run_id: int, mem_cmd: list[str]) -> None:
+        """The comparison report of run ``run_id``, then the memory check again with its figures."""
+        py, left = sys.executable, self.left
+        rep_cmd = [py, "-m", "services.compare.report", "--run", str(run_id), "--data-dir", str(self.data_dir),
+                   "--out", str(self.report_dir), "--gallery", str(self.args.gallery)]
+        self.commands["comparison_report"] = " ".join(["python", *rep_cmd[1:]])
+        self.steps["report_rc"] = run_logged(rep_cmd, timeout=max(30.0, left() - 40))
+        report_json = self.report_dir / f"comparison_run{run_id}_v1_v2.json"
+        extra = ["--comparison-json", str(report_json)] if report_json.is_file() else []
+        self.steps["memory_after_bench_rc"] = run_logged([*mem_cmd, *extra, "--json",
+                                                          str(self.out / "memory_after_bench.json")],
+                                                         timeout=max(20.0, min(120.0, left() - 15)))
+
+
 def cmd_headline(args: argparse.Namespace) -> int:
     from services.serving import embedded_triton
-    from services.bench.cli import main as bench_main
-    from services.bench.store import RunStore
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    data_dir, exports, report_dir = out / "db", out / "bench", out / "report"
-    deadline = args.deadline or (time.time() + 24 * 3600)
-    steps: dict[str, Any] = {}
-    commands: dict[str, str] = {}
-    status = {"steps": steps, "commands": commands, "checkpoint": args.checkpoint, "device": args.device}
+    h = Headline(args)
+    out, steps, status, commands = h.out, h.steps, h.status, h.commands
     py = sys.executable
-
-    def left() -> float:
-        return deadline - time.time()
-
-    # Loading the 7B includes torch.compile of each version's decode step inside its stub (~45 s for bf16,
-    # up to ~3 min for fp8, the versions loading side by side): the server gets everything but the
-    # report's reserve and a short benchmark, and at least READY_FLOOR_S where the deadline allows it.
-    ready_timeout = max(60.0, min(args.ready_timeout,
-                                  max(left() - args.reserve_s - 30, min(READY_FLOOR_S, left() - 20))))
-    if ready_timeout < READY_FLOOR_S:
-        say(f"WARNING: only {ready_timeout:.0f} s for the server to be ready; loading the 7B with compiled decode "
-            f"steps can take {READY_FLOOR_S:.0f} s")
+    ready_timeout = h.ready_timeout()
     say(f"starting the embedded Triton on {args.checkpoint} ({args.device}), ready timeout {ready_timeout:.0f} s; "
-        f"{left():.0f} s left before the deadline")
+        f"{h.left():.0f} s left before the deadline")
     t0 = time.perf_counter()
     try:
         server = embedded_triton.shared_server(checkpoint=args.checkpoint, device=args.device,
@@ -424,42 +482,10 @@ def cmd_headline(args: argparse.Namespace) -> int:
                    server.http_url, "--repository", str(server.repository), "--server-pid", str(server.pid)]
         commands["memory_check"] = " ".join(["python", *mem_cmd[1:]])
         steps["memory_after_load_rc"] = run_logged([*mem_cmd, "--json", str(out / "memory_after_load.json")],
-                                                   timeout=max(30.0, min(180.0, left() - 60)))
-
-        argv = bench_argv(args, data_dir, exports)
-        commands["bench"] = "python -m services.bench.cli --checkpoint " + args.checkpoint + " " + " ".join(argv)
-        bench_budget = left() - args.reserve_s
-        say(f"benchmark: {bench_budget:.0f} s before it is cancelled to leave {args.reserve_s:.0f} s for the report")
-        timer = None
-        if args.deadline:
-            timer = threading.Timer(max(1.0, bench_budget), lambda: os.kill(os.getpid(), signal.SIGINT))
-            timer.daemon = True
-            timer.start()
-        t0 = time.perf_counter()
-        try:
-            steps["bench_rc"] = bench_main(argv)
-        except KeyboardInterrupt:  # the deadline came before the benchmark's own Ctrl-C handling
-            steps["bench_rc"] = 130
-            say("the benchmark was interrupted before it could store a run")
-        finally:
-            if timer:
-                timer.cancel()
-        steps["bench_s"] = round(time.perf_counter() - t0, 1)
-        with RunStore(data_dir) as store:
-            runs = store.list_runs(limit=1)
-            run = runs[0] if runs else None
-            status["run"] = None if run is None else {"id": run.id, "status": run.status, "reason": run.reason}
-        say(f"benchmark exit {steps['bench_rc']} in {steps['bench_s']} s; run {status['run']}")
-        if run is not None:
-            rep_cmd = [py, "-m", "services.compare.report", "--run", str(run.id), "--data-dir", str(data_dir),
-                       "--out", str(report_dir), "--gallery", str(args.gallery)]
-            commands["comparison_report"] = " ".join(["python", *rep_cmd[1:]])
-            steps["report_rc"] = run_logged(rep_cmd, timeout=max(30.0, left() - 40))
-            report_json = report_dir / f"comparison_run{run.id}_v1_v2.json"
-            extra = ["--comparison-json", str(report_json)] if report_json.is_file() else []
-            steps["memory_after_bench_rc"] = run_logged([*mem_cmd, *extra, "--json",
-                                                         str(out / "memory_after_bench.json")],
-                                                        timeout=max(20.0, min(120.0, left() - 15)))
+                                                   timeout=max(30.0, min(180.0, h.left() - 60)))
+        h.bench()
+        if status["run"] is not None:
+            h.report(status["run"]["id"], mem_cmd)
     finally:
         server.stop()
         write_json(out / "headline.json", status)

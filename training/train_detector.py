@@ -6,7 +6,8 @@ as every checkpoint of this project) and taught to answer the project's prompt
 ``<|im_end|>`` (an image without a table: ``<|im_end|>`` alone). Images come from
 ``services.image_sets.generator.generate_label`` on the fly, in DataLoader worker processes, from the
 training seed range (``TRAIN_SEED_BASE`` + i); held-out checks use other ranges
-(``VAL_SEED_BASE`` here, ``EVAL_SEED_BASE`` in scripts/evaluate_detector.py).
+(``VAL_SEED_BASE`` here, ``EVAL_SEED_BASE`` in scripts/evaluate_detector.py; all in training/examples.py,
+which builds the examples).
 
 What the model sees is what the served model sees: each generated image goes through
 ``services.core.images.load_image`` (longest side <= 1024, JPEG q95 4:4:4, as the dashboard sends it),
@@ -37,7 +38,6 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
-import io
 import json
 import math
 import os
@@ -52,6 +52,7 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -63,23 +64,24 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from services.core.boxes import Box, format_answer, parse_answer  # noqa: E402
+from services.core.boxes import parse_answer  # noqa: E402
 from services.serving.checkpoint_builder import (  # noqa: E402
     CheckpointSpec,
     build_config,
     build_image_processor,
     build_tokenizer,
 )
-from services.serving.engine import IMAGE_PAD, expand_image_placeholders  # noqa: E402
 from services.image_sets.generator import GeneratorConfig, generate_label  # noqa: E402
-from services.core.prompt import build_prompt  # noqa: E402
-from training.metrics import ImageResult, score  # noqa: E402
+from training.examples import (  # noqa: E402
+    TRAIN_SEED_BASE,
+    ExampleMaker,
+    LabelStream,
+    as_sent,
+    canonical_order,
+    merge_batches,
+)
+from training.held_out import held_out_check  # noqa: E402
 
-# Seed ranges of generate_label: training, the in-training held-out check, the final evaluation.
-TRAIN_SEED_BASE = 1_000_000
-TRAIN_SEED_LIMIT = 8_000_000
-VAL_SEED_BASE = 8_000_000
-EVAL_SEED_BASE = 9_000_000
 
 # The demo detector's shape: 5.5 M parameters, 11.0 MB in bf16.
 DEMO_SPEC = CheckpointSpec(
@@ -137,190 +139,6 @@ class TrainConfig:
     none_fraction: float = 0.1
     two_fraction: float = 0.1
 
-
-# --------------------------------------------------------------------------------------------
-# Examples (built in DataLoader workers)
-# --------------------------------------------------------------------------------------------
-
-
-def as_sent(image):
-    """The image as the dashboard sends it and the server decodes it (services.core.images.load_image)."""
-    from PIL import Image
-
-    from services.core.images import load_image
-
-    buf = io.BytesIO()
-    image.save(buf, "BMP")  # lossless and fast; load_image shrinks and re-encodes as JPEG q95
-    loaded = load_image(buf.getvalue())
-    with Image.open(io.BytesIO(loaded.data)) as img:
-        img.load()
-        return img.convert("RGB")
-
-
-def canonical_order(boxes: list[Box]) -> list[Box]:
-    """Tables in a fixed order (top-left first by x1 + y1), so the answer is a function of the image."""
-    return sorted(boxes, key=lambda b: (b.x1 + b.y1, b.y1, b.x1))
-
-
-def target_text(grid_boxes: list[Box]) -> str:
-    return format_answer(canonical_order(grid_boxes)) + "<|im_end|>"
-
-
-def rope_positions(ids: np.ndarray, image_token_id: int, grid_thw, merge: int) -> np.ndarray:
-    """Qwen2-VL's M-RoPE position ids (3, L) for one sequence with one image (get_rope_index's rule)."""
-    ids = np.asarray(ids)
-    L = len(ids)
-    is_img = ids == image_token_id
-    n_img = int(is_img.sum())
-    gh, gw = int(grid_thw[1]) // merge, int(grid_thw[2]) // merge
-    first = int(np.argmax(is_img))
-    if n_img != gh * gw or not is_img[first:first + n_img].all():
-        raise ValueError("expected one contiguous run of image tokens matching the grid")
-    pos = np.zeros((3, L), dtype=np.int64)
-    pos[:, :first] = np.arange(first)
-    r, c = np.divmod(np.arange(n_img), gw)
-    pos[0, first:first + n_img] = first
-    pos[1, first:first + n_img] = first + r
-    pos[2, first:first + n_img] = first + c
-    cur = first + max(gh, gw)
-    rest = L - first - n_img
-    pos[:, first + n_img:] = cur + np.arange(rest)
-    return pos
-
-
-def aux_targets(grid_boxes: list[Box], grid_thw, merge: int) -> np.ndarray:
-    """Per visual token (raster order of the merged grid): [coverage, cx, cy, x1, y1, x2, y2].
-
-    ``coverage``: share of the token's cell inside a table (0..1); ``cx, cy``: the cell's centre;
-    ``x1..y2``: the box that covers most of the cell (0 when none), all in 0..1 of the image.
-    """
-    gh, gw = int(grid_thw[1]) // merge, int(grid_thw[2]) // merge
-    xs, ys = np.arange(gw), np.arange(gh)
-    cov = np.zeros((gh, gw), np.float32)
-    best = np.zeros((gh, gw), np.float32)
-    box = np.zeros((gh, gw, 4), np.float32)
-    for b in grid_boxes:
-        x1, y1, x2, y2 = (v / 1000.0 for v in b.as_tuple())
-        ox = np.clip(np.minimum(x2, (xs + 1) / gw) - np.maximum(x1, xs / gw), 0, None) * gw
-        oy = np.clip(np.minimum(y2, (ys + 1) / gh) - np.maximum(y1, ys / gh), 0, None) * gh
-        c = np.outer(oy, ox).astype(np.float32)
-        upd = c > best
-        best = np.where(upd, c, best)
-        box[upd] = (x1, y1, x2, y2)
-        cov = np.clip(cov + c, 0.0, 1.0)
-    cx = np.broadcast_to((xs + 0.5) / gw, (gh, gw))
-    cy = np.broadcast_to(((ys + 0.5) / gh)[:, None], (gh, gw))
-    out = np.concatenate([cov[..., None], cx[..., None], cy[..., None], box], axis=-1)
-    return out.reshape(gh * gw, 7).astype(np.float32)
-
-
-class ExampleMaker:
-    """Turns a seed into one training example (numpy arrays), exactly as the server would see it."""
-
-    def __init__(self, tokenizer, processor, gen_config: GeneratorConfig | None = None):
-        self.tok = tokenizer
-        self.proc = processor
-        self.gen_config = gen_config or GeneratorConfig()
-        self.prompt = build_prompt()
-        self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
-        self.merge = processor.merge_size
-        self.patch = processor.patch_size
-        self.temporal = processor.temporal_patch_size
-        self._prompt_ids: dict[tuple[int, int], list[int]] = {}
-
-    def prompt_ids(self, grid_thw) -> list[int]:
-        key = (int(grid_thw[1]), int(grid_thw[2]))
-        if key not in self._prompt_ids:
-            text = expand_image_placeholders(self.prompt, torch.tensor([[1, key[0], key[1]]]), self.merge)
-            self._prompt_ids[key] = self.tok(text, add_special_tokens=False)["input_ids"]
-        return self._prompt_ids[key]
-
-    def make(self, seed: int) -> dict:
-        sample = generate_label(seed, self.gen_config)
-        image = as_sent(sample.image)
-        out = self.proc(images=[image], do_rescale=False, do_normalize=False, return_tensors="np")
-        pv = np.asarray(out["pixel_values"], dtype=np.float32)
-        grid = np.asarray(out["image_grid_thw"][0], dtype=np.int64)
-        n = pv.shape[0]
-        one = pv.reshape(n, 3, self.temporal, self.patch * self.patch)[:, :, 0, :]
-        patches = np.rint(one).astype(np.uint8)
-        p_ids = self.prompt_ids(grid)
-        a_ids = self.tok(target_text(sample.grid_boxes), add_special_tokens=False)["input_ids"]
-        ids = np.asarray(p_ids + a_ids, dtype=np.int64)
-        return {
-            "ids": ids,
-            "n_prompt": len(p_ids),
-            "pos": rope_positions(ids, self.image_token_id, grid, self.merge),
-            "patches": patches,
-            "grid": grid,
-            "aux": aux_targets(sample.grid_boxes, grid, self.merge),
-            "seed": seed,
-        }
-
-
-def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    B = len(examples)
-    L = max(len(e["ids"]) for e in examples)
-    ids = np.full((B, L), pad_id, dtype=np.int64)
-    labels = np.full((B, L), -100, dtype=np.int64)
-    pos = np.zeros((3, B, L), dtype=np.int64)
-    for i, e in enumerate(examples):
-        n = len(e["ids"])
-        ids[i, :n] = e["ids"]
-        labels[i, e["n_prompt"]:n] = e["ids"][e["n_prompt"]:]
-        pos[:, i, :n] = e["pos"]
-    return {
-        "ids": torch.from_numpy(ids),
-        "labels": torch.from_numpy(labels),
-        "pos": torch.from_numpy(pos),
-        "patches": torch.from_numpy(np.concatenate([e["patches"] for e in examples])),
-        "grid": torch.from_numpy(np.stack([e["grid"] for e in examples])),
-        "aux": torch.from_numpy(np.concatenate([e["aux"] for e in examples])),
-        "seeds": torch.tensor([e["seed"] for e in examples], dtype=torch.int64),
-    }
-
-
-def merge_batches(parts: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
-    if len(parts) == 1:
-        return parts[0]
-    L = max(p["ids"].shape[1] for p in parts)
-
-    def pad(t: torch.Tensor, value: int) -> torch.Tensor:
-        return F.pad(t, (0, L - t.shape[-1]), value=value)
-
-    return {
-        "ids": torch.cat([pad(p["ids"], pad_id) for p in parts]),
-        "labels": torch.cat([pad(p["labels"], -100) for p in parts]),
-        "pos": torch.cat([pad(p["pos"], 0) for p in parts], dim=1),
-        "patches": torch.cat([p["patches"] for p in parts]),
-        "grid": torch.cat([p["grid"] for p in parts]),
-        "aux": torch.cat([p["aux"] for p in parts]),
-        "seeds": torch.cat([p["seeds"] for p in parts]),
-    }
-
-
-class LabelStream(torch.utils.data.IterableDataset):
-    """Endless worker batches; worker w of W makes batches w, w+W, ... from consecutive seeds."""
-
-    def __init__(self, maker: ExampleMaker, seed_start: int, worker_batch: int, pad_id: int):
-        super().__init__()
-        self.maker = maker
-        self.seed_start = seed_start
-        self.worker_batch = worker_batch
-        self.pad_id = pad_id
-
-    def __iter__(self):
-        info = torch.utils.data.get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info else (0, 1)
-        torch.set_num_threads(1)
-        k = wid
-        while True:
-            first = self.seed_start + k * self.worker_batch
-            seeds = range(first, first + self.worker_batch)
-            if seeds[-1] >= TRAIN_SEED_LIMIT:
-                raise RuntimeError(f"training seeds reached {TRAIN_SEED_LIMIT}: the held-out ranges start there")
-            yield collate([self.maker.make(s) for s in seeds], self.pad_id)
-            k += nw
 
 
 # --------------------------------------------------------------------------------------------
@@ -405,60 +223,6 @@ def compute_loss(model, aux_head, normalizer, batch, captured, cfg: TrainConfig,
     aux_loss = l_cov + l_pos + l_box
     loss = lm_loss + cfg.aux_weight * aux_loss
     return loss, {"lm_loss": lm_loss.detach(), "aux_loss": aux_loss.detach(), "acc": acc.detach()}
-
-
-# --------------------------------------------------------------------------------------------
-# Greedy decoding (the held-out check), as services.serving.engine.Engine.prepare/generate do it
-# --------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def predict(model, tokenizer, processor, image, max_new_tokens: int, device, amp: bool) -> str:
-    processed = processor(images=[image], return_tensors="pt")
-    grid = processed["image_grid_thw"]
-    text = expand_image_placeholders(build_prompt(), grid, processor.merge_size)
-    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
-    image_token_id = model.config.image_token_id
-    eos = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>")]
-    with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=amp):
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            pixel_values=processed["pixel_values"].to(device),
-            image_grid_thw=grid.to(device),
-            mm_token_type_ids=(ids == image_token_id).to(torch.int32),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=eos,
-            pad_token_id=eos[1],
-        )
-    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-
-
-def held_out_check(model, tokenizer, processor, n: int, cfg: TrainConfig, device, amp: bool) -> dict:
-    was_training = model.training
-    model.eval()
-    results = []
-    t0 = time.perf_counter()
-    for i in range(n):
-        sample = generate_label(VAL_SEED_BASE + i)
-        image = as_sent(sample.image)
-        text = predict(model, tokenizer, processor, image, cfg.max_new_tokens, device, amp)
-        parsed = parse_answer(text, sample.width, sample.height)
-        results.append(ImageResult(sample.grid_boxes, parsed.grid_boxes, text, sample.seed))
-    model.train(was_training)
-    s = score(results)
-    two = score([r for r in results if len(r.truth) == 2])
-    return {
-        "val_images": n,
-        "val_mean_iou": round(s.mean_iou, 4),
-        "val_recall50": round(s.recall_50, 4),
-        "val_two_table_images": two.images,
-        "val_two_table_mean_iou": round(two.mean_iou, 4),
-        "val_no_table_false_alarms": s.no_table_images_with_box,
-        "val_seconds": round(time.perf_counter() - t0, 1),
-        "example": results[0].text if results else "",
-    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -555,8 +319,8 @@ def self_check(maker: ExampleMaker, model, normalizer, device) -> None:
     print(f"self-check ok: pixel max err {err:.2e}, M-RoPE equal, target {answer!r}", flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    t_start = time.time()
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, TrainConfig, Path]:
+    """(arguments, config, log folder); the log folder is created."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
     p.add_argument("--log-dir", type=Path, help="where train_log.csv goes (default: --out's parent)")
@@ -571,31 +335,28 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)
                          if getattr(args, f.name) is not None})
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    amp = args.amp == "on" or (args.amp == "auto" and device.startswith("cuda"))
     log_dir = args.log_dir or args.out.parent
     log_dir.mkdir(parents=True, exist_ok=True)
     if cfg.batch_size % cfg.worker_batch:
         p.error("--batch-size must be a multiple of --worker-batch")
-    parts_per_step = cfg.batch_size // cfg.worker_batch
+    return args, cfg, log_dir
 
+
+def resumed_from(args: argparse.Namespace, cfg: TrainConfig) -> dict:
+    """The build_info of the checkpoint ``--init-from`` resumes ({} for a fresh run); training goes on
+    from its next seed unless ``--seed-start`` says otherwise."""
     previous: dict = {}
     if args.init_from is not None:
         previous = json.loads((args.init_from / "build_info.json").read_text())
         if "next_seed" in previous and args.seed_start is None:
             cfg.seed_start = int(previous["next_seed"])
-    spec = DEMO_SPEC
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    return previous
 
-    tokenizer = build_tokenizer(spec.bpe_vocab_size)
-    processor = build_image_processor(spec)
-    pad_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    maker = ExampleMaker(tokenizer, processor,
-                         GeneratorConfig(none_fraction=cfg.none_fraction, two_fraction=cfg.two_fraction))
 
-    # The workers fork before CUDA is touched.
+def start_workers(maker: ExampleMaker, cfg: TrainConfig, pad_id: int, device: str) -> tuple[queue.Queue, Feeder]:
+    """The DataLoader workers (they fork here, in the main thread, before CUDA is touched) and the
+    feeder thread that queues their batches."""
+    parts_per_step = cfg.batch_size // cfg.worker_batch
     stream = LabelStream(maker, cfg.seed_start, cfg.worker_batch, pad_id)
     loader = torch.utils.data.DataLoader(
         stream, batch_size=None, num_workers=cfg.num_workers,
@@ -606,11 +367,25 @@ def main(argv: list[str] | None = None) -> int:
     batches = iter(loader)  # starts (forks) the workers here, in the main thread, before CUDA exists
     feeder = Feeder(batches, q, pin=device.startswith("cuda"))
     feeder.start()
+    return q, feeder
 
+
+@dataclass
+class Trainee:
+    """The model in training, its auxiliary head (fed by a hook on the vision merger) and the
+    on-device pixel normalization."""
+
+    model: Any
+    aux_head: torch.nn.Module
+    captured: dict[str, torch.Tensor]
+    normalizer: PixelNormalizer
+
+
+def build_trainee(spec: CheckpointSpec, tokenizer, processor, device: str, init_from: Path | None) -> Trainee:
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    model = build_model(spec, tokenizer, device, args.init_from)
+    model = build_model(spec, tokenizer, device, init_from)
     model.train()
     aux_head = torch.nn.Linear(spec.hidden_size, 7).to(device)
     captured: dict[str, torch.Tensor] = {}
@@ -621,28 +396,37 @@ def main(argv: list[str] | None = None) -> int:
           f"torch {torch.__version__}, transformers {__import__('transformers').__version__}", flush=True)
     if n_params * 2 > MAX_SIZE_BYTES:
         raise SystemExit(f"the spec has {n_params:,} parameters: over {MAX_SIZE_BYTES / 1e6} MB in bf16")
-    if not args.no_self_check:
-        self_check(maker, model, normalizer, device)
+    return Trainee(model, aux_head, captured, normalizer)
 
-    opt_kwargs = {"fused": True} if device.startswith("cuda") else {}
-    opt = torch.optim.AdamW(param_groups(model, aux_head, cfg.weight_decay), lr=cfg.lr,
-                            betas=(cfg.beta1, cfg.beta2), **opt_kwargs)
-    image_token_id = model.config.image_token_id
 
-    csv_path = log_dir / "train_log.csv"
-    csv_fields = ["run", "step", "time_s", "lr", "loss", "lm_loss", "aux_loss", "answer_token_acc",
-                  "images_seen", "samples_trained", "val_mean_iou", "val_recall50"]
-    run_index = int(previous.get("runs", 0)) + 1
-    step0 = int(previous.get("steps", 0))
-    images0 = int(previous.get("images_seen", 0))
-    samples0 = int(previous.get("samples_trained", 0))
-    csv_file = csv_path.open("a", newline="")
-    writer = csv.DictWriter(csv_file, fieldnames=csv_fields)
-    if csv_path.stat().st_size == 0:
-        writer.writeheader()
+class TrainLog:
+    """``train_log.csv``, appended to: a row per logged step and per held-out check. Steps and counts
+    go on from those of the run resumed (``previous``, its build_info)."""
 
+    FIELDS = ["run", "step", "time_s", "lr", "loss", "lm_loss", "aux_loss", "answer_token_acc",
+              "images_seen", "samples_trained", "val_mean_iou", "val_recall50"]
+
+    def __init__(self, log_dir: Path, previous: dict) -> None:
+        path = log_dir / "train_log.csv"
+        self.run_index = int(previous.get("runs", 0)) + 1
+        self.step0 = int(previous.get("steps", 0))
+        self.images0 = int(previous.get("images_seen", 0))
+        self.samples0 = int(previous.get("samples_trained", 0))
+        self.file = path.open("a", newline="")
+        self.writer = csv.DictWriter(self.file, fieldnames=self.FIELDS)
+        if path.stat().st_size == 0:
+            self.writer.writeheader()
+
+    def write(self, row: dict) -> None:
+        self.writer.writerow(row)
+        self.file.flush()
+
+
+def base_build_info(spec: CheckpointSpec, cfg: TrainConfig, argv: list[str] | None, device: str,
+                    previous: dict) -> dict:
+    """The parts of build_info.json that do not change during the run."""
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
-    base_info = {
+    return {
         "trained_by": "training/train_detector.py",
         "built_by": "services.serving.checkpoint_builder (spec) + training/train_detector.py (weights)",
         "weights": "trained from scratch on synthetic labels (services.image_sets.generator); a demo, not the fine-tune",
@@ -658,131 +442,208 @@ def main(argv: list[str] | None = None) -> int:
         "commands": [*previous.get("commands", []), command],
     }
 
-    buffer: deque = deque(maxlen=cfg.replay_batches)
-    rng = random.Random(cfg.seed)
-    step = 0
-    fresh_images = 0
-    samples_trained = 0
-    max_seed = cfg.seed_start - 1
-    recent: deque = deque(maxlen=50)  # build_info's final_loss: mean of the last 50 logged steps (every log_every)
-    last_val: dict = {}
-    print(f"waiting for the first batches from {cfg.num_workers} workers ...", flush=True)
-    t_first = None
-    t_train0 = time.time()
-    last_eval = last_save = t_train0
-    hard_stop = t_start + cfg.deadline_seconds
 
-    def take_fresh(block: bool):
-        nonlocal fresh_images, max_seed
-        if feeder.error is not None:
-            raise RuntimeError("data worker failed") from feeder.error
-        wb = q.get(timeout=300) if block else q.get_nowait()
-        g = {k: v.to(device, non_blocking=True) for k, v in wb.items() if k != "seeds"}
+class TrainingLoop:
+    """The optimizer steps until the time budget, the hard deadline or ``max_steps``; logging,
+    held-out checks and intermediate saves along the way; the final check and save."""
+
+    def __init__(self, args: argparse.Namespace, cfg: TrainConfig, spec: CheckpointSpec, tokenizer, processor,
+                 trainee: Trainee, opt: torch.optim.Optimizer, q: queue.Queue, feeder: Feeder, log: TrainLog,
+                 base_info: dict, previous: dict, pad_id: int, device: str, amp: bool, t_start: float) -> None:
+        self.args, self.cfg, self.spec, self.tokenizer, self.processor = args, cfg, spec, tokenizer, processor
+        self.trainee, self.opt, self.q, self.feeder, self.log = trainee, opt, q, feeder, log
+        self.base_info, self.previous, self.pad_id, self.device, self.amp = base_info, previous, pad_id, device, amp
+        self.t_start = t_start
+        self.image_token_id = trainee.model.config.image_token_id
+        self.parts_per_step = cfg.batch_size // cfg.worker_batch
+        self.buffer: deque = deque(maxlen=cfg.replay_batches)
+        self.rng = random.Random(cfg.seed)
+        self.step = 0
+        self.fresh_images = 0
+        self.samples_trained = 0
+        self.max_seed = cfg.seed_start - 1
+        self.recent: deque = deque(maxlen=50)  # build_info's final_loss: mean of the last 50 logged steps (every log_every)
+        self.last_val: dict = {}
+        print(f"waiting for the first batches from {cfg.num_workers} workers ...", flush=True)
+        self.t_first: float | None = None
+        self.t_train0 = time.time()
+        self.last_eval = self.last_save = self.t_train0
+        self.hard_stop = t_start + cfg.deadline_seconds
+
+    def take_fresh(self, block: bool) -> list:
+        """A new worker batch onto the device and into the replay buffer; returns its [batch, uses] entry."""
+        if self.feeder.error is not None:
+            raise RuntimeError("data worker failed") from self.feeder.error
+        wb = self.q.get(timeout=300) if block else self.q.get_nowait()
+        g = {k: v.to(self.device, non_blocking=True) for k, v in wb.items() if k != "seeds"}
         g["seeds"] = wb["seeds"]
-        fresh_images += len(wb["seeds"])
-        max_seed = max(max_seed, int(wb["seeds"].max()))
+        self.fresh_images += len(wb["seeds"])
+        self.max_seed = max(self.max_seed, int(wb["seeds"].max()))
         entry = [g, 0]
-        buffer.append(entry)
+        self.buffer.append(entry)
         return entry
 
-    def save(final: bool) -> int:
-        elapsed = time.time() - t_train0
+    def gather_parts(self) -> list[dict[str, torch.Tensor]]:
+        """The worker batches of one step: fresh ones while the queue has them, else replayed ones
+        (each at most ``max_reuse`` times, never twice in one step)."""
+        parts = []
+        for _ in range(self.parts_per_step):
+            try:
+                entry = self.take_fresh(block=(self.t_first is None))
+            except queue.Empty:
+                cands = [e for e in self.buffer if e[1] < self.cfg.max_reuse and all(e is not p for p in parts)]
+                entry = self.rng.choice(cands) if cands else self.take_fresh(block=True)
+            entry[1] += 1
+            parts.append(entry[0])
+        if self.t_first is None:
+            self.t_first = time.time()
+            print(f"first batch after {self.t_first - self.t_start:.1f} s", flush=True)
+            self.t_train0 = self.last_eval = self.last_save = self.t_first
+        return parts
+
+    def train_step(self, parts: list[dict[str, torch.Tensor]]) -> tuple[float, torch.Tensor, dict]:
+        """One optimizer step on the merged parts; returns (lr, loss, the loss's parts)."""
+        cfg, t = self.cfg, self.trainee
+        batch = merge_batches(parts, self.pad_id)
+        lr = lr_at(cfg, self.step, (time.time() - self.t_train0) / cfg.train_seconds)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        loss, parts_loss = compute_loss(t.model, t.aux_head, t.normalizer, batch, t.captured, cfg,
+                                        self.image_token_id, self.amp)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(t.model.parameters()) + list(t.aux_head.parameters()), cfg.grad_clip)
+        self.opt.step()
+        self.step += 1
+        self.samples_trained += int(batch["ids"].shape[0])
+        return lr, loss, parts_loss
+
+    def log_step(self, lr: float, loss: torch.Tensor, parts_loss: dict) -> None:
+        log, fresh, trained = self.log, self.fresh_images, self.samples_trained
+        row = {"loss": loss.item(), **{k: v.item() for k, v in parts_loss.items()}}
+        self.recent.append(row)
+        t = time.time() - self.t_train0
+        log.write({
+            "run": log.run_index, "step": log.step0 + self.step, "time_s": round(t, 1), "lr": f"{lr:.3e}",
+            "loss": f"{row['loss']:.4f}", "lm_loss": f"{row['lm_loss']:.4f}",
+            "aux_loss": f"{row['aux_loss']:.4f}", "answer_token_acc": f"{row['acc']:.4f}",
+            "images_seen": log.images0 + fresh, "samples_trained": log.samples0 + trained,
+            "val_mean_iou": "", "val_recall50": "",
+        })
+        print(f"step {log.step0 + self.step:6d} t {t:6.1f}s lr {lr:.2e} loss {row['loss']:.4f} "
+              f"lm {row['lm_loss']:.4f} aux {row['aux_loss']:.4f} acc {row['acc']:.3f} "
+              f"fresh {fresh} ({fresh / max(t, 1e-6):.0f}/s) "
+              f"trained {trained} ({trained / max(t, 1e-6):.0f}/s) q {self.q.qsize()}",
+              flush=True)
+
+    def held_out(self, n: int) -> float:
+        """The held-out check on ``n`` images into ``last_val``; returns when it ended."""
+        self.last_val = held_out_check(self.trainee.model, self.tokenizer, self.processor, n,
+                                       self.cfg.max_new_tokens, self.device, self.amp)
+        return time.time()
+
+    def write_val_row(self, time_s: float) -> None:
+        log = self.log
+        log.write({"run": log.run_index, "step": log.step0 + self.step, "time_s": time_s,
+                   "images_seen": log.images0 + self.fresh_images,
+                   "samples_trained": log.samples0 + self.samples_trained,
+                   "val_mean_iou": self.last_val["val_mean_iou"], "val_recall50": self.last_val["val_recall50"]})
+
+    def save(self, final: bool) -> int:
+        previous, cfg = self.previous, self.cfg
+        elapsed = time.time() - self.t_train0
+        recent = self.recent
         info = {
-            **base_info,
-            "runs": run_index,
-            "steps": step0 + step,
-            "images_seen": images0 + fresh_images,
-            "samples_trained": samples0 + samples_trained,
-            "next_seed": max_seed + 1,
-            "train_seed_range": [previous.get("train_seed_range", [cfg.seed_start])[0], max_seed],
-            "wall_time_s": round(float(previous.get("wall_time_s", 0)) + (time.time() - t_start), 1),
+            **self.base_info,
+            "runs": self.log.run_index,
+            "steps": self.log.step0 + self.step,
+            "images_seen": self.log.images0 + self.fresh_images,
+            "samples_trained": self.log.samples0 + self.samples_trained,
+            "next_seed": self.max_seed + 1,
+            "train_seed_range": [previous.get("train_seed_range", [cfg.seed_start])[0], self.max_seed],
+            "wall_time_s": round(float(previous.get("wall_time_s", 0)) + (time.time() - self.t_start), 1),
             "train_time_s": round(float(previous.get("train_time_s", 0)) + elapsed, 1),
-            "this_run": {"steps": step, "images_seen": fresh_images, "train_time_s": round(elapsed, 1)},
+            "this_run": {"steps": self.step, "images_seen": self.fresh_images, "train_time_s": round(elapsed, 1)},
             "final_loss": round(float(np.mean([r["loss"] for r in recent])), 4) if recent else None,
             "final_lm_loss": round(float(np.mean([r["lm_loss"] for r in recent])), 4) if recent else None,
-            "held_out_check": last_val,
+            "held_out_check": self.last_val,
             "complete": final,
         }
-        size = save_checkpoint(model, tokenizer, processor, spec, args.out, info, args.out_tar)
+        args = self.args
+        size = save_checkpoint(self.trainee.model, self.tokenizer, self.processor, self.spec, args.out, info,
+                               args.out_tar)
         print(f"saved {args.out} ({size / 1e6:.2f} MB, {'final' if final else 'intermediate'})", flush=True)
         return size
 
-    try:
-        while True:
-            now = time.time()
-            progress = (now - t_train0) / cfg.train_seconds
-            if progress >= 1.0 or now >= hard_stop or (cfg.max_steps and step >= cfg.max_steps):
-                break
-            parts = []
-            for _ in range(parts_per_step):
-                try:
-                    entry = take_fresh(block=(t_first is None))
-                except queue.Empty:
-                    cands = [e for e in buffer if e[1] < cfg.max_reuse and all(e is not p for p in parts)]
-                    entry = rng.choice(cands) if cands else take_fresh(block=True)
-                entry[1] += 1
-                parts.append(entry[0])
-            if t_first is None:
-                t_first = time.time()
-                print(f"first batch after {t_first - t_start:.1f} s", flush=True)
-                t_train0 = last_eval = last_save = t_first
-            batch = merge_batches(parts, pad_id)
-            lr = lr_at(cfg, step, (time.time() - t_train0) / cfg.train_seconds)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            loss, parts_loss = compute_loss(model, aux_head, normalizer, batch, captured, cfg, image_token_id, amp)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(aux_head.parameters()), cfg.grad_clip)
-            opt.step()
-            step += 1
-            samples_trained += int(batch["ids"].shape[0])
-            if step % cfg.log_every == 0 or step == 1:
-                row = {"loss": loss.item(), **{k: v.item() for k, v in parts_loss.items()}}
-                recent.append(row)
-                t = time.time() - t_train0
-                writer.writerow({
-                    "run": run_index, "step": step0 + step, "time_s": round(t, 1), "lr": f"{lr:.3e}",
-                    "loss": f"{row['loss']:.4f}", "lm_loss": f"{row['lm_loss']:.4f}",
-                    "aux_loss": f"{row['aux_loss']:.4f}", "answer_token_acc": f"{row['acc']:.4f}",
-                    "images_seen": images0 + fresh_images, "samples_trained": samples0 + samples_trained,
-                    "val_mean_iou": "", "val_recall50": "",
-                })
-                csv_file.flush()
-                print(f"step {step0 + step:6d} t {t:6.1f}s lr {lr:.2e} loss {row['loss']:.4f} "
-                      f"lm {row['lm_loss']:.4f} aux {row['aux_loss']:.4f} acc {row['acc']:.3f} "
-                      f"fresh {fresh_images} ({fresh_images / max(t, 1e-6):.0f}/s) "
-                      f"trained {samples_trained} ({samples_trained / max(t, 1e-6):.0f}/s) q {q.qsize()}",
-                      flush=True)
-            if time.time() - last_eval >= cfg.eval_every_s and cfg.val_images:
-                last_val = held_out_check(model, tokenizer, processor, cfg.val_images, cfg, device, amp)
-                last_eval = time.time()
-                writer.writerow({"run": run_index, "step": step0 + step, "time_s": round(last_eval - t_train0, 1),
-                                 "images_seen": images0 + fresh_images, "samples_trained": samples0 + samples_trained,
-                                 "val_mean_iou": last_val["val_mean_iou"], "val_recall50": last_val["val_recall50"]})
-                csv_file.flush()
-                print(f"held-out check at step {step0 + step}: {json.dumps(last_val)}", flush=True)
-            if time.time() - last_save >= cfg.save_every_s:
-                save(final=False)
-                last_save = time.time()
-    finally:
-        feeder.stop.set()
+    def run(self) -> None:
+        cfg = self.cfg
+        try:
+            while True:
+                now = time.time()
+                progress = (now - self.t_train0) / cfg.train_seconds
+                if progress >= 1.0 or now >= self.hard_stop or (cfg.max_steps and self.step >= cfg.max_steps):
+                    break
+                lr, loss, parts_loss = self.train_step(self.gather_parts())
+                if self.step % cfg.log_every == 0 or self.step == 1:
+                    self.log_step(lr, loss, parts_loss)
+                if time.time() - self.last_eval >= cfg.eval_every_s and cfg.val_images:
+                    self.last_eval = self.held_out(cfg.val_images)
+                    self.write_val_row(round(self.last_eval - self.t_train0, 1))
+                    print(f"held-out check at step {self.log.step0 + self.step}: {json.dumps(self.last_val)}",
+                          flush=True)
+                if time.time() - self.last_save >= cfg.save_every_s:
+                    self.save(final=False)
+                    self.last_save = time.time()
+        finally:
+            self.feeder.stop.set()
 
-    print(f"training stopped after {step} steps, {time.time() - t_train0:.1f} s; "
-          f"{fresh_images} images generated, {samples_trained} samples trained", flush=True)
-    if device.startswith("cuda"):
-        print(f"peak GPU memory allocated: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB", flush=True)
-    if cfg.final_val_images:
-        last_val = held_out_check(model, tokenizer, processor, cfg.final_val_images, cfg, device, amp)
-        writer.writerow({"run": run_index, "step": step0 + step, "time_s": round(time.time() - t_train0, 1),
-                         "images_seen": images0 + fresh_images, "samples_trained": samples0 + samples_trained,
-                         "val_mean_iou": last_val["val_mean_iou"], "val_recall50": last_val["val_recall50"]})
-        csv_file.flush()
-        print(f"final held-out check: {json.dumps(last_val)}", flush=True)
-    csv_file.close()
-    size = save(final=True)
-    if size > MAX_SIZE_BYTES:
-        print(f"WARNING: the checkpoint folder is {size / 1e6:.2f} MB, over {MAX_SIZE_BYTES / 1e6} MB", flush=True)
+    def finish(self) -> None:
+        """The summary, the final held-out check and the final save."""
+        print(f"training stopped after {self.step} steps, {time.time() - self.t_train0:.1f} s; "
+              f"{self.fresh_images} images generated, {self.samples_trained} samples trained", flush=True)
+        if self.device.startswith("cuda"):
+            print(f"peak GPU memory allocated: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB", flush=True)
+        if self.cfg.final_val_images:
+            self.held_out(self.cfg.final_val_images)
+            self.write_val_row(round(time.time() - self.t_train0, 1))
+            print(f"final held-out check: {json.dumps(self.last_val)}", flush=True)
+        self.log.file.close()
+        size = self.save(final=True)
+        if size > MAX_SIZE_BYTES:
+            print(f"WARNING: the checkpoint folder is {size / 1e6:.2f} MB, over {MAX_SIZE_BYTES / 1e6} MB", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    t_start = time.time()
+    args, cfg, log_dir = parse_args(argv)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    amp = args.amp == "on" or (args.amp == "auto" and device.startswith("cuda"))
+    previous = resumed_from(args, cfg)
+    spec = DEMO_SPEC
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    tokenizer = build_tokenizer(spec.bpe_vocab_size)
+    processor = build_image_processor(spec)
+    pad_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    maker = ExampleMaker(tokenizer, processor,
+                         GeneratorConfig(none_fraction=cfg.none_fraction, two_fraction=cfg.two_fraction))
+    q, feeder = start_workers(maker, cfg, pad_id, device)  # the workers fork before CUDA is touched
+
+    trainee = build_trainee(spec, tokenizer, processor, device, args.init_from)
+    if not args.no_self_check:
+        self_check(maker, trainee.model, trainee.normalizer, device)
+    opt_kwargs = {"fused": True} if device.startswith("cuda") else {}
+    opt = torch.optim.AdamW(param_groups(trainee.model, trainee.aux_head, cfg.weight_decay), lr=cfg.lr,
+                            betas=(cfg.beta1, cfg.beta2), **opt_kwargs)
+    log = TrainLog(log_dir, previous)
+    base_info = base_build_info(spec, cfg, argv, device, previous)
+
+    loop = TrainingLoop(args, cfg, spec, tokenizer, processor, trainee, opt, q, feeder, log, base_info, previous,
+                        pad_id, device, amp, t_start)
+    loop.run()
+    loop.finish()
     print(f"done in {time.time() - t_start:.1f} s", flush=True)
     os._exit(0)  # do not wait for the DataLoader workers' shutdown
 

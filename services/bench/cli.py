@@ -125,7 +125,7 @@ def parse_image_size(text: str) -> tuple[int, int]:
 
 def sized_image_folder(args: argparse.Namespace) -> argparse.Namespace:
     """With ``--image-size``: the generated set drawn at that size, written once as a labelled folder
-    (``labels.jsonl`` + PNGs, ``services.image_sets.generator.write_dataset``) under the data folder; the
+    (``labels.jsonl`` + PNGs, ``services.image_sets.dataset_writer.write_dataset``) under the data folder; the
     run then reads that folder (ground truth included). Without it: ``args`` unchanged."""
     if args.image_size is None:
         return args
@@ -135,7 +135,8 @@ def sized_image_folder(args: argparse.Namespace) -> argparse.Namespace:
     if args.count < 1 or args.image_seed < 0:
         raise UsageError("--count must be >= 1 and --image-seed >= 0")
     from services.core import settings
-    from services.image_sets.generator import GeneratorConfig, generate_dataset, write_dataset
+    from services.image_sets.dataset_writer import write_dataset
+    from services.image_sets.generator import GeneratorConfig, generate_dataset
 
     root = Path(args.data_dir) if args.data_dir else settings.data_dir()
     folder = root / "image_sets" / f"generated-{args.image_seed}-{args.count}-{w}x{h}"

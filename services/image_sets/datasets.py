@@ -10,7 +10,7 @@ Two layouts are read into :class:`LabeledImage` records with pixel boxes
   see :func:`load_openfoodfacts`;
 * a folder of images with a ``labels.jsonl`` (one JSON object a line: ``file``, ``width``,
   ``height``, ``boxes`` as pixel ``[x1, y1, x2, y2]`` lists), the format
-  :func:`services.image_sets.generator.write_dataset` writes; see :func:`load_labels_folder`.
+  :func:`services.image_sets.dataset_writer.write_dataset` writes; see :func:`load_labels_folder`.
 
 Bad rows never crash a load: each is skipped and reported as a :class:`LoadProblem` (file, row or
 line, reason), returned beside the good records and logged at WARNING. A load raises only when

@@ -21,12 +21,8 @@ from pathlib import Path
 
 from services.core.boxes import Box, pixels_to_grid
 from services.image_sets.datasets import LABELS_FILE, load_labels_folder
-from services.image_sets.generator import (
-    GeneratorConfig,
-    LabelSample,
-    generate_label,
-    write_dataset,
-)
+from services.image_sets.dataset_writer import write_dataset
+from services.image_sets.generator import GeneratorConfig, LabelSample, generate_label
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,8 @@ import io
 import pytest
 from PIL import Image
 
-from services.image_sets.generator import generate_dataset, write_dataset
+from services.image_sets.dataset_writer import write_dataset
+from services.image_sets.generator import generate_dataset
 from services.image_sets.image_set import ImageSetSpec, load_image_set
 
 
