@@ -260,6 +260,7 @@ def test_taken_ports_are_replaced_by_free_ones():
     assert len(set(chosen.values())) == 3
 
 
+@pytest.mark.server
 def test_startup_failure_reports_the_log_error(tmp_path, tiny_checkpoint):
     broken = tmp_path / "broken-checkpoint"
     broken.mkdir()
@@ -304,6 +305,7 @@ def _shm_files():
     return list(Path("/dev/shm").iterdir())
 
 
+@pytest.mark.server
 def test_command_line_serves_until_terminated(tmp_path, tiny_checkpoint):
     env = dict(os.environ, QWEN_CHECKPOINT=str(tiny_checkpoint), QWEN_DATA_DIR=str(tmp_path))
     ports = choose_ports({"http": None, "grpc": None, "metrics": None})

@@ -131,6 +131,7 @@ def broken_checkpoint(tmp_path, monkeypatch):
     state.start_embedded.clear()  # the failure is cached for the process: later tests start afresh
 
 
+@pytest.mark.server
 def test_an_embedded_server_that_cannot_start_shows_its_log_error(broken_checkpoint):
     at = AppTest.from_file(APP, default_timeout=180).run()
     assert not at.exception, at.exception
