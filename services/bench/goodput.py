@@ -55,9 +55,10 @@ class LatencyTargets:
     e2e_ms: float | None = 2000.0
 
     def validate(self) -> "LatencyTargets":
+        names = {"ttft_ms": "TTFT", "tpot_ms": "TPOT", "e2e_ms": "end-to-end"}
         for name, v in asdict(self).items():
             if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise ValueError(f"the {name.removesuffix('_ms')} target must be a positive number of ms, not {v!r}")
+                raise ValueError(f"the {names[name]} target must be a positive number of ms, not {v!r}")
         return self
 
     def to_dict(self) -> dict[str, float | None]:

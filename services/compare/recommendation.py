@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from services.compare.accuracy import AccuracyComparison
+from services.compare.accuracy import AccuracyComparison, TruthSource
 from services.compare.capacity import SweepResult, VersionCapacity
 from services.compare.differences import Difference
 from services.core.versions import VERSION_LABELS
@@ -183,9 +183,11 @@ class SweepDecision:
 
 def decide_run(store: "RunStore", run_id: int, *, price_per_gpu_hour: float | None = None,
                demand_rps: float | None = None, tolerance: float = ACCURACY_TOLERANCE,
-               targets: "LatencyTargets | None" = None, versions: tuple[str, str] | None = None) -> SweepDecision:
-    """Capacity from the stored sweep, accuracy from the run's paired comparison (against the ground
-    truth the comparison recovers), and the recommendation of ``versions`` (default: the run's first two)."""
+               targets: "LatencyTargets | None" = None, versions: tuple[str, str] | None = None,
+               truth: "TruthSource | None" = None) -> SweepDecision:
+    """Capacity from the stored sweep, accuracy from the run's paired comparison (against ``truth``,
+    default the ground truth the comparison recovers for the run's images), and the recommendation of
+    ``versions`` (default: the run's first two)."""
     from services.compare.capacity import sweep_result
     from services.compare.comparison import compare_run
 
@@ -195,7 +197,7 @@ def decide_run(store: "RunStore", run_id: int, *, price_per_gpu_hour: float | No
     if len(vs) < 2:
         return SweepDecision(sweep, None, None)
     try:
-        accuracy = compare_run(store, run_id, vs[:2]).accuracy
+        accuracy = compare_run(store, run_id, vs[:2], **({"truth": truth} if truth else {})).accuracy
     except (KeyError, ValueError):  # a side without measured requests
         accuracy = None
     return SweepDecision(sweep, recommend(sweep, accuracy, vs[0], vs[1], tolerance=tolerance), accuracy)
