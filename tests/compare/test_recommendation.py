@@ -99,3 +99,22 @@ def test_no_clear_winner_without_a_sweep_or_when_capacities_are_close(store):
     assert rec.decision == "no clear winner" and "within 5%" in rec.sentence
     sweep.versions["1"].capacity.rps, sweep.versions["2"].capacity.rps = 0.0, 0.0
     assert "neither version met the targets" in recommend(sweep, None).sentence
+
+
+def test_the_report_leads_with_the_recommendation_then_shows_capacity_and_cost(store):
+    from services.compare.capacity_report import report_decision
+    from services.compare.comparison import compare_run
+    from services.compare.report import report_html
+    from tests.compare.support import check_self_contained
+
+    rid = store_sweep(store)
+    c = compare_run(store, rid, truth=truth)
+    decision = report_decision(store, c, price_per_gpu_hour=3.6)
+    assert decision[1].winner == "2"
+    text = report_html(c, [], decision)
+    check_self_contained(text)
+    assert text.index("id='recommendation'") < text.index("id='verdict'") < text.index("Capacity and cost")
+    assert "Deploy fp8: at your targets it serves 10.00 images/s per GPU against 5.00" in text
+    for div in ("fig-capacity", "fig-goodput", "fig-cost"):
+        assert f'id="{div}"' in text
+    assert "$0.1000" in text  # fp8's cost per 1,000 images in the capacity table
