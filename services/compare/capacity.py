@@ -107,7 +107,10 @@ def kv_max_concurrency(manifest: Mapping[str, Any], version: str,
     ``qwen_engine_*`` gauges without their prefix, or the engine's report): the KV cache's size in
     tokens (``kv_cache_tokens``) divided by this workload's tokens per request (mean input + output
     tokens of the measured requests); else the maximum concurrency the engine states for its longest
-    request (``kv_cache_max_concurrency``, as vLLM logs it); else unknown.
+    request (``kv_cache_max_concurrency``, as vLLM logs it); else unknown. An engine that knows its
+    KV cache publishes the gauge ``qwen_engine_kv_cache_tokens{version}`` (or
+    ``qwen_engine_kv_cache_max_concurrency``) on the metrics port, or writes ``kv_cache_tokens`` into
+    its ``engine_report.json``: :func:`services.bench.manifest.served_quantization` records either.
     """
     entry = version_entry(manifest, version)
     tokens = first_number(*(entry.get(k) for k in KV_TOKENS_KEYS))

@@ -197,3 +197,21 @@ def test_a_bad_sweep_is_refused_before_anything_starts():
     assert ok.levels == (1, 2, 4) and ok.bench.concurrency == 4
     rates = validate_sweep(SweepConfig(load="open", levels=(0.5, 2.0)))
     assert rates.bench.load == "open" and rates.bench.rate == 2.0 and rates.level_requests(2.0) == rates.bench.requests
+
+
+def test_a_rate_sweep_sends_poisson_arrivals_level_by_level(triton_server, tmp_path):
+    from services.bench.sweep import run_sweep
+
+    store = RunStore(tmp_path / "db")
+    outcome = run_sweep(_sweep(levels=(1.0, 3.0), requests=4, load="open"), store, target_of(triton_server, "http"))
+    assert outcome.status == "completed", outcome.reason
+    levels = store.get_levels(outcome.run_id)
+    assert [(lv.version, lv.load, lv.value) for lv in levels] == [("1", "open", 1.0), ("2", "open", 1.0),
+                                                                  ("2", "open", 3.0), ("1", "open", 3.0)]
+    result = sweep_result(store, outcome.run_id)
+    assert result.load == "open"
+    for vc in result.versions.values():
+        slow = vc.levels[0].stats
+        # 4 arrivals at 1/s span about 3 s: throughput well under the 3/s level's
+        assert slow.requests == 4 and 0 < slow.throughput_rps < 3.0
+    store.close()

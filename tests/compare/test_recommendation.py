@@ -118,3 +118,14 @@ def test_the_report_leads_with_the_recommendation_then_shows_capacity_and_cost(s
     for div in ("fig-capacity", "fig-goodput", "fig-cost"):
         assert f'id="{div}"' in text
     assert "$0.1000" in text  # fp8's cost per 1,000 images in the capacity table
+
+
+def test_kv_cache_room_is_read_from_the_manifest_else_unknown():
+    from services.compare.capacity import kv_max_concurrency
+
+    gauges = {"quantization": {"1": {"source": "metrics", "kv_cache_tokens": 12000.0}}}
+    assert kv_max_concurrency(gauges, "1", 400.0)[0] == pytest.approx(30.0)  # 12,000 tokens / 400 per request
+    stated = {"quantization": {"1": {"kv_cache_max_concurrency": 7.5}}}
+    assert kv_max_concurrency(stated, "1", 400.0)[0] == 7.5 and "states" in kv_max_concurrency(stated, "1", None)[1]
+    value, note = kv_max_concurrency({"quantization": {"1": "unknown"}}, "1", 400.0)
+    assert value is None and note.startswith("unknown")
