@@ -38,7 +38,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 
 from services.bench.store import RunStore
-from services.compare.capacity import SweepResult
+from services.compare.capacity import SweepResult, sweep_json
 from services.compare.capacity_report import capacity_html, recommendation_html, report_decision
 from services.compare.comparison import Comparison, build_comparison, compare_run
 from services.compare.export import (
@@ -167,11 +167,16 @@ def _csv(columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> bytes:
     return buf.getvalue().encode()
 
 
-def report_json(c: Comparison) -> dict[str, Any]:
-    """The JSON report: the comparison's data plus when and by what it was made."""
-    return {"schema": "qwen-compare/1",
-            "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "comparison": comparison_to_dict(c)}
+def report_json(c: Comparison, decision: tuple[SweepResult | None, Recommendation] | None = None) -> dict[str, Any]:
+    """The JSON report: the comparison's data plus when and by what it was made; with ``decision``,
+    the recommendation and the sweep (``services.compare.capacity.sweep_json``)."""
+    out = {"schema": "qwen-compare/1",
+           "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+           "comparison": comparison_to_dict(c)}
+    if decision is not None:
+        out["recommendation"] = decision[1].to_dict()
+        out["sweep"] = None if decision[0] is None else sweep_json(decision[0], decision[1].sentence)
+    return out
 
 
 CSS = """
@@ -255,8 +260,8 @@ def html_bytes(store: RunStore, c: Comparison, items: Sequence[GalleryItem] | No
     return report_html(c, items, report_decision(store, c)).encode()
 
 
-def json_bytes(c: Comparison) -> bytes:
-    return (json.dumps(report_json(c), indent=1, ensure_ascii=False) + "\n").encode()
+def json_bytes(c: Comparison, decision: tuple[SweepResult | None, Recommendation] | None = None) -> bytes:
+    return (json.dumps(report_json(c, decision), indent=1, ensure_ascii=False) + "\n").encode()
 
 
 def summary_csv(c: Comparison) -> bytes:
@@ -273,7 +278,7 @@ def report_files(store: RunStore, c: Comparison, *, gallery_size: int = GALLERY_
     stem = report_stem(c)
     return {
         f"{stem}.html": html_bytes(store, c, items, gallery_size),
-        f"{stem}.json": json_bytes(c),
+        f"{stem}.json": json_bytes(c, report_decision(store, c)),
         f"{stem}_summary.csv": summary_csv(c),
         f"{stem}_pairs.csv": pairs_csv(store, c),
     }
