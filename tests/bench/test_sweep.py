@@ -215,3 +215,18 @@ def test_a_rate_sweep_sends_poisson_arrivals_level_by_level(triton_server, tmp_p
         # 4 arrivals at 1/s span about 3 s: throughput well under the 3/s level's
         assert slow.requests == 4 and 0 < slow.throughput_rps < 3.0
     store.close()
+
+
+def test_repeated_levels_alternate_the_versions_and_give_capacity_an_interval(triton_server, tmp_path):
+    from services.bench.sweep import run_sweep
+
+    store = RunStore(tmp_path / "db")
+    outcome = run_sweep(_sweep(levels=(1,), requests=3, repeats=2), store, target_of(triton_server, "http"))
+    assert outcome.status == "completed", outcome.reason
+    levels = store.get_levels(outcome.run_id)
+    assert [(lv.version, lv.repeat) for lv in levels] == [("1", 0), ("2", 0), ("2", 1), ("1", 1)]
+    for vc in sweep_result(store, outcome.run_id).versions.values():
+        c = vc.capacity
+        assert c.repeats == 2 and c.lo is not None and c.lo <= c.rps <= c.hi
+        assert c.rps == pytest.approx(sum(lv.stats.goodput_rps for lv in vc.levels) / 2)
+    store.close()
