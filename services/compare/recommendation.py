@@ -57,10 +57,13 @@ def _name(version: str) -> str:
 
 def _iou_change(d: Difference, sign: float) -> str:
     """The mean IoU change of the named version against the other (``sign`` -1 flips B-A to A-B)."""
-    text = f"mean IoU change {sign * d.diff:+.3f}"  # type: ignore[operator]
+    def fmt(v: float) -> str:
+        return f"{0.0 if abs(v) < 5e-4 else v:+.3f}"  # no "-0.000"
+
+    text = f"mean IoU change {fmt(sign * d.diff)}"  # type: ignore[operator]
     if d.lo is not None and d.hi is not None:
         lo, hi = sorted((sign * d.lo, sign * d.hi))
-        text += f" [{lo:+.3f}, {hi:+.3f}]"
+        text += f" [{fmt(lo)}, {fmt(hi)}]"
     return text
 
 
