@@ -49,7 +49,7 @@ from services.compare.export import (
 from services.compare.figures import figures
 from services.compare.gallery import GALLERY_SIZE, GalleryItem, gallery
 from services.compare.request_boxes import FOUND_IOU
-from services.compare.verdict import format_bytes
+from services.core.units import format_bytes
 
 
 # =========================================================================== tables
@@ -77,7 +77,7 @@ def _table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def memory_rows(c: Comparison) -> list[list[str]]:
     """The memory table, one row per quantity, A and B columns; each number with its unit
-    (GB, or MB / kB for a small model: :func:`services.compare.verdict.format_bytes`)."""
+    (GiB, or MiB / KiB for a small model: :func:`services.core.units.format_bytes`)."""
     def fmt(v: int | None) -> str:
         return "unknown" if v is None else format_bytes(v)
     a, b = c.memory.a, c.memory.b
@@ -317,27 +317,30 @@ def fresh_run(store: RunStore, args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="qwen-report",
+    from services.bench.cli import HelpFormatter  # an option's default, shown once and only where it says something
+
+    p = argparse.ArgumentParser(prog="qwen-report", formatter_class=HelpFormatter,
                                 description="Compare two model versions from stored runs: HTML, JSON and CSV report.")
     p.add_argument("--run", type=int, help="a stored paired run (both versions)")
     p.add_argument("--versions", nargs=2, default=None, metavar=("A", "B"),
                    help="the two versions to compare, A then B (default: the run's first two; fresh runs: 1 2)")
     p.add_argument("--run-a", type=int, help="two stored runs: run of side A")
-    p.add_argument("--version-a")
+    p.add_argument("--version-a", help="two stored runs: version of side A")
     p.add_argument("--run-b", type=int, help="two stored runs: run of side B")
-    p.add_argument("--version-b")
+    p.add_argument("--version-b", help="two stored runs: version of side B")
     p.add_argument("--fresh", action="store_true", help="run a fresh paired benchmark first, then report on it")
-    p.add_argument("--image-set", choices=["samples", "generated", "folder"], default="generated")
+    p.add_argument("--image-set", choices=["samples", "generated", "folder"], default="generated",
+                   help="images of a fresh run")
     p.add_argument("--seed", type=int, default=0, help="seed of a generated image set")
     p.add_argument("--count", type=int, default=8, help="images of a generated set")
     p.add_argument("--folder", help="dataset folder (--image-set folder)")
     p.add_argument("--max-side", type=int, default=1024, help="longest image side sent (px)")
     p.add_argument("--requests", type=int, default=16, help="measured requests per version")
     p.add_argument("--warmup", type=int, default=1, help="warm-up requests per version")
-    p.add_argument("--max-tokens", type=int, default=128)
-    p.add_argument("--concurrency", type=int, default=1)
+    p.add_argument("--max-tokens", type=int, default=128, help="most output tokens per answer")
+    p.add_argument("--concurrency", type=int, default=1, help="requests in flight")
     p.add_argument("--url", help="Triton server (default: QWEN_TRITON_URL, else the embedded server)")
-    p.add_argument("--protocol", choices=["http", "grpc"])
+    p.add_argument("--protocol", choices=["http", "grpc"], help="default: the URL's scheme, else QWEN_TRITON_PROTOCOL (http)")
     p.add_argument("--data-dir", help="where the run store lives (default: QWEN_DATA_DIR, else data/)")
     p.add_argument("--gallery", type=int, default=GALLERY_SIZE, help="images in the disagreement gallery")
     p.add_argument("--out", required=True, help="folder to write the report into")

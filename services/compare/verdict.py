@@ -1,6 +1,6 @@
 """The verdict: one plain-words sentence per question the comparison answers, and its caveats.
 
-Memory saved (GB and %, on the weights when known), the median change of latency, TTFT and TPOT,
+Memory saved (GiB or MiB, and %, on the weights when known), the median change of latency, TTFT and TPOT,
 the change of accuracy, the agreement between the versions and decode against the floor; each
 difference is said to be significant (its 95 % interval excludes 0), not significant, or of unknown
 significance. The caveats say what limits the numbers (runs not completed, failures, few requests).
@@ -20,6 +20,7 @@ from services.compare.memory import MemoryComparison
 from services.compare.pairing import Side
 from services.compare.request_boxes import FOUND_IOU
 from services.compare.speed import MetricComparison, metric_named
+from services.core.units import format_bytes
 
 
 def _fmt_ms(v: float) -> str:
@@ -35,18 +36,8 @@ def _ci_words(d: Difference, fmt: Callable[[float], str]) -> str:
     return f"not significant: the {where} includes 0"
 
 
-def format_bytes(n: float) -> str:
-    """Bytes in GB (10^9) with two decimals; MB or kB below 1 GB, so that small models say something."""
-    v = abs(n)
-    if v >= 1e9:
-        return f"{n / 1e9:.2f} GB"
-    if v >= 1e6:
-        return f"{n / 1e6:.2f} MB"
-    return f"{n / 1e3:.1f} kB"
-
-
 def memory_sentence(m: MemoryComparison, a: Side, b: Side) -> str:
-    """Memory saved by B in GB and %, on the weights when known."""
+    """Memory saved by B (binary units: :func:`services.core.units.format_bytes`) and %, on the weights when known."""
     if m.saved_bytes is None:
         return ("Memory: unknown. Neither the weight bytes of both versions nor comparable memory samples "
                 "were recorded.")

@@ -21,7 +21,7 @@ from services.image_sets.image_set import ImageSetSpec
 from services.core.boxes import Box, match_boxes, parse_answer
 from services.compare.comparison import compare_run
 from services.compare.report import main, write_report
-from services.compare.verdict import format_bytes
+from services.core.units import format_bytes
 from services.bench.sampler import stop_shared_sampler
 from services.bench.store import RunStore
 from services.client.server_target import ServerTarget

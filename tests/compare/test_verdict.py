@@ -7,7 +7,8 @@ from services.compare.accuracy import AccuracyComparison, AccuracySide
 from services.compare.differences import Difference
 from services.compare.memory import MemoryComparison, MemorySide
 from services.compare.speed import MetricComparison
-from services.compare.verdict import accuracy_sentence, format_bytes, latency_sentence, memory_sentence
+from services.compare.verdict import accuracy_sentence, latency_sentence, memory_sentence
+from services.core.units import format_bytes
 from tests.compare.support import A, B
 
 
@@ -61,16 +62,19 @@ def _mem(weights, peak=None, kv=None, source="gpu-process") -> MemorySide:
     return MemorySide(source, None, peak, None, 0, weights, "gauge", None, None, kv, "n", None, "n")
 
 
-def test_bytes_are_written_in_gb_or_smaller_units_for_small_models():
-    assert format_bytes(6_430_000_000) == "6.43 GB"
-    assert format_bytes(1_234_567) == "1.23 MB"
-    assert format_bytes(2_500) == "2.5 kB"
+def test_bytes_are_written_in_binary_units_gib_or_smaller_for_small_models():
+    assert format_bytes(6_430_000_000) == "5.99 GiB"
+    assert format_bytes(3 * 2**30) == "3.00 GiB"
+    assert format_bytes(1_234_567) == "1.18 MiB"
+    assert format_bytes(2_500) == "2.4 KiB"
+    assert format_bytes(-512 * 2**20) == "-512.00 MiB"
+    assert format_bytes(None) == "unknown"
 
 
-def test_memory_sentence_gb_and_percent():
+def test_memory_sentence_gib_and_percent():
     m = MemoryComparison(_mem(16_580_000_000), _mem(10_150_000_000), [], 6_430_000_000,
                          6_430_000_000 / 16_580_000_000 * 100, "weights")
-    assert memory_sentence(m, A, B) == ("Memory: fp8 (v2) saves 6.43 GB (38.8%) of weights "
-                                        "(10.15 GB vs 16.58 GB for bf16 (v1)).")
+    assert memory_sentence(m, A, B) == ("Memory: fp8 (v2) saves 5.99 GiB (38.8%) of weights "
+                                        "(9.45 GiB vs 15.44 GiB for bf16 (v1)).")
     unknown = MemoryComparison(_mem(None), _mem(None), [], None, None, "unknown")
     assert memory_sentence(unknown, A, B).startswith("Memory: unknown.")

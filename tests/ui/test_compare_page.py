@@ -16,7 +16,7 @@ from services.core import settings
 from services.bench.runner import BenchmarkConfig, run_benchmark
 from services.image_sets.image_set import ImageSetSpec
 from services.compare.comparison import build_comparison, compare_run
-from services.compare.verdict import format_bytes
+from services.core.units import format_bytes
 from services.bench.sampler import stop_shared_sampler
 from services.bench.store import RunStore
 from services.client.server_target import ServerTarget
