@@ -155,7 +155,7 @@ def detection_figure(result: ImageResult, height: int | None = None) -> go.Figur
     its version, zoomed and panned together.
 
     Axes are in pixels of the original image (y downwards). ``height``: the figure's height in
-    pixels (default: the image's aspect at about 1100 px over all panels, within 360..820).
+    pixels (default: the image's aspect at about 760 px over all panels, within 360..820).
     Raises ``ValueError`` for a result whose image did not load.
     """
     if result.image is None:
@@ -189,7 +189,7 @@ def detection_figure(result: ImageResult, height: int | None = None) -> go.Figur
                                      line={"color": version_color(version), "width": 3}, showlegend=True,
                                      hoverinfo="skip", meta={"series": version, "pixels": None}))
     if height is None:
-        height = int(min(820, max(360, 1100 / len(shown) * h / w + 110)))
+        height = int(min(820, max(360, 760 / len(shown) * h / w + (110 if len(shown) > 1 else 80))))
     fig.update_layout(
         height=height, margin={"l": 10, "r": 10, "t": 70 if any(titles) else 40, "b": 10},
         legend={"orientation": "h", "yanchor": "bottom", "y": 1.06 if any(titles) else 1.01, "xanchor": "left", "x": 0},
