@@ -49,6 +49,7 @@ from services.compare.export import (
 from services.compare.figures import figures
 from services.compare.gallery import GALLERY_SIZE, GalleryItem, gallery
 from services.compare.request_boxes import FOUND_IOU
+from services.compare.verdict import identical
 from services.core.units import format_bytes
 
 
@@ -121,8 +122,10 @@ def accuracy_rows(c: Comparison) -> list[list[str]]:
     for name, d in (("mean IoU", acc.mean_iou), (f"found at IoU ≥ {FOUND_IOU}", acc.found),
                     ("no box (incl. failures)", acc.no_box)):
         ci = f"[{d.lo:+.3f}, {d.hi:+.3f}]" if d.lo is not None else (d.note or "no interval")
-        rows.append([name, _num(d.a, 3), _num(d.b, 3), "unknown" if d.diff is None else f"{d.diff:+.3f}", ci,
-                     {True: "yes", False: "no", None: "unknown"}[d.significant]])
+        sig = {True: "yes", False: "no", None: "unknown"}[d.significant]
+        if identical(d):
+            ci, sig = "none: identical on every image", "no difference"
+        rows.append([name, _num(d.a, 3), _num(d.b, 3), "unknown" if d.diff is None else f"{d.diff:+.3f}", ci, sig])
     rows.append(["answers without a box", acc.a.no_box, acc.b.no_box, "", "", ""])
     rows.append(["failed requests", acc.a.failed, acc.b.failed, "", "", ""])
     return rows

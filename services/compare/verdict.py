@@ -71,20 +71,34 @@ def _pts(v: float) -> str:
     return f"{v * 100:+.1f} pts"
 
 
+def identical(d: Difference) -> bool:
+    """Whether the two sides gave the same value on every pair: no difference, and an interval of
+    zero width at 0 (no resample of the pairs differs), so there is nothing to test."""
+    return d.diff == 0 and d.lo == 0 and d.hi == 0
+
+
 def accuracy_sentence(acc: AccuracyComparison, a: Side, b: Side) -> str:
-    """Mean IoU (and found share) change, B vs A, and whether it is significant."""
+    """Mean IoU (and found share) change, B vs A, and whether it is significant; where the versions
+    scored the same on every image, that, instead of an interval of zero width."""
     if not acc.known:
         return "Accuracy: unknown (no ground truth for these images)."
     d = acc.mean_iou
     if d.diff is None or d.a is None or d.b is None:
         return f"Accuracy: unknown ({d.note or 'no IoU values'})."
-    change = "unchanged" if d.diff == 0 else f"{'higher' if d.diff > 0 else 'lower'} by {abs(d.diff):.3f}"
-    text = (f"Accuracy: mean IoU with the ground truth {d.b:.3f} for {b.label} vs {d.a:.3f} for {a.label}, "
-            f"{change}; {_ci_words(d, lambda v: f'{v:+.3f}')}.")
+    if identical(d):
+        text = (f"Accuracy: mean IoU with the ground truth {d.a:.3f} for both versions: {b.label} and {a.label} "
+                "scored identically on every image.")
+    else:
+        change = "unchanged" if d.diff == 0 else f"{'higher' if d.diff > 0 else 'lower'} by {abs(d.diff):.3f}"
+        text = (f"Accuracy: mean IoU with the ground truth {d.b:.3f} for {b.label} vs {d.a:.3f} for {a.label}, "
+                f"{change}; {_ci_words(d, lambda v: f'{v:+.3f}')}.")
     f = acc.found
     if f.diff is not None and f.a is not None and f.b is not None:
-        text += (f" Tables found at IoU ≥ {FOUND_IOU}: {f.b * 100:.1f}% vs {f.a * 100:.1f}% "
-                 f"({_pts(f.diff)}; {_ci_words(f, _pts)}).")
+        if identical(f):
+            text += f" Tables found at IoU ≥ {FOUND_IOU}: {f.a * 100:.1f}% for both, on the same images."
+        else:
+            text += (f" Tables found at IoU ≥ {FOUND_IOU}: {f.b * 100:.1f}% vs {f.a * 100:.1f}% "
+                     f"({_pts(f.diff)}; {_ci_words(f, _pts)}).")
     return text
 
 

@@ -52,10 +52,21 @@ def test_accuracy_sentences_significant_and_not():
                         "lower by 0.100; significant: the 95% CI of the difference [-0.150, -0.050] excludes 0.")
     assert "85.0% vs 90.0% (-5.0 pts; not significant: the 95% CI of the difference [-12.0 pts, +2.0 pts] " \
            "includes 0)" in s
+    barely = Difference("mean_iou", "mean", "", 0.5, 0.5, 0.0, 0.0, -0.01, 0.01, 8, 8, True)
+    assert "unchanged; not significant" in accuracy_sentence(_acc(barely, found), A, B)
     same = Difference("mean_iou", "mean", "", 0.0, 0.0, 0.0, None, 0.0, 0.0, 8, 8, True)
-    assert "unchanged; not significant" in accuracy_sentence(_acc(same, found), A, B)
     assert accuracy_sentence(_acc(same, found, known=False), A, B) == \
         "Accuracy: unknown (no ground truth for these images)."
+
+
+def test_an_identical_result_is_said_so_not_tested():
+    """Both versions gave the same answers: no "+0.0 pts; not significant: [+0.0, +0.0] includes 0"."""
+    iou = Difference("mean_iou", "mean", "", 0.98, 0.98, 0.0, 0.0, 0.0, 0.0, 8, 8, True)
+    found = Difference("found_share", "mean", "", 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 8, 8, True)
+    s = accuracy_sentence(_acc(iou, found), A, B)
+    assert s == ("Accuracy: mean IoU with the ground truth 0.980 for both versions: fp8 (v2) and bf16 (v1) scored "
+                 "identically on every image. Tables found at IoU ≥ 0.5: 100.0% for both, on the same images.")
+    assert "+0.0" not in s and "not significant" not in s
 
 
 def _mem(weights, peak=None, kv=None, source="gpu-process") -> MemorySide:
