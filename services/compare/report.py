@@ -49,6 +49,7 @@ from services.compare.export import (
 from services.compare.figures import figures
 from services.compare.gallery import GALLERY_SIZE, GalleryItem, gallery
 from services.compare.request_boxes import FOUND_IOU
+from services.compare.run_context import context_rows
 from services.compare.verdict import identical
 from services.core.units import format_bytes
 
@@ -181,7 +182,17 @@ h1{font-size:1.6em}h2{margin-top:1.6em;border-bottom:1px solid #dee2e6;padding-b
 .verdict li{margin:6px 0}.caveat{color:#862e9c}
 table{border-collapse:collapse;margin:8px 0;font-size:.9em}td,th{border:1px solid #dee2e6;padding:4px 8px;text-align:left}
 th{background:#f8f9fa}.note{color:#495057;font-size:.9em}
+td{max-width:640px;overflow-wrap:anywhere;vertical-align:top}
+.context{width:100%}.context th{width:210px;white-space:nowrap}
 """
+
+
+def context_html(c: Comparison) -> str:
+    """What the numbers were measured on (:func:`services.compare.run_context.context_rows`): the
+    report's first lines, so that no figure below reads as a claim about another model or machine."""
+    rows = "".join(f"<tr><th scope='row'>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in context_rows(c))
+    return ("<p class='note'>Measured on (from the runs' manifests; \"unknown\" where a run did not record it):</p>"
+            f"<table class='context' id='context'>{rows}</table>")
 
 
 def report_html(c: Comparison, items: Sequence[GalleryItem] | None = None) -> str:
@@ -201,6 +212,7 @@ def report_html(c: Comparison, items: Sequence[GalleryItem] | None = None) -> st
         f"<title>{_esc(c.b.label)} vs {_esc(c.a.label)}: comparison report</title>",
         f"<style>{CSS}</style></head><body>",
         f"<h1>What {_esc(c.b.label)} buys over {_esc(c.a.label)}, and what it costs</h1>",
+        context_html(c),
         f"<p class='note'>{_esc(runs)} · {_esc(c.image_set)} · {c.measured_a} / {c.measured_b} measured requests · "
         f"{_esc(c.pairing)} · generated {datetime.now(timezone.utc).isoformat(timespec='seconds')}</p>",
         "<h2>Verdict</h2><div class='verdict' id='verdict'><ul>",

@@ -9,7 +9,9 @@ here straight from the RunStore rows, independently of services.compare, and mus
 from __future__ import annotations
 
 import csv
+import html
 import json
+import re
 from collections import defaultdict
 
 import numpy as np
@@ -216,6 +218,15 @@ def test_the_report_files_hold_the_database_numbers(paired, tmp_path):
 
     text = (tmp_path / "report" / f"{stem}.html").read_text()
     check_self_contained(text)
+    # the first screen says what was measured, from the run's manifest and config
+    first = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", text[:text.index("<h2>Verdict")])).split())
+    manifest = store.get_run(rid).manifest
+    assert "Model and checkpoint model 'qwen'; checkpoint unknown (not recorded)" in first  # the target named none
+    assert "no GPU on the benchmark host" in first or manifest["gpu"]["gpus"][0]["name"] in first
+    assert f"Triton Inference Server {manifest['server']['version']}" in first and "engine: python backend" in first
+    assert "bf16 (v1): bf16" in first and "fp8 (v2): fp8, mode fp8_" in first
+    assert (f"{IMAGES} generated label images (seed 7), longest side 160 px; {REQUESTS} measured requests per "
+            f"version after {WARMUP} warm-up; closed loop, concurrency 1; max {MAX_TOKENS} tokens") in first
     for line in c.verdict.lines:
         assert line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("'", "&#x27;") \
             .replace('"', "&quot;") in text
