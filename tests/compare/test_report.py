@@ -257,6 +257,17 @@ def test_command_line_reports_a_stored_run_and_a_fresh_one(paired, triton_server
     assert sorted(r.version for r in store.get_requests(new[0].id)) == ["1", "1", "2", "2"]
 
 
+def test_help_names_each_default_once(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: qwen-report ") and "(default: None)" not in out and "(default: False)" not in out
+    for entry in re.split(r"\n  (?=-)", out.split("options:", 1)[1]):  # one entry per option
+        assert " ".join(entry.split()).count("default") <= 1, entry
+    assert "(default: 16)" in out and "(default: generated)" in out
+
+
 def test_command_line_refuses_missing_choices(tmp_path):
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path)])
