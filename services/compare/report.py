@@ -82,6 +82,10 @@ def memory_rows(c: Comparison) -> list[list[str]]:
     (GiB, or MiB / KiB for a small model: :func:`services.core.units.format_bytes`)."""
     def fmt(v: int | None) -> str:
         return "unknown" if v is None else format_bytes(v)
+
+    def kv(side: Any) -> str:  # an engine that reserves no KV room has none, which is not "unknown"
+        return "not reserved" if side.kv_room_bytes is None and side.kv_note.startswith("not reserved") \
+            else fmt(side.kv_room_bytes)
     a, b = c.memory.a, c.memory.b
     return [
         ["measured", a.source, b.source],
@@ -91,7 +95,7 @@ def memory_rows(c: Comparison) -> list[list[str]]:
         ["weights", fmt(a.weights_bytes), fmt(b.weights_bytes)],
         ["weights from", a.weights_source, b.weights_source],
         ["decoder linear layers", fmt(a.decoder_linear_bytes), fmt(b.decoder_linear_bytes)],
-        ["KV-cache room", fmt(a.kv_room_bytes), fmt(b.kv_room_bytes)],
+        ["KV-cache room", kv(a), kv(b)],
         ["KV-cache room: how", a.kv_note, b.kv_note],
         ["rest", fmt(a.rest_bytes), fmt(b.rest_bytes)],
         ["rest: how", a.rest_note, b.rest_note],

@@ -45,3 +45,14 @@ def test_what_a_run_did_not_record_is_unknown(tmp_path):
     assert rows["Server and engine"] == "server unknown; engine: unknown"
     assert rows["Quantization as served"] == "bf16 (v1): unknown (not recorded); fp8 (v2): unknown (not recorded)"
     assert "load unknown" in rows["Workload"] and "max tokens unknown" in rows["Workload"]
+
+
+def test_the_memory_table_says_not_reserved_rather_than_unknown(tmp_path):
+    from services.compare.report import memory_rows
+
+    with RunStore(tmp_path) as store:
+        rows = {r[0]: r[1:] for r in memory_rows(compare_run(store, store_paired_run(store)))}
+    # the transformers engine reserves no KV-cache room: its row says so, and the "how" row why
+    assert rows["KV-cache room"] == ["not reserved", "not reserved"]
+    assert rows["KV-cache room: how"][0].startswith("not reserved: this engine allocates KV cache per request")
+    assert rows["weights"] == ["15.44 GiB", "9.45 GiB"]
