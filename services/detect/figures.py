@@ -2,15 +2,19 @@
 
 Both draw the boxes of each model version in its own colour (bf16 blue, fp8 orange; any other
 version gets the next colour of :data:`EXTRA_COLORS`) and the ground truth, when known, dashed in
-green, each box with its label.
+green, each box with its label. With two versions or more, each version gets its own panel, side
+by side and titled with the version (:func:`panels`), the ground truth in each: the versions
+usually agree, and one box drawn exactly on the other would hide it.
 
-* :func:`detection_figure`: the image as a ``go.Image`` trace placed in the *original* image's
-  pixel coordinates (the sent, possibly shrunk, image is stretched over them), one scatter trace
-  per box (closed outline, faint fill, a label at its top-left corner, hover with the pixel and
-  0..1000 grid coordinates), and one legend entry per version asked, saying how many boxes it
-  gave ("fp8 (v2): no box" when none, "...: error" when the request failed).
-* :func:`annotated_png`: the sent image with the same boxes and labels drawn by PIL, and a legend
-  band under it; PNG bytes for ``st.download_button``.
+* :func:`detection_figure`: per panel, the image as a ``go.Image`` trace placed in the *original*
+  image's pixel coordinates (the sent, possibly shrunk, image is stretched over them) and one
+  scatter trace per box (closed outline, faint fill, a label at its corner, hover with the pixel
+  and 0..1000 grid coordinates); the panels zoom and pan together; one legend entry per version
+  asked, saying how many boxes it gave ("fp8 (v2): no box" when none, "...: error" when the
+  request failed).
+* :func:`annotated_png`: the sent image with the same boxes and labels drawn by PIL (side by side
+  per version, each under its title), and a legend band under it; PNG bytes for
+  ``st.download_button``.
 """
 
 from __future__ import annotations
