@@ -70,6 +70,6 @@ try:
     view_id = ss.get(VIEW)
     if view_id is not None and not (job is not None and job.run_id == view_id):
         show_run(page_store, int(view_id), job.run_id if job is not None else None)
-    render_history(page_store)
+    render_history(page_store, run_lifecycle.current_run(JOB))
 finally:
     page_store.close()

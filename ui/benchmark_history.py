@@ -10,7 +10,9 @@ import streamlit as st
 
 from services.bench import figures as bf
 from services.bench.store import RunStore
+from services.core.versions import version_label
 from ui.benchmark_session import CONFIRM, NOTICE, OUTCOME, PICK, VIEW
+from ui.run_lifecycle import LiveRun
 from ui.store import open_store
 
 HISTORY_LIMIT = 200
@@ -53,16 +55,30 @@ def _confirm_delete(run_id: int) -> None:
         store.close()
 
 
-def render_history(store: RunStore) -> None:
-    """The table of recorded runs, the run picker with Open and Delete, and the delete confirmation."""
+def running_note(live: LiveRun | None, listed: set[int]) -> str | None:
+    """What the history says of the session's run while it goes and is not listed yet, else None."""
+    if live is None or (live.run_id is not None and live.run_id in listed):
+        return None
+    which = f"Run #{live.run_id}" if live.run_id is not None else "A run"
+    return (f"⏳ {which} of this session is going ({', '.join(map(version_label, live.versions))}): its progress "
+            "is under Running above; it is listed here once it is recorded.")
+
+
+def render_history(store: RunStore, live: LiveRun | None = None) -> None:
+    """The table of recorded runs (the session's running run first, said to be going even before it
+    is recorded), the run picker with Open and Delete, and the delete confirmation."""
     ss = st.session_state
     st.subheader("History")
     runs = store.list_runs(limit=HISTORY_LIMIT)
     if ss.get(NOTICE):
         kind, text = ss.pop(NOTICE)
         getattr(st, kind)(text)
+    note = running_note(live, {r.id for r in runs})
+    if note:
+        st.info(note)
     if not runs:
-        st.info("No runs yet.")
+        if note is None:
+            st.info("No runs yet.")
         return
     st.dataframe(bf.history_frame(runs), hide_index=True, key="bench_history")
     by_id = {r.id: r for r in runs}

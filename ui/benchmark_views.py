@@ -10,7 +10,7 @@ import streamlit as st
 
 from services.bench import figures as bf
 from services.bench.stats import summarize
-from services.bench.store import RunStore
+from services.bench.store import RunInfo, RunStore
 from ui.benchmark_live import PLOTLY_CONFIG
 from ui.benchmark_session import STATUS_BANNER, VIEW
 
@@ -31,29 +31,48 @@ def export_file(data_dir: Path, run_id: int, name: str) -> Callable[[], bytes]:
 
 def _summary(store: RunStore, run_id: int, frames: tuple[pd.DataFrame, pd.DataFrame],
              open_loop: dict | None) -> None:
-    """Per version: the numbers of its requests and its memory; the open loop's punctuality."""
+    """Per version: the numbers of its requests, then its memory; the open loop's punctuality."""
     requests, samples = frames
     summaries = summarize(store.get_requests(run_id))
-    memory = bf.version_memory(samples, store.versions(run_id), bf.first_request_t(requests))
     if not summaries:
         st.info("This run recorded no request.")
         return
-    st.dataframe(bf.summary_frame(summaries, memory), hide_index=True, key="bench_summary")
-    notes = [n for s in summaries.values() for n in s.notes if "p99" in n][:1]
-    for note in notes:
+    st.dataframe(bf.summary_frame(summaries), hide_index=True, key="bench_summary")
+    for note in bf.summary_notes(summaries):
         st.caption(f"Note: {note}.")
+    memory = bf.version_memory(samples, store.versions(run_id), bf.first_request_t(requests))
+    if memory:
+        st.dataframe(bf.memory_frame(memory), hide_index=True, key="bench_summary_memory")
     if open_loop:
         st.caption(f"Open loop at {open_loop.get('rate')} requests/s (seed {open_loop.get('seed')}): "
                    f"{open_loop.get('late_sends', 0)} sends started more than "
                    f"{open_loop.get('late_threshold_ms')} ms late (the most: {open_loop.get('max_lag_ms')} ms).")
 
 
-def _charts(requests: pd.DataFrame, samples: pd.DataFrame) -> None:
+def no_chart_reason(run: RunInfo, what: str) -> str:
+    """Why a recorded run has no ``what`` to chart, in one sentence (shown in place of the chart)."""
+    if run.status == "running":
+        return f"No {what} recorded yet: the run is starting."
+    how = {"failed": "failed", "cancelled": "was cancelled", "partial": "stopped"}.get(run.status)
+    why = f" ({run.reason})" if run.reason else ""
+    if how:
+        return f"No {what} to chart: run #{run.id} {how} before any was recorded{why}."
+    return f"No {what} to chart: run #{run.id} recorded none{why}."
+
+
+def _charts(run: RunInfo, requests: pd.DataFrame, samples: pd.DataFrame) -> None:
+    """The run's memory, latency and throughput charts; in place of a chart with nothing to draw, why."""
     t0 = bf.run_t0(requests, samples)
     with st.container(key="bench_result"):
         left, right = st.columns(2)
-        left.plotly_chart(bf.memory_figure(bf.memory_chart_frame(samples), t0=t0), key="bench_result_memory",
-                          config=PLOTLY_CONFIG)
+        if samples.empty:
+            left.info(no_chart_reason(run, "memory readings"))
+        else:
+            left.plotly_chart(bf.memory_figure(bf.memory_chart_frame(samples), t0=t0), key="bench_result_memory",
+                              config=PLOTLY_CONFIG)
+        if requests.empty:
+            right.info(no_chart_reason(run, "requests"))
+            return
         right.plotly_chart(bf.latency_figure(requests, t0=t0), key="bench_result_latency", config=PLOTLY_CONFIG)
         st.plotly_chart(bf.throughput_figure(requests, t0=t0), key="bench_result_throughput",
                         config=PLOTLY_CONFIG)
@@ -92,7 +111,7 @@ def show_run(store: RunStore, run_id: int, running_id: int | None) -> None:
         render_sweep_run(store, run_id)
     frames = store.requests_frame(run_id), store.samples_frame(run_id)
     _summary(store, run_id, frames, run.summary.get("open_loop") if isinstance(run.summary, dict) else None)
-    _charts(*frames)
+    _charts(run, *frames)
     _exports(store, run_id)
     with st.expander("What the run ran against"):
         st.json({"config": run.config, "manifest": run.manifest}, expanded=False)

@@ -24,6 +24,13 @@ def table(columns: list[str], rows: list[list[Any]], key: str) -> None:
     st.dataframe(pd.DataFrame([[str(v) for v in r] for r in rows], columns=columns), hide_index=True, key=key)
 
 
+def wrapped_table(columns: list[str], rows: list[list[Any]], key: str) -> None:
+    """A static table whose long cells wrap (the memory table's "how" rows are sentences)."""
+    with st.container(key=key):
+        st.table(pd.DataFrame([[str(v) for v in r[1:]] for r in rows], columns=columns[1:],
+                              index=[str(r[0]) for r in rows]))
+
+
 def render_heading(c: Comparison) -> None:
     """Which runs, which images, how many requests, how they were paired; then the verdict."""
     st.caption(" · ".join([
@@ -40,7 +47,7 @@ def render_heading(c: Comparison) -> None:
 def render_measurements(c: Comparison) -> None:
     """Memory, latency, throughput and accuracy: a table or figure each, with their notes."""
     st.header("Memory")
-    table(["", c.a.label, c.b.label], cr.memory_rows(c), "cmp_memory_table")
+    wrapped_table(["", c.a.label, c.b.label], cr.memory_rows(c), "cmp_memory_table")
     for note in c.memory.notes + c.memory.a.notes + c.memory.b.notes:
         st.caption(note)
     st.plotly_chart(cf.memory_figure(c), key="cmp_fig_memory", config=PLOTLY_CONFIG)

@@ -7,11 +7,8 @@ from functools import partial
 import streamlit as st
 
 from services.detect.detection import BatchResult, ImageResult, VersionResult, batch_to_json, download_name
+from services.core.units import format_duration_ms
 from services.detect.figures import annotated_png, detection_figure, version_color
-
-
-def _ms(value: float | None) -> str:
-    return "—" if value is None else f"{value:,.0f} ms"
 
 
 def _iou(value: float | None) -> str:
@@ -26,8 +23,8 @@ def render_version(v: VersionResult, result: ImageResult, key: str) -> None:
             st.error(v.error)
             return
         cols = st.columns(3)
-        cols[0].metric("Latency", _ms(v.latency_ms), help="From sending the request to the whole answer.")
-        cols[1].metric("TTFT", _ms(v.ttft_ms), help="Time to first token" + (
+        cols[0].metric("Latency", format_duration_ms(v.latency_ms), help="From sending the request to the whole answer.")
+        cols[1].metric("TTFT", format_duration_ms(v.ttft_ms), help="Time to first token" + (
             "." if v.stream else ": only measured with streaming on."))
         cols[2].metric("Tokens", "—" if v.num_output_tokens is None else str(v.num_output_tokens),
                        help="Output tokens" + (f"; finish reason: {v.finish_reason}" if v.finish_reason else ""))
@@ -50,30 +47,29 @@ def render_version(v: VersionResult, result: ImageResult, key: str) -> None:
 
 
 def render_image(result: ImageResult, key: str) -> None:
-    """One image of the batch: its error, or the figure with the versions' panels beside it."""
+    """One image of the batch: its error, or the figure (one panel per version, side by side) over
+    the whole width, then the versions' panels side by side under it."""
     with st.container(border=True, key=key):
         st.subheader(f"{result.index + 1}. {result.name}" + (" (sample)" if result.source == "sample" else ""))
         if result.error or result.image is None:
             st.error(result.error or "The image could not be loaded.")
             return
-        left, right = st.columns([1, 1])
-        with left:
-            st.plotly_chart(detection_figure(result), key=f"{key}_figure", config={"displaylogo": False})
-            img = result.image
-            size = f"{img.original_width}×{img.original_height} {img.format}"
-            st.caption(f"{size}; sent {img.width}×{img.height} {img.sent_format}" +
-                       (f"; {'; '.join(img.notes)}" if img.notes else ""))
-            # made when clicked (a callable), not on every rerun
-            st.download_button("Download the annotated image (PNG)", partial(annotated_png, result),
-                               file_name=download_name(result.name, "-annotated.png", result.index),
-                               mime="image/png", key=f"{key}_png", on_click="ignore")
-        with right:
-            if result.versions_iou is not None and len(result.versions) >= 2:
-                labels = " ↔ ".join(v.label for v in list(result.versions.values())[:2])
-                st.metric(f"IoU between versions ({labels})", _iou(result.versions_iou.mean_iou),
-                          help="Mean IoU over one-to-one box matches; an unmatched box counts 0; "
-                               "'—' when neither version found a box.")
-            for version, v in result.versions.items():
+        st.plotly_chart(detection_figure(result), key=f"{key}_figure", config={"displaylogo": False})
+        img = result.image
+        size = f"{img.original_width}×{img.original_height} {img.format}"
+        st.caption(f"{size}; sent {img.width}×{img.height} {img.sent_format}" +
+                   (f"; {'; '.join(img.notes)}" if img.notes else ""))
+        # made when clicked (a callable), not on every rerun
+        st.download_button("Download the annotated image (PNG)", partial(annotated_png, result),
+                           file_name=download_name(result.name, "-annotated.png", result.index),
+                           mime="image/png", key=f"{key}_png", on_click="ignore")
+        if result.versions_iou is not None and len(result.versions) >= 2:
+            labels = " ↔ ".join(v.label for v in list(result.versions.values())[:2])
+            st.metric(f"IoU between versions ({labels})", _iou(result.versions_iou.mean_iou),
+                      help="Mean IoU over one-to-one box matches; an unmatched box counts 0; "
+                           "'—' when neither version found a box.")
+        for col, (version, v) in zip(st.columns(max(1, len(result.versions))), result.versions.items()):
+            with col:
                 render_version(v, result, key=f"{key}_v{version}")
 
 

@@ -41,10 +41,11 @@ EXIT_USAGE = 2
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows an option's default where it says something: not for an option whose default is None
-    (it has none, or its help text names the real one), nor where the help text already names it."""
+    (it has none, or its help text names the real one), nor where the help text already names it, nor for
+    an on/off flag that is off by default."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or "default" in (action.help or ""):
+        if action.default is None or action.default is False or "default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 
@@ -254,7 +255,8 @@ def summary_table(summaries: dict[str, Any]) -> str:
 def memory_lines(memory: Sequence[Any]) -> list[str]:
     from services.bench.sample_series import chart_label
 
-    mib = 2**20
+    from services.core.units import MIB as mib
+
     out = []
     for m in memory:
         if not (m.kind in ("device", "gpu", "host")):  # gauges such as qwen_engine_weight_bytes are in the manifest
@@ -267,9 +269,11 @@ def memory_lines(memory: Sequence[Any]) -> list[str]:
 
 def print_outcome(outcome: Any, out_paths: list[Path], as_json: bool) -> None:
     print(summary_table(outcome.summaries))
-    notes = sorted({n for s in outcome.summaries.values() for n in s.notes})
-    for n in notes:
-        print(f"note: {n}")
+    from services.core.versions import version_label
+
+    for v, s in outcome.summaries.items():
+        for n in s.notes:
+            print(f"note: {version_label(v)}: {n}")
     mem = memory_lines(outcome.memory)
     if mem:
         print("memory over the run (baseline before the first request):")

@@ -34,9 +34,7 @@ from services.core.versions import version_label
 from services.detect.figures import version_color
 from services.bench.sample_series import CHART_COLUMNS, Sample, SampleRow, series_for_chart
 from services.bench.triton_metrics import parse_series_key
-
-MIB = 2**20
-GIB = 2**30
+from services.core.units import memory_unit
 DEFAULT_ROLLING = 10  # requests in the rolling median
 SERVER_COLOR = "#495057"
 OTHER_COLOR = "#adb5bd"
@@ -48,11 +46,12 @@ FIGURE_HEIGHT = 340
 SAMPLE_FIELDS = ["t_wall", "t_mono", "source", "kind", "memory_bytes", "gpu", "model", "version",
                  "utilization", "pid"]
 
+# The summary's two tables: narrow columns, the unit in each header (min, max and TTFT p99 are in the exports).
 SUMMARY_COLUMNS = [
-    "version", "count", "failures", "warm-up", "mean ms", "min ms", "max ms", "p50 ms", "p90 ms",
-    "p99 ms", "TTFT p50 ms", "TTFT p99 ms", "TPOT mean ms", "req/s", "tok/s",
-    "mem baseline MiB", "mem peak MiB", "mem delta MiB", "memory measured", "notes",
+    "version", "count", "failures", "warm-up", "p50 (ms)", "p90 (ms)", "p99 (ms)", "mean (ms)",
+    "TTFT p50 (ms)", "TPOT (ms)", "req/s", "tok/s",
 ]
+MEMORY_FIELDS = ("baseline", "peak", "delta")
 
 
 # --------------------------------------------------------------------------- memory
@@ -96,6 +95,18 @@ class MemorySeries:
     color: str
     dash: str  # plotly line dash
     frame: pd.DataFrame  # t_mono, memory_bytes, time (one row per time)
+    width: float = 2.0
+
+
+# Versions' lines often coincide (same process sizes): the first is drawn wide and solid, the next ones
+# narrower and dashed on top of it, so that each stays visible; the legend shows each style.
+VERSION_LINES = (("solid", 4.5), ("dash", 2.0), ("dot", 2.0), ("dashdot", 2.0))
+WEIGHT_DASHES = ("dot", "dashdot", "longdashdot", "longdash")
+
+
+def version_line(index: int) -> tuple[str, float]:
+    """(dash, width) of the ``index``-th version line of a chart (:data:`VERSION_LINES`)."""
+    return VERSION_LINES[index % len(VERSION_LINES)]
 
 
 def _version_name(model: str | None, version: str | None) -> str:
@@ -153,15 +164,19 @@ def _process_lines(procs: pd.DataFrame, summed: Any, what: str) -> list[MemorySe
     out: list[MemorySeries] = []
     keyed = procs.assign(_model=procs["model"].fillna(""), _version=procs["version"].fillna(""))
     groups = sorted(keyed.groupby(["_model", "_version"]).groups, key=lambda k: (k[1] == "", k[0] == "server", k))
+    n_versions = 0
     for model, version in groups:
         part = keyed[(keyed["_model"] == model) & (keyed["_version"] == version)]
+        dash, width = "solid", 2.0
         if version:
             name, group, color = f"{_version_name(model, version)} {what}", "version", version_color(version)
+            dash, width = version_line(n_versions)
+            n_versions += 1
         elif model == "server":
             name, group, color = f"tritonserver {what}", "server", SERVER_COLOR
         else:
             name, group, color = f"other processes {what}", "other", OTHER_COLOR
-        out.append(MemorySeries((what, model, version), name, group, color, "solid", summed(part)))
+        out.append(MemorySeries((what, model, version), name, group, color, dash, summed(part), width))
     return out
 
 
@@ -174,18 +189,14 @@ def _weight_lines(df: pd.DataFrame, summed: Any) -> list[MemorySeries]:
     gauges = gauges.assign(_part=parts.map(lambda lab: lab.get("part")),
                            _precision=parts.map(lambda lab: lab.get("precision", "")))
     gauges = gauges[gauges["_part"].isin(["model", None])]
-    for version in sorted(gauges["version"].dropna().unique(), key=_natural):
+    for i, version in enumerate(sorted(gauges["version"].dropna().unique(), key=_natural)):
         part = gauges[gauges["version"] == version]
         precision = next((p for p in part["_precision"] if p), "")
         name = f"{version_label(version)} weights" + (f" ({precision})" if precision else "")
-        out.append(MemorySeries(("weights", version), name, "weights", version_color(version), "dot",
-                                summed(part.drop_duplicates(["t_mono", "gpu"]))))
+        out.append(MemorySeries(("weights", version), name, "weights", version_color(version),
+                                WEIGHT_DASHES[i % len(WEIGHT_DASHES)], summed(part.drop_duplicates(["t_mono", "gpu"])),
+                                3.0 if i == 0 else 2.0))
     return out
-
-
-def memory_unit(max_bytes: float) -> tuple[float, str]:
-    """(divisor, unit): GiB for 2 GiB or more, else MiB."""
-    return (GIB, "GiB") if max_bytes >= 2 * GIB else (MIB, "MiB")
 
 
 def memory_figure(
@@ -210,7 +221,7 @@ def memory_figure(
         x = (s.frame["t_mono"] - (t0 or 0.0)).round(3)
         y = (s.frame["memory_bytes"] / div).round(3)
         fig.add_trace(go.Scatter(
-            x=x, y=y, mode="lines", name=s.name, line={"color": s.color, "dash": s.dash, "width": 2},
+            x=x, y=y, mode="lines", name=s.name, line={"color": s.color, "dash": s.dash, "width": s.width},
             hovertemplate=f"{s.name}<br>%{{x:.1f}} s: %{{y:,.2f}} {unit}<extra></extra>",
             meta={"group": s.group},
         ))
@@ -443,39 +454,52 @@ def _round(value: Any, nd: int = 2) -> float | None:
     return None if np.isnan(f) else round(f, nd)
 
 
-def summary_frame(summaries: Mapping[str, Any], memory: Mapping[str, VersionMemory] | None = None) -> pd.DataFrame:
-    """One row per version: count, failures, latency mean/min/max/p50/p90/p99, TTFT p50/p99, TPOT,
-    req/s, tok/s, memory baseline/peak/delta (MiB) and which memory that is, and the summary's notes.
+def summary_frame(summaries: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per version (:data:`SUMMARY_COLUMNS`): count, failures, warm-up, latency p50/p90/p99
+    and mean, TTFT p50, TPOT mean, req/s and tok/s. The versions' notes are :func:`summary_notes`;
+    memory is :func:`memory_frame`.
 
     ``summaries``: version -> ``bench_stats.VersionSummary`` (or its dict)."""
     rows = []
-    memory = memory or {}
     for version in sorted(summaries, key=_natural):
         s = _as_dict(summaries[version])
-        m = memory.get(str(version))
         rows.append({
             "version": version_label(str(version)),
             "count": int(s.get("count") or 0),
             "failures": int(s.get("failures") or 0),
             "warm-up": int(s.get("warmup") or 0),
-            "mean ms": _round(s.get("mean_ms")),
-            "min ms": _round(s.get("min_ms")),
-            "max ms": _round(s.get("max_ms")),
-            "p50 ms": _round(s.get("p50_ms")),
-            "p90 ms": _round(s.get("p90_ms")),
-            "p99 ms": _round(s.get("p99_ms")),
-            "TTFT p50 ms": _round(s.get("ttft_p50_ms")),
-            "TTFT p99 ms": _round(s.get("ttft_p99_ms")),
-            "TPOT mean ms": _round(s.get("tpot_mean_ms")),
+            "p50 (ms)": _round(s.get("p50_ms"), 1),
+            "p90 (ms)": _round(s.get("p90_ms"), 1),
+            "p99 (ms)": _round(s.get("p99_ms"), 1),
+            "mean (ms)": _round(s.get("mean_ms"), 1),
+            "TTFT p50 (ms)": _round(s.get("ttft_p50_ms"), 1),
+            "TPOT (ms)": _round(s.get("tpot_mean_ms")),
             "req/s": _round(s.get("requests_per_s"), 3),
             "tok/s": _round(s.get("output_tokens_per_s"), 1),
-            "mem baseline MiB": None if m is None else round(m.baseline_bytes / MIB, 1),
-            "mem peak MiB": None if m is None else round(m.peak_bytes / MIB, 1),
-            "mem delta MiB": None if m is None else round(m.delta_bytes / MIB, 1),
-            "memory measured": "" if m is None else m.measured,
-            "notes": "; ".join(s.get("notes") or []),
         })
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+def summary_notes(summaries: Mapping[str, Any]) -> list[str]:
+    """Each version's notes, named: ``"fp8 (v2): 3 of 10 measured requests failed"``."""
+    return [f"{version_label(str(v))}: {note}" for v in sorted(summaries, key=_natural)
+            for note in (_as_dict(summaries[v]).get("notes") or [])]
+
+
+def memory_columns(unit: str) -> list[str]:
+    """The memory table's columns, its unit in the headers."""
+    return ["version", *(f"{f} ({unit})" for f in MEMORY_FIELDS), "what was measured"]
+
+
+def memory_frame(memory: Mapping[str, VersionMemory]) -> pd.DataFrame:
+    """One row per version with memory readings: baseline, peak and delta in one binary unit
+    (:func:`services.core.units.memory_unit` of the largest), and which memory that is. Empty
+    when no version has any (the page then says why instead)."""
+    top = max((abs(b) for m in memory.values() for b in (m.baseline_bytes, m.peak_bytes, m.delta_bytes)), default=0)
+    div, unit = memory_unit(top)
+    rows = [[version_label(v), *(round(getattr(memory[v], f"{f}_bytes") / div, 2) for f in MEMORY_FIELDS),
+             memory[v].measured] for v in sorted(memory, key=_natural)]
+    return pd.DataFrame(rows, columns=memory_columns(unit))
 
 
 # --------------------------------------------------------------------------- run helpers

@@ -9,6 +9,7 @@ hardware. On a CPU-only run the floor does not apply.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -84,12 +85,13 @@ def run_gpu(manifest: Mapping[str, Any], version: str) -> tuple[str | None, bool
     """(GPU name, whether the version ran on a GPU), from the run manifest.
 
     The manifest's GPUs are NVML's view of the benchmark's own host: they are the server's GPUs
-    for the embedded server (same host), and say nothing about an external server's. CPU-only:
-    the engine reported device ``cpu``, or the embedded server's host has no GPU. Unknown (None):
-    an external server on a host whose GPU the manifest cannot see.
+    for the embedded server, or an external one at a loopback address or this host's name (same
+    host), and say nothing about another host's. CPU-only: the engine reported device ``cpu``, or
+    the server's host is the benchmark's and has no GPU. Unknown (None): a server on a host whose
+    GPU the manifest cannot see.
     """
     device = str(version_entry(manifest, version).get("device") or "").lower()
-    embedded = bool(lookup(manifest, "target", "embedded"))
+    embedded = bool(lookup(manifest, "target", "embedded")) or _server_on_this_host(manifest)
     name = first_str(*(g.get("name") for g in manifest_gpus(manifest)))
     if device.startswith("cpu"):
         return None, False
@@ -98,6 +100,13 @@ def run_gpu(manifest: Mapping[str, Any], version: str) -> tuple[str | None, bool
     if device.startswith("cuda"):
         return name, True
     return None, None
+
+
+def _server_on_this_host(manifest: Mapping[str, Any]) -> bool:
+    """Whether the run's server listened on the benchmark's own host (loopback, or the host's name)."""
+    url = first_str(lookup(manifest, "target", "http_url"), manifest.get("url")) or ""
+    host = urlsplit(url if "://" in url else f"http://{url}").hostname or ""
+    return host in ("localhost", "127.0.0.1", "::1") or (bool(host) and host == lookup(manifest, "client", "host"))
 
 
 def decode_floor(tpot_values: Sequence[float], weights: int | None, decoder_linear: int | None,

@@ -16,10 +16,9 @@ import plotly.graph_objects as go
 from services.compare.comparison import Comparison
 from services.compare.decode_floor import DecodeFloor
 from services.compare.differences import Difference
-from services.compare.memory import GB
 from services.compare.request_boxes import FOUND_IOU
 from services.compare.speed import MetricComparison
-from services.compare.verdict import format_bytes
+from services.core.units import format_bytes, memory_unit as unit_for
 
 A_COLOR = "#1f6feb"  # bf16 blue (services.detect.figures.VERSION_COLORS["1"])
 B_COLOR = "#f76707"  # fp8 orange
@@ -177,11 +176,12 @@ def memory_figure(c: Comparison) -> go.Figure:
 
 
 def memory_unit(c: Comparison) -> tuple[float, str]:
-    """GB, or MB when every known memory number is below 1 GB (a small demo model)."""
+    """GiB, or MiB when every known memory number is below 1 GiB (a small demo model):
+    :func:`services.core.units.memory_unit`."""
     m = c.memory
     known = [abs(v) for s in (m.a, m.b) for v in (s.baseline_bytes, s.peak_bytes, s.weights_bytes, s.rest_bytes,
                                                    s.kv_room_bytes) if v is not None]
-    return (GB, "GB") if not known or max(known) >= GB else (1e6, "MB")
+    return unit_for(max(known, default=0))
 
 
 # =========================================================================== throughput, accuracy, floor

@@ -24,9 +24,9 @@ from services.compare.manifest_fields import (
     version_entry,
 )
 from services.core import settings
+from services.core.units import format_bytes
 
 WEIGHT_METRIC = "qwen_engine_weight_bytes"
-GB = 1e9
 
 
 @dataclass
@@ -177,7 +177,7 @@ def _kv_and_rest(manifest: Mapping[str, Any], version: str, weights: int | float
         if util is not None and gpu_total is not None and weights is not None and rest_known is not None:
             kv = util * gpu_total - weights - rest_known
             rest = rest_known
-            kv_note = (f"the version's share ({util:g} x {gpu_total / GB:.1f} GB) minus weights minus "
+            kv_note = (f"the version's share ({util:g} x {format_bytes(gpu_total)}) minus weights minus "
                        "the rest (recorded in the manifest)")
             rest_note = "recorded in the run manifest"
         else:

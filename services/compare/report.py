@@ -52,7 +52,9 @@ from services.compare.figures import figures
 from services.compare.gallery import GALLERY_SIZE, GalleryItem, gallery
 from services.compare.recommendation import Recommendation
 from services.compare.request_boxes import FOUND_IOU
-from services.compare.verdict import format_bytes
+from services.compare.run_context import context_rows
+from services.compare.verdict import identical
+from services.core.units import format_bytes
 
 
 # =========================================================================== tables
@@ -80,9 +82,13 @@ def _table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def memory_rows(c: Comparison) -> list[list[str]]:
     """The memory table, one row per quantity, A and B columns; each number with its unit
-    (GB, or MB / kB for a small model: :func:`services.compare.verdict.format_bytes`)."""
+    (GiB, or MiB / KiB for a small model: :func:`services.core.units.format_bytes`)."""
     def fmt(v: int | None) -> str:
         return "unknown" if v is None else format_bytes(v)
+
+    def kv(side: Any) -> str:  # an engine that reserves no KV room has none, which is not "unknown"
+        return "not reserved" if side.kv_room_bytes is None and side.kv_note.startswith("not reserved") \
+            else fmt(side.kv_room_bytes)
     a, b = c.memory.a, c.memory.b
     return [
         ["measured", a.source, b.source],
@@ -92,7 +98,7 @@ def memory_rows(c: Comparison) -> list[list[str]]:
         ["weights", fmt(a.weights_bytes), fmt(b.weights_bytes)],
         ["weights from", a.weights_source, b.weights_source],
         ["decoder linear layers", fmt(a.decoder_linear_bytes), fmt(b.decoder_linear_bytes)],
-        ["KV-cache room", fmt(a.kv_room_bytes), fmt(b.kv_room_bytes)],
+        ["KV-cache room", kv(a), kv(b)],
         ["KV-cache room: how", a.kv_note, b.kv_note],
         ["rest", fmt(a.rest_bytes), fmt(b.rest_bytes)],
         ["rest: how", a.rest_note, b.rest_note],
@@ -124,8 +130,10 @@ def accuracy_rows(c: Comparison) -> list[list[str]]:
     for name, d in (("mean IoU", acc.mean_iou), (f"found at IoU ≥ {FOUND_IOU}", acc.found),
                     ("no box (incl. failures)", acc.no_box)):
         ci = f"[{d.lo:+.3f}, {d.hi:+.3f}]" if d.lo is not None else (d.note or "no interval")
-        rows.append([name, _num(d.a, 3), _num(d.b, 3), "unknown" if d.diff is None else f"{d.diff:+.3f}", ci,
-                     {True: "yes", False: "no", None: "unknown"}[d.significant]])
+        sig = {True: "yes", False: "no", None: "unknown"}[d.significant]
+        if identical(d):
+            ci, sig = "none: identical on every image", "no difference"
+        rows.append([name, _num(d.a, 3), _num(d.b, 3), "unknown" if d.diff is None else f"{d.diff:+.3f}", ci, sig])
     rows.append(["answers without a box", acc.a.no_box, acc.b.no_box, "", "", ""])
     rows.append(["failed requests", acc.a.failed, acc.b.failed, "", "", ""])
     return rows
@@ -186,7 +194,17 @@ h1{font-size:1.6em}h2{margin-top:1.6em;border-bottom:1px solid #dee2e6;padding-b
 .verdict li{margin:6px 0}.caveat{color:#862e9c}
 table{border-collapse:collapse;margin:8px 0;font-size:.9em}td,th{border:1px solid #dee2e6;padding:4px 8px;text-align:left}
 th{background:#f8f9fa}.note{color:#495057;font-size:.9em}
+td{max-width:640px;overflow-wrap:anywhere;vertical-align:top}
+.context{width:100%}.context th{width:210px;white-space:nowrap}
 """
+
+
+def context_html(c: Comparison) -> str:
+    """What the numbers were measured on (:func:`services.compare.run_context.context_rows`): the
+    report's first lines, so that no figure below reads as a claim about another model or machine."""
+    rows = "".join(f"<tr><th scope='row'>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in context_rows(c))
+    return ("<p class='note'>Measured on (from the runs' manifests; \"unknown\" where a run did not record it):</p>"
+            f"<table class='context' id='context'>{rows}</table>")
 
 
 def report_html(c: Comparison, items: Sequence[GalleryItem] | None = None,
@@ -209,6 +227,7 @@ def report_html(c: Comparison, items: Sequence[GalleryItem] | None = None,
         f"<title>{_esc(c.b.label)} vs {_esc(c.a.label)}: comparison report</title>",
         f"<style>{CSS}</style></head><body>",
         f"<h1>What {_esc(c.b.label)} buys over {_esc(c.a.label)}, and what it costs</h1>",
+        context_html(c),
         f"<p class='note'>{_esc(runs)} · {_esc(c.image_set)} · {c.measured_a} / {c.measured_b} measured requests · "
         f"{_esc(c.pairing)} · generated {datetime.now(timezone.utc).isoformat(timespec='seconds')}</p>",
         *(recommendation_html(decision[1]) if decision else []),
@@ -330,27 +349,30 @@ def fresh_run(store: RunStore, args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="qwen-report",
+    from services.bench.cli import HelpFormatter  # an option's default, shown once and only where it says something
+
+    p = argparse.ArgumentParser(prog="qwen-report", formatter_class=HelpFormatter,
                                 description="Compare two model versions from stored runs: HTML, JSON and CSV report.")
     p.add_argument("--run", type=int, help="a stored paired run (both versions)")
     p.add_argument("--versions", nargs=2, default=None, metavar=("A", "B"),
                    help="the two versions to compare, A then B (default: the run's first two; fresh runs: 1 2)")
     p.add_argument("--run-a", type=int, help="two stored runs: run of side A")
-    p.add_argument("--version-a")
+    p.add_argument("--version-a", help="two stored runs: version of side A")
     p.add_argument("--run-b", type=int, help="two stored runs: run of side B")
-    p.add_argument("--version-b")
+    p.add_argument("--version-b", help="two stored runs: version of side B")
     p.add_argument("--fresh", action="store_true", help="run a fresh paired benchmark first, then report on it")
-    p.add_argument("--image-set", choices=["samples", "generated", "folder"], default="generated")
+    p.add_argument("--image-set", choices=["samples", "generated", "folder"], default="generated",
+                   help="images of a fresh run")
     p.add_argument("--seed", type=int, default=0, help="seed of a generated image set")
     p.add_argument("--count", type=int, default=8, help="images of a generated set")
     p.add_argument("--folder", help="dataset folder (--image-set folder)")
     p.add_argument("--max-side", type=int, default=1024, help="longest image side sent (px)")
     p.add_argument("--requests", type=int, default=16, help="measured requests per version")
     p.add_argument("--warmup", type=int, default=1, help="warm-up requests per version")
-    p.add_argument("--max-tokens", type=int, default=128)
-    p.add_argument("--concurrency", type=int, default=1)
+    p.add_argument("--max-tokens", type=int, default=128, help="most output tokens per answer")
+    p.add_argument("--concurrency", type=int, default=1, help="requests in flight")
     p.add_argument("--url", help="Triton server (default: QWEN_TRITON_URL, else the embedded server)")
-    p.add_argument("--protocol", choices=["http", "grpc"])
+    p.add_argument("--protocol", choices=["http", "grpc"], help="default: the URL's scheme, else QWEN_TRITON_PROTOCOL (http)")
     p.add_argument("--data-dir", help="where the run store lives (default: QWEN_DATA_DIR, else data/)")
     p.add_argument("--gallery", type=int, default=GALLERY_SIZE, help="images in the disagreement gallery")
     p.add_argument("--out", required=True, help="folder to write the report into")

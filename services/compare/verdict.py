@@ -1,6 +1,6 @@
 """The verdict: one plain-words sentence per question the comparison answers, and its caveats.
 
-Memory saved (GB and %, on the weights when known), the median change of latency, TTFT and TPOT,
+Memory saved (GiB or MiB, and %, on the weights when known), the median change of latency, TTFT and TPOT,
 the change of accuracy, the agreement between the versions and decode against the floor; each
 difference is said to be significant (its 95 % interval excludes 0), not significant, or of unknown
 significance. The caveats say what limits the numbers (runs not completed, failures, few requests).
@@ -20,6 +20,7 @@ from services.compare.memory import MemoryComparison
 from services.compare.pairing import Side
 from services.compare.request_boxes import FOUND_IOU
 from services.compare.speed import MetricComparison, metric_named
+from services.core.units import format_bytes
 
 
 def _fmt_ms(v: float) -> str:
@@ -35,18 +36,8 @@ def _ci_words(d: Difference, fmt: Callable[[float], str]) -> str:
     return f"not significant: the {where} includes 0"
 
 
-def format_bytes(n: float) -> str:
-    """Bytes in GB (10^9) with two decimals; MB or kB below 1 GB, so that small models say something."""
-    v = abs(n)
-    if v >= 1e9:
-        return f"{n / 1e9:.2f} GB"
-    if v >= 1e6:
-        return f"{n / 1e6:.2f} MB"
-    return f"{n / 1e3:.1f} kB"
-
-
 def memory_sentence(m: MemoryComparison, a: Side, b: Side) -> str:
-    """Memory saved by B in GB and %, on the weights when known."""
+    """Memory saved by B (binary units: :func:`services.core.units.format_bytes`) and %, on the weights when known."""
     if m.saved_bytes is None:
         return ("Memory: unknown. Neither the weight bytes of both versions nor comparable memory samples "
                 "were recorded.")
@@ -80,20 +71,34 @@ def _pts(v: float) -> str:
     return f"{v * 100:+.1f} pts"
 
 
+def identical(d: Difference) -> bool:
+    """Whether the two sides gave the same value on every pair: no difference, and an interval of
+    zero width at 0 (no resample of the pairs differs), so there is nothing to test."""
+    return d.diff == 0 and d.lo == 0 and d.hi == 0
+
+
 def accuracy_sentence(acc: AccuracyComparison, a: Side, b: Side) -> str:
-    """Mean IoU (and found share) change, B vs A, and whether it is significant."""
+    """Mean IoU (and found share) change, B vs A, and whether it is significant; where the versions
+    scored the same on every image, that, instead of an interval of zero width."""
     if not acc.known:
         return "Accuracy: unknown (no ground truth for these images)."
     d = acc.mean_iou
     if d.diff is None or d.a is None or d.b is None:
         return f"Accuracy: unknown ({d.note or 'no IoU values'})."
-    change = "unchanged" if d.diff == 0 else f"{'higher' if d.diff > 0 else 'lower'} by {abs(d.diff):.3f}"
-    text = (f"Accuracy: mean IoU with the ground truth {d.b:.3f} for {b.label} vs {d.a:.3f} for {a.label}, "
-            f"{change}; {_ci_words(d, lambda v: f'{v:+.3f}')}.")
+    if identical(d):
+        text = (f"Accuracy: mean IoU with the ground truth {d.a:.3f} for both versions: {b.label} and {a.label} "
+                "scored identically on every image.")
+    else:
+        change = "unchanged" if d.diff == 0 else f"{'higher' if d.diff > 0 else 'lower'} by {abs(d.diff):.3f}"
+        text = (f"Accuracy: mean IoU with the ground truth {d.b:.3f} for {b.label} vs {d.a:.3f} for {a.label}, "
+                f"{change}; {_ci_words(d, lambda v: f'{v:+.3f}')}.")
     f = acc.found
     if f.diff is not None and f.a is not None and f.b is not None:
-        text += (f" Tables found at IoU ≥ {FOUND_IOU}: {f.b * 100:.1f}% vs {f.a * 100:.1f}% "
-                 f"({_pts(f.diff)}; {_ci_words(f, _pts)}).")
+        if identical(f):
+            text += f" Tables found at IoU ≥ {FOUND_IOU}: {f.a * 100:.1f}% for both, on the same images."
+        else:
+            text += (f" Tables found at IoU ≥ {FOUND_IOU}: {f.b * 100:.1f}% vs {f.a * 100:.1f}% "
+                     f"({_pts(f.diff)}; {_ci_words(f, _pts)}).")
     return text
 
 

@@ -110,6 +110,9 @@ def test_a_short_run_prints_the_summary_and_writes_exports_matching_the_database
     assert proc.returncode == 0, stderr
     assert "1 (bf16)" in stdout and "2 (fp8)" in stdout and "p99" in stdout and "TTFT p50" in stdout
     assert "memory over the run" in stdout
+    # each version's notes name the version
+    for v in ("bf16 (v1)", "fp8 (v2)"):
+        assert f"note: {v}: only 3 requests: p99 is the maximum in disguise" in stdout, stdout
     last = stdout.strip().splitlines()
     run_line = next(line for line in last if line.startswith("run "))
     run_id = int(run_line.split()[1].rstrip(":"))

@@ -99,7 +99,7 @@ def test_triton_device_metric_is_used_when_nvml_gave_nothing() -> None:
     rows = [r for r in _gpu_rows(3) if r.source == "triton" and r.kind == "device"]
     tr = _traces(bf.memory_figure(bf.memory_chart_frame(rows), t0=T0))
     assert list(tr) == ["GPU GPU-aaaa used"]
-    assert list(tr["GPU GPU-aaaa used"].y) == [1024, 1024, 1024]  # 1 GiB is shown in MiB
+    assert list(tr["GPU GPU-aaaa used"].y) == [1, 1, 1]  # GiB from 1 GiB on (services.core.units)
 
 
 def test_host_memory_figure_on_a_machine_without_gpu_says_so() -> None:
@@ -110,6 +110,9 @@ def test_host_memory_figure_on_a_machine_without_gpu_says_so() -> None:
     assert fig.layout.yaxis.title.text == "host memory (MiB)"
     # two processes of v1 are summed
     assert list(tr["bf16 (v1) host memory"].y) == [400, 410, 420, 430, 440]
+    # the versions' lines differ in style as well as colour: where they coincide, both stay visible
+    v1, v2 = tr["bf16 (v1) host memory"].line, tr["fp8 (v2) host memory"].line
+    assert (v1.dash, v2.dash) == ("solid", "dash") and v1.width > v2.width + 1
     assert list(tr["bf16 (v1) host memory"].x) == [0, 0.5, 1, 1.5, 2]
 
 
@@ -253,30 +256,37 @@ def test_throughput_of_nothing() -> None:
 # --------------------------------------------------------------------------- summary table
 
 
-def test_summary_frame_has_every_column_per_version() -> None:
+def test_summary_tables_fit_and_name_their_units() -> None:
     records = [
         RequestRecord(seq=i, version=v, send_ns=i * 10**9, first_token_ns=i * 10**9 + 10**7,
                       recv_ns=i * 10**9 + (50 + i) * 10**6, output_tokens=6, warmup=i == 0)
         for i in range(10) for v in ("1", "2")
     ] + [RequestRecord(seq=99, version="2", send_ns=10 * 10**9, status="error", error="boom")]
     summaries = summarize(records)
-    mem = {"1": bf.VersionMemory("1", 100 * MIB, 150 * MIB, 50 * MIB, "host RSS of its processes")}
-    table = bf.summary_frame(summaries, mem)
-    assert list(table.columns) == bf.SUMMARY_COLUMNS
+    table = bf.summary_frame(summaries)
+    assert list(table.columns) == bf.SUMMARY_COLUMNS and len(table.columns) <= 12
+    assert all("(ms)" in c for c in table.columns if "p50" in c or "p9" in c or "mean" in c)
     assert list(table["version"]) == ["bf16 (v1)", "fp8 (v2)"]
     r1, r2 = table.iloc[0], table.iloc[1]
     assert (r1["count"], r1["failures"], r1["warm-up"]) == (9, 0, 1)
     assert (r2["count"], r2["failures"]) == (9, 1)
-    assert r1["min ms"] == 51.0 and r1["max ms"] == 59.0 and r1["mean ms"] == 55.0
-    assert r1["p50 ms"] == 55.0 and r1["TTFT p50 ms"] == 10.0
-    assert r1["TPOT mean ms"] == pytest.approx(round(sum((50 + i - 10) / 5 for i in range(1, 10)) / 9, 2))
-    assert (r1["mem baseline MiB"], r1["mem peak MiB"], r1["mem delta MiB"]) == (100.0, 150.0, 50.0)
-    assert r1["memory measured"] == "host RSS of its processes"
-    assert math.isnan(r2["mem peak MiB"]) or r2["mem peak MiB"] is None
-    assert "p99 is the maximum in disguise" in r1["notes"] and "1 of 10 measured requests failed" in r2["notes"]
+    assert r1["mean (ms)"] == 55.0 and r1["p50 (ms)"] == 55.0 and r1["TTFT p50 (ms)"] == 10.0
+    assert r1["TPOT (ms)"] == pytest.approx(round(sum((50 + i - 10) / 5 for i in range(1, 10)) / 9, 2))
+    notes = bf.summary_notes(summaries)
+    assert any(n.startswith("bf16 (v1): ") and "p99 is the maximum in disguise" in n for n in notes)
+    assert "fp8 (v2): 1 of 10 measured requests failed" in notes  # the version is named
     # the stored JSON form (dicts) gives the same table
     as_dicts = {v: s.to_dict() for v, s in summaries.items()}
-    pd.testing.assert_frame_equal(bf.summary_frame(as_dicts, mem), table)
+    pd.testing.assert_frame_equal(bf.summary_frame(as_dicts), table)
+
+    small = bf.memory_frame({"1": bf.VersionMemory("1", 100 * MIB, 150 * MIB, 50 * MIB, "host RSS of its processes")})
+    assert list(small.columns) == ["version", "baseline (MiB)", "peak (MiB)", "delta (MiB)", "what was measured"]
+    assert small.iloc[0].tolist() == ["bf16 (v1)", 100.0, 150.0, 50.0, "host RSS of its processes"]
+    big = bf.memory_frame({"2": bf.VersionMemory("2", 15 * GIB, 16 * GIB, GIB, "GPU memory of its processes"),
+                           "1": bf.VersionMemory("1", 512 * MIB, 3 * GIB // 2, GIB, "GPU memory of its processes")})
+    assert list(big["version"]) == ["bf16 (v1)", "fp8 (v2)"]
+    assert big.iloc[0]["baseline (GiB)"] == 0.5 and big.iloc[1]["peak (GiB)"] == 16.0
+    assert bf.memory_frame({}).empty
 
 
 # --------------------------------------------------------------------------- from a real store
@@ -314,10 +324,11 @@ def test_figures_from_rows_written_to_a_run_store(tmp_path, lone_pid) -> None:
     assert "tritonserver host memory" in names and "fp8 (v2) host memory" in names
     assert len(mem.data[names.index("tritonserver host memory")].x) == 7
     summaries = summarize(store.get_requests(run))
-    table = bf.summary_frame(summaries, bf.version_memory(smp, ["1", "2"], bf.first_request_t(req)))
+    table = bf.summary_frame(summaries)
     assert list(table["count"]) == [5, 5]
-    assert table.iloc[1]["memory measured"] == "host RSS of its processes"
-    assert table.iloc[0]["memory measured"] == ""  # nothing attributed to v1 and no GPU: left empty
+    memory = bf.memory_frame(bf.version_memory(smp, ["1", "2"], bf.first_request_t(req)))
+    # nothing attributed to v1 and no GPU: v1 has no memory row
+    assert list(memory["version"]) == ["fp8 (v2)"] and memory.iloc[0]["what was measured"] == "host RSS of its processes"
     assert bf.export_names(run, store.versions(run)) == list(store.export_files(run))
     tp = bf.throughput_frame(req, t0=t0)
     assert tp.groupby("version")["req_per_s"].sum().to_dict() == {"1": 5.0, "2": 5.0}

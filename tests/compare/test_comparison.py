@@ -45,7 +45,7 @@ def test_comparison_of_a_stored_run(store):
     assert m.a.rest_bytes == 17_400_000_000 - 16_580_000_000
     assert m.a.kv_room_bytes is None and m.a.kv_note.startswith("not reserved")
     assert m.saved_bytes == 6_430_000_000 and m.basis == "weights"
-    assert "6.43 GB (38.8%) of weights" in c.verdict.memory
+    assert "5.99 GiB (38.8%) of weights" in c.verdict.memory
     # the floor: H100 from the manifest, 3.0 TB/s measured
     assert c.floor_a.floor_ms == pytest.approx(16.58e9 / 3e12 * 1e3)
     assert c.floor_b.lower_floor_ms == pytest.approx(6.5e9 / 3e12 * 1e3)

@@ -47,3 +47,12 @@ def test_run_gpu_reads_the_manifest():
     assert run_gpu({"quantization": {"1": {"device": "cpu"}}}, "1") == (None, False)
     # an external server: the benchmark host's GPUs say nothing about the server's
     assert run_gpu({"target": {"embedded": False}, "gpu": "none"}, "1") == (None, None)
+    remote = {"target": {"embedded": False, "http_url": "gpu-host:8000"}, "gpu": "none", "client": {"host": "vm"}}
+    assert run_gpu(remote, "1") == (None, None)
+    # ...unless it listens on this very host (a CLI run with --url localhost:8000 on a CPU machine)
+    for url in ("127.0.0.1:8000", "http://localhost:8000", "vm:8000"):
+        local = {"target": {"embedded": False, "http_url": url}, "gpu": "none", "client": {"host": "vm"}}
+        assert run_gpu(local, "1") == (None, False), url
+    local_gpu = {"target": {"embedded": False, "http_url": "127.0.0.1:8000"}, "client": {"host": "vm"},
+                 "gpu": {"gpus": [{"name": "NVIDIA H100 80GB HBM3"}]}}
+    assert run_gpu(local_gpu, "1") == ("NVIDIA H100 80GB HBM3", True)

@@ -9,7 +9,9 @@ here straight from the RunStore rows, independently of services.compare, and mus
 from __future__ import annotations
 
 import csv
+import html
 import json
+import re
 from collections import defaultdict
 
 import numpy as np
@@ -21,7 +23,7 @@ from services.image_sets.image_set import ImageSetSpec
 from services.core.boxes import Box, match_boxes, parse_answer
 from services.compare.comparison import compare_run
 from services.compare.report import main, write_report
-from services.compare.verdict import format_bytes
+from services.core.units import format_bytes
 from services.bench.sampler import stop_shared_sampler
 from services.bench.store import RunStore
 from services.client.server_target import ServerTarget
@@ -216,6 +218,15 @@ def test_the_report_files_hold_the_database_numbers(paired, tmp_path):
 
     text = (tmp_path / "report" / f"{stem}.html").read_text()
     check_self_contained(text)
+    # the first screen says what was measured, from the run's manifest and config
+    first = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", text[:text.index("<h2>Verdict")])).split())
+    manifest = store.get_run(rid).manifest
+    assert "Model and checkpoint model 'qwen'; checkpoint unknown (not recorded)" in first  # the target named none
+    assert "no GPU on the benchmark host" in first or manifest["gpu"]["gpus"][0]["name"] in first
+    assert f"Triton Inference Server {manifest['server']['version']}" in first and "engine: python backend" in first
+    assert "bf16 (v1): bf16" in first and "fp8 (v2): fp8, mode fp8_" in first
+    assert (f"{IMAGES} generated label images (seed 7), longest side 160 px; {REQUESTS} measured requests per "
+            f"version after {WARMUP} warm-up; closed loop, concurrency 1; max {MAX_TOKENS} tokens") in first
     for line in c.verdict.lines:
         assert line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("'", "&#x27;") \
             .replace('"', "&quot;") in text
@@ -244,6 +255,17 @@ def test_command_line_reports_a_stored_run_and_a_fresh_one(paired, triton_server
     report = json.loads((tmp_path / "fresh" / f"comparison_run{new[0].id}_v1_v2.json").read_text())["comparison"]
     assert report["measured_a"] == report["measured_b"] == 2
     assert sorted(r.version for r in store.get_requests(new[0].id)) == ["1", "1", "2", "2"]
+
+
+def test_help_names_each_default_once(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: qwen-report ") and "(default: None)" not in out and "(default: False)" not in out
+    for entry in re.split(r"\n  (?=-)", out.split("options:", 1)[1]):  # one entry per option
+        assert " ".join(entry.split()).count("default") <= 1, entry
+    assert "(default: 16)" in out and "(default: generated)" in out
 
 
 def test_command_line_refuses_missing_choices(tmp_path):

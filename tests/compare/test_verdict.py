@@ -7,7 +7,8 @@ from services.compare.accuracy import AccuracyComparison, AccuracySide
 from services.compare.differences import Difference
 from services.compare.memory import MemoryComparison, MemorySide
 from services.compare.speed import MetricComparison
-from services.compare.verdict import accuracy_sentence, format_bytes, latency_sentence, memory_sentence
+from services.compare.verdict import accuracy_sentence, latency_sentence, memory_sentence
+from services.core.units import format_bytes
 from tests.compare.support import A, B
 
 
@@ -51,26 +52,40 @@ def test_accuracy_sentences_significant_and_not():
                         "lower by 0.100; significant: the 95% CI of the difference [-0.150, -0.050] excludes 0.")
     assert "85.0% vs 90.0% (-5.0 pts; not significant: the 95% CI of the difference [-12.0 pts, +2.0 pts] " \
            "includes 0)" in s
+    barely = Difference("mean_iou", "mean", "", 0.5, 0.5, 0.0, 0.0, -0.01, 0.01, 8, 8, True)
+    assert "unchanged; not significant" in accuracy_sentence(_acc(barely, found), A, B)
     same = Difference("mean_iou", "mean", "", 0.0, 0.0, 0.0, None, 0.0, 0.0, 8, 8, True)
-    assert "unchanged; not significant" in accuracy_sentence(_acc(same, found), A, B)
     assert accuracy_sentence(_acc(same, found, known=False), A, B) == \
         "Accuracy: unknown (no ground truth for these images)."
+
+
+def test_an_identical_result_is_said_so_not_tested():
+    """Both versions gave the same answers: no "+0.0 pts; not significant: [+0.0, +0.0] includes 0"."""
+    iou = Difference("mean_iou", "mean", "", 0.98, 0.98, 0.0, 0.0, 0.0, 0.0, 8, 8, True)
+    found = Difference("found_share", "mean", "", 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 8, 8, True)
+    s = accuracy_sentence(_acc(iou, found), A, B)
+    assert s == ("Accuracy: mean IoU with the ground truth 0.980 for both versions: fp8 (v2) and bf16 (v1) scored "
+                 "identically on every image. Tables found at IoU ≥ 0.5: 100.0% for both, on the same images.")
+    assert "+0.0" not in s and "not significant" not in s
 
 
 def _mem(weights, peak=None, kv=None, source="gpu-process") -> MemorySide:
     return MemorySide(source, None, peak, None, 0, weights, "gauge", None, None, kv, "n", None, "n")
 
 
-def test_bytes_are_written_in_gb_or_smaller_units_for_small_models():
-    assert format_bytes(6_430_000_000) == "6.43 GB"
-    assert format_bytes(1_234_567) == "1.23 MB"
-    assert format_bytes(2_500) == "2.5 kB"
+def test_bytes_are_written_in_binary_units_gib_or_smaller_for_small_models():
+    assert format_bytes(6_430_000_000) == "5.99 GiB"
+    assert format_bytes(3 * 2**30) == "3.00 GiB"
+    assert format_bytes(1_234_567) == "1.18 MiB"
+    assert format_bytes(2_500) == "2.4 KiB"
+    assert format_bytes(-512 * 2**20) == "-512.00 MiB"
+    assert format_bytes(None) == "unknown"
 
 
-def test_memory_sentence_gb_and_percent():
+def test_memory_sentence_gib_and_percent():
     m = MemoryComparison(_mem(16_580_000_000), _mem(10_150_000_000), [], 6_430_000_000,
                          6_430_000_000 / 16_580_000_000 * 100, "weights")
-    assert memory_sentence(m, A, B) == ("Memory: fp8 (v2) saves 6.43 GB (38.8%) of weights "
-                                        "(10.15 GB vs 16.58 GB for bf16 (v1)).")
+    assert memory_sentence(m, A, B) == ("Memory: fp8 (v2) saves 5.99 GiB (38.8%) of weights "
+                                        "(9.45 GiB vs 15.44 GiB for bf16 (v1)).")
     unknown = MemoryComparison(_mem(None), _mem(None), [], None, None, "unknown")
     assert memory_sentence(unknown, A, B).startswith("Memory: unknown.")

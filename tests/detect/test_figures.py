@@ -86,11 +86,59 @@ def test_figure_draws_every_box_in_original_pixels_with_labels_and_hover():
         assert trace.name == name and trace.showlegend
         assert f"({px.x1:.0f}, {px.y1:.0f}) – ({px.x2:.0f}, {px.y2:.0f})" in trace.hovertemplate
         assert f"grid 0..1000: ({grid.x1:.0f}, {grid.y1:.0f}) – ({grid.x2:.0f}, {grid.y2:.0f})" in trace.hovertemplate
-    (truth,) = boxes_of(fig, "truth")
-    assert truth.line.dash == "dash" and truth.line.color == TRUTH_COLOR and truth.name == "ground truth: 1 box"
+    # the truth is drawn in each version's panel, in the legend once
+    truths = boxes_of(fig, "truth")
+    assert len(truths) == 2 and [t.showlegend for t in truths] == [True, False]
+    assert all(t.line.dash == "dash" and t.line.color == TRUTH_COLOR and t.name == "ground truth: 1 box" for t in truths)
     captions = sorted(a.text for a in fig.layout.annotations)
-    assert captions == ["bf16 (v1): nutrition-table", "fp8 (v2): nutrition-table", "ground truth: nutrition-table"]
+    assert captions == ["bf16 (v1): 1 box", "bf16 (v1): nutrition-table", "fp8 (v2): 1 box",
+                        "fp8 (v2): nutrition-table", "ground truth: nutrition-table", "ground truth: nutrition-table"]
     json.loads(fig.to_json())  # plotly accepts the whole figure
+
+
+def test_boxes_the_versions_agree_on_are_both_visible_side_by_side():
+    """The common case: fp8 answers bf16's box exactly. Each version has its own panel (titled with
+    it), so neither outline nor caption can hide the other; the panels zoom together."""
+    r = result_with_boxes(fp8_text=format_answer([BF16_BOX]))
+    fig = detection_figure(r)
+    (v1,), (v2,) = boxes_of(fig, "1"), boxes_of(fig, "2")
+    assert list(v1.x) == list(v2.x) and list(v1.y) == list(v2.y)  # the same box...
+    assert (v1.xaxis, v1.yaxis) == ("x", "y") and (v2.xaxis, v2.yaxis) == ("x2", "y2")  # ...in its own panel
+    assert [t.type for t in fig.data].count("image") == 2
+    titles = {a.text: a for a in fig.layout.annotations if a.text in ("bf16 (v1): 1 box", "fp8 (v2): 1 box")}
+    assert titles["bf16 (v1): 1 box"].x < titles["fp8 (v2): 1 box"].x  # bf16 left, fp8 right
+    assert fig.layout.xaxis2.matches == "x" and fig.layout.yaxis2.matches == "y"
+    assert fig.layout.xaxis.domain[1] < fig.layout.xaxis2.domain[0]  # side by side, not overlaid
+    # one version: one panel, as before
+    r.versions.pop("2")
+    single = detection_figure(r)
+    assert [t.type for t in single.data].count("image") == 1 and "xaxis2" not in single.layout
+
+
+def _panel_origin(canvas: Image.Image, photo: Image.Image, x0: int) -> tuple[int, int]:
+    """Where ``photo`` was pasted in ``canvas`` at column ``x0``: its top, found by its bottom-right pixels."""
+    w, h = photo.size
+    probe = [photo.getpixel((w - 1 - i, h - 1 - i)) for i in range(6)]
+    for top in range(canvas.height - h + 1):
+        if [canvas.getpixel((x0 + w - 1 - i, top + h - 1 - i)) for i in range(6)] == probe:
+            return x0, top
+    raise AssertionError("the photo is not in the canvas")
+
+
+def test_annotated_png_of_agreeing_versions_shows_both_boxes_side_by_side():
+    r = result_with_boxes(max_side=512, fp8_text=format_answer([BF16_BOX]))
+    img = Image.open(io.BytesIO(annotated_png(r))).convert("RGB")
+    w, h = r.image.width, r.image.height
+    gap = img.width - 2 * w
+    assert 0 < gap < 40 and img.height > h
+    px = grid_to_pixels(BF16_BOX, w, h)
+    for i, version in enumerate(("1", "2")):
+        ox, oy = _panel_origin(img, r.image.image.convert("RGB"), i * (w + gap))
+        assert oy > 0  # a title band above each panel
+        assert img.getpixel((ox + int(px.x1) + 1, oy + int((px.y1 + px.y2) / 2))) == rgb(VERSION_COLORS[version])
+        title = [img.getpixel((x, y)) for x in range(ox, ox + w // 2) for y in range(oy)]
+        assert rgb(VERSION_COLORS[version]) in title or any(  # antialiased text: a pixel near the colour
+            sum(abs(a - b) for a, b in zip(p, rgb(VERSION_COLORS[version]))) < 60 for p in title)
 
 
 def test_a_version_without_box_or_with_an_error_still_has_its_legend_entry():
@@ -120,7 +168,7 @@ def test_figure_of_a_real_answer_from_the_server(triton_server):
     fig = detection_figure(batch.images[0])
     assert [t.name for t in fig.data if t.type == "scatter" and t.showlegend] == ["ground truth: 1 box", "bf16 (v1): no box",
                                                           "fp8 (v2): no box"]
-    assert len(boxes_of(fig, "truth")) == 1
+    assert len(boxes_of(fig, "truth")) == 2  # in each version's panel
 
 
 def test_an_image_that_did_not_load_cannot_be_drawn():
@@ -133,31 +181,33 @@ def test_an_image_that_did_not_load_cannot_be_drawn():
 
 def test_annotated_png_draws_each_box_in_its_colour_on_the_sent_image():
     r = result_with_boxes(max_side=512)
+    r.versions.pop("2")  # one version: one panel, the legend band under it
     png = annotated_png(r)
     img = Image.open(io.BytesIO(png))
     assert img.format == "PNG"
     w, h = r.image.width, r.image.height
     assert img.width == w and img.height > h  # the legend band under the image
     img = img.convert("RGB")
+    assert _panel_origin(img, r.image.image.convert("RGB"), 0) == (0, 0)  # no title band for one panel
 
     def left_edge_colour(grid: Box) -> tuple[int, int, int]:
         px = grid_to_pixels(grid, w, h)
         return img.getpixel((int(px.x1) + 1, int((px.y1 + px.y2) / 2)))
 
     assert left_edge_colour(BF16_BOX) == rgb(VERSION_COLORS["1"])
-    assert left_edge_colour(FP8_BOX) == rgb(VERSION_COLORS["2"])
     truth = grid_to_pixels(r.truth[0], w, h)
     edge = [img.getpixel((int(truth.x1) + 1, y)) for y in range(int(truth.y1) + 20, int(truth.y2) - 20)]
     green = edge.count(rgb(TRUTH_COLOR))
     assert 0.3 * len(edge) < green < 0.8 * len(edge)  # dashed: about half the edge
-    band = [img.getpixel((x, h + 5)) for x in range(w)]
+    both = Image.open(io.BytesIO(annotated_png(result_with_boxes(max_side=512)))).convert("RGB")
+    band = [both.getpixel((x, both.height - 5 - (both.height - h) // 4)) for x in range(both.width)]
     assert rgb(TRUTH_COLOR) in band and rgb(VERSION_COLORS["1"]) in band and rgb(VERSION_COLORS["2"]) in band
 
 
 def test_annotated_image_leaves_the_photo_alone_where_nothing_is_drawn():
     r = result_with_boxes()
     drawn = annotated_image(r)
-    original = r.image.image
-    # a corner far from every box and caption
-    assert drawn.getpixel((original.width - 3, original.height - 3)) == original.getpixel(
-        (original.width - 3, original.height - 3))
+    original = r.image.image.convert("RGB")
+    # a corner far from every box and caption, in each panel
+    for x0 in (0, drawn.width - original.width):
+        _panel_origin(drawn, original, x0)

@@ -16,7 +16,7 @@ from services.core import settings
 from services.bench.runner import BenchmarkConfig, run_benchmark
 from services.image_sets.image_set import ImageSetSpec
 from services.compare.comparison import build_comparison, compare_run
-from services.compare.verdict import format_bytes
+from services.core.units import format_bytes
 from services.bench.sampler import stop_shared_sampler
 from services.bench.store import RunStore
 from services.client.server_target import ServerTarget
@@ -89,8 +89,10 @@ def test_a_stored_paired_run_is_compared_with_verdict_charts_tables_and_download
     mc = expected.metric("latency_ms")
     assert latency.iloc[0]["median B−A"] == f"{mc.difference.diff:+.2f}"
     assert latency.iloc[0]["n A"] == str(mc.dist_a.count) == "4"
-    memory = next(d.value for d in at.dataframe if "bf16 (v1)" in d.value.columns)
-    weights = memory[memory.iloc[:, 0] == "weights"].iloc[0]
+    # the memory table is static, its long cells ("KV-cache room: how") wrapped, never cut
+    memory = next(t.value for t in at.table if "bf16 (v1)" in t.value.columns)
+    weights = memory.loc["weights"]
+    assert memory.loc["KV-cache room: how", "bf16 (v1)"] == expected.memory.a.kv_note
     assert weights["bf16 (v1)"] == format_bytes(expected.memory.a.weights_bytes)
     assert weights["fp8 (v2)"] == format_bytes(expected.memory.b.weights_bytes)
     labels = [b.proto.label for b in at.get("download_button")]

@@ -11,6 +11,7 @@ slow) and the page shows its status, the summary table, the exports and the run 
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from tests.browser_support import open_page, require_chromium, running_app
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
+SCREENSHOT_DIR = Path(os.environ.get("QWEN_TEST_SCREENSHOTS", "/tmp/qwen-test-screenshots"))
 REQUESTS_PER_VERSION = 100  # x 2 versions x ~50 ms: about 10 s on an idle machine
 GROWTH_TIMEOUT_S = 30
 RUN_END_TIMEOUT_MS = 90_000
@@ -81,6 +83,10 @@ def test_live_charts_grow_while_a_run_goes_then_the_summary_shows(app_url):
 
         # the live panel: progress, a cancel button and the charts
         expect(page.locator(".st-key-bench_cancel button")).to_be_visible(timeout=30_000)
+        # the history shows the running run (said to be going until it is listed), never "No runs yet"
+        expect(page.get_by_text("No runs yet.")).to_have_count(0)
+        expect(page.get_by_text(re.compile(r"of this session is going \(bf16")).or_(
+            page.locator(".st-key-bench_history")).first).to_be_visible()
         expect(page.locator(".st-key-bench_live .js-plotly-plot")).to_have_count(3, timeout=30_000)
 
         def points() -> dict[str, int]:
@@ -117,7 +123,16 @@ def test_live_charts_grow_while_a_run_goes_then_the_summary_shows(app_url):
         expect(page.get_by_role("heading", name="Run #1")).to_be_visible()
         expect(page.locator(".st-key-bench_live")).to_have_count(0)
         expect(page.locator(".st-key-bench_result .js-plotly-plot")).to_have_count(3)
-        expect(page.locator("[data-testid=stDataFrame]")).to_have_count(2)  # the summary and the history
+        # the summary, its memory table and the history; the summary's tables fit: no horizontal scrolling
+        expect(page.locator("[data-testid=stDataFrame]")).to_have_count(3)
+        for n, table in enumerate(("the summary", "its memory table")):  # above the history, in this order
+            scroller = page.locator("[data-testid=stDataFrame]").nth(n).locator(".dvn-scroller")
+            expect(scroller).to_have_count(1)
+            width = scroller.evaluate("e => [e.scrollWidth, e.clientWidth]")
+            assert width[0] <= width[1] + 1, f"{table} runs off the right edge: {width}"
+        SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
+        page.locator(".st-key-bench_result").scroll_into_view_if_needed()
+        page.screenshot(path=str(SCREENSHOT_DIR / "benchmark_summary.png"), full_page=True)
         # an export, made when its button is pressed, downloaded through the browser
         with page.expect_download(timeout=30_000) as download:
             page.get_by_text("latency_v1.json", exact=True).click()

@@ -112,6 +112,14 @@ def test_compare_page_shows_the_verdict_and_charts_of_a_stored_run(app_url, stor
         offline.route("**/*", refuse)
         offline.goto(report.resolve().as_uri())
         expect(offline.locator("#verdict")).to_contain_text(expected.verdict.memory)
+        # its first screen says what was measured: model and checkpoint, hardware, server and engine,
+        # quantization as served, workload
+        context = offline.locator("#context")
+        for what in ("Model and checkpoint", "Hardware", "Server and engine", "Quantization as served", "Workload"):
+            expect(context.get_by_text(what, exact=True)).to_be_visible()
+        expect(context).to_contain_text("Triton Inference Server")
+        box = context.bounding_box()
+        assert box is not None and box["y"] + box["height"] <= 1200, box  # within the first screen
         for div in ("fig-change", "fig-memory", "fig-latency", "fig-ttft", "fig-tpot", "fig-throughput",
                     "fig-accuracy", "fig-agreement", "fig-floor"):
             expect(offline.locator(f"#{div}.js-plotly-plot .main-svg").first).to_be_attached()

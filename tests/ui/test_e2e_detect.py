@@ -100,11 +100,13 @@ def test_upload_and_sample_over_both_versions_in_the_browser(app_url, label_imag
         expect(page.locator(f"{sample_chart} .legendtext")).to_have_text(
             ["ground truth: 1 box", "bf16 (v1): no box", "fp8 (v2): no box"])
 
-        # the ground-truth box is drawn dashed in its colour, where the sample's truth lies
+        # the ground-truth box is drawn dashed in its colour, where the sample's truth lies, in each
+        # version's panel (side by side)
         truth_line = f".scatterlayer .trace path.js-line[style*='stroke: rgb({r}, {g}, {b})']"
         line = page.locator(f"{sample_chart} {truth_line}")
-        expect(line).to_have_count(1)
-        assert "stroke-dasharray" in (line.get_attribute("style") or "")
+        expect(line).to_have_count(2)
+        expect(page.locator(f"{sample_chart} .imagelayer image")).to_have_count(2)
+        assert "stroke-dasharray" in (line.first.get_attribute("style") or "")
         drawn = _relative_box(page, sample_chart, truth_line)
         expected = (truth.x1 / sample.width, truth.y1 / sample.height,
                     truth.x2 / sample.width, truth.y2 / sample.height)
@@ -117,7 +119,9 @@ def test_upload_and_sample_over_both_versions_in_the_browser(app_url, label_imag
         png = Path(got.value.path()).read_bytes()
         assert got.value.suggested_filename == f"02_{SAMPLE}-annotated.png"
         picture = Image.open(io.BytesIO(png))
-        assert picture.format == "PNG" and picture.width == sample.width and picture.height > sample.height
+        # one panel per version, side by side, with a small gap
+        assert picture.format == "PNG" and 2 * sample.width < picture.width < 2 * sample.width + 60
+        assert picture.height > sample.height
         with page.expect_download() as got:
             page.locator(".st-key-detect_result_json button").click()
         data = json.loads(Path(got.value.path()).read_text())
