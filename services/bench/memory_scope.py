@@ -65,10 +65,13 @@ def memory_scope(target: ServerTarget) -> MemoryScope:
     if target.server_pid is not None:
         return MemoryScope(SERVER_TREE, target.server_pid, True,
                            f"the {'embedded' if target.embedded else 'given'} server's pid {target.server_pid}")
-    host, port = split_host_port(target.http_url, 8000)
+    try:
+        host, port = split_host_port(target.http_url, 8000)
+    except ValueError as exc:  # an address the client refuses too: the run fails at its preflight
+        return MemoryScope(WHOLE_GPU, None, False, str(exc))
     if not is_local_host(host):
         return MemoryScope(WHOLE_GPU, None, False,
-                           f"{host} is another machine: its processes cannot be read from here")
+                           f"{host} is not this machine: its processes cannot be read from here")
     pid = listening_pid(port)
     if pid is None:
         return MemoryScope(WHOLE_GPU, None, True,
