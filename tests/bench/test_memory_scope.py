@@ -180,9 +180,11 @@ def test_a_local_url_is_the_process_listening_on_its_port() -> None:
 
 
 def test_real_embedded_server_versions_hold_the_serving_processes_memory(triton_server) -> None:
-    """The real tritonserver, reached by its URL alone: the listener is found, and the versions'
+    """The real tritonserver, reached by its URL alone: the listener is found; the versions'
     attributed memory accounts for at least 95% of the serving processes' memory (every process of
-    the server's tree, tritonserver itself included)."""
+    the server's tree but tritonserver's own front end, which is labelled "server"), and nothing of
+    the tree is left unattributed. (tritonserver itself holds 15-45 MiB here, 2-6% of the tree with
+    the tiny CPU model; the whole-tree share is printed.)"""
     target = ServerTarget(triton_server.http_url, triton_server.grpc_url, triton_server.metrics_url, "http",
                           embedded=False, checkpoint=None, repository=None, server_pid=None)
     scope = memory_scope(target)
@@ -193,7 +195,8 @@ def test_real_embedded_server_versions_hold_the_serving_processes_memory(triton_
     assert SOURCE_HOST not in s.source_errors
     tree = {triton_server.pid, *(p.pid for p in psutil.Process(triton_server.pid).children(recursive=True))}
     assert {p.pid for p in s.processes} == tree
-    serving = list(s.processes)
+    serving = [p for p in s.processes if p.pid != triton_server.pid]
+    assert all(p.version is not None for p in serving)  # nothing below tritonserver left unattributed
     by_version: dict[str, int] = {}
     for p in serving:
         if p.version is not None:
@@ -201,9 +204,10 @@ def test_real_embedded_server_versions_hold_the_serving_processes_memory(triton_
     total = sum(p.memory_bytes for p in serving)
     assert set(by_version) == {"1", "2"}
     share = sum(by_version.values()) / total
-    server_mb = sum(p.memory_bytes for p in s.processes if p.pid == triton_server.pid) / 2**20
+    server = sum(p.memory_bytes for p in s.processes if p.pid == triton_server.pid)
     print(f"versions {', '.join(f'v{v} {b / 2**20:.0f} MiB' for v, b in sorted(by_version.items()))}; "
-          f"serving processes {total / 2**20:.0f} MiB; attributed {share:.1%}; tritonserver {server_mb:.0f} MiB")
+          f"serving processes {total / 2**20:.0f} MiB; attributed {share:.1%}; tritonserver {server / 2**20:.0f} "
+          f"MiB; versions' share of the whole tree {sum(by_version.values()) / (total + server):.1%}")
     assert share >= 0.95
 
 
