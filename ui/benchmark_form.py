@@ -57,6 +57,7 @@ class LaunchForm:
     ttft_ms: float = DEFAULT_TARGETS.ttft_ms or 0.0
     tpot_ms: float = DEFAULT_TARGETS.tpot_ms or 0.0
     e2e_ms: float = DEFAULT_TARGETS.e2e_ms or 0.0
+    image_reuse: bool = False
 
 
 def parse_levels(text: str) -> tuple[float, ...] | str:
@@ -101,7 +102,7 @@ def form_config(form: LaunchForm) -> BenchmarkConfig | SweepConfig | str:
     spec = ImageSetSpec(kind=form.image_kind,  # type: ignore[arg-type]
                         seed=int(form.gen_seed), count=int(form.gen_count),
                         folder=str(Path(folder).expanduser()) if form.image_kind == "folder" else None,
-                        images=images)
+                        images=images, reuse=bool(form.image_reuse))
     bench = BenchmarkConfig(versions=tuple(str(v) for v in sorted(form.versions)), image_set=spec,
                             requests=int(form.requests), warmup=int(form.warmup),
                             load=form.load_mode,  # type: ignore[arg-type]
@@ -157,6 +158,11 @@ def _request_inputs(form: LaunchForm, default_timeout_s: float) -> None:
     if form.load_mode == "open":
         form.arrival_seed = d[3].number_input("Arrival seed", min_value=0, max_value=2**31 - 1, value=0, step=1,
                                               key="bench_arrival_seed", help="Seeds the Poisson arrival times.")
+    form.image_reuse = st.toggle(
+        "Repeat images", value=False, key="bench_image_reuse",
+        help="Off (default): every request sends an image the server has not seen in this run (a one-level "
+             "change of a few 8x8 blocks, invisible), so engine caches (vLLM caches prefixes and images) "
+             "are not measured. On: the images repeat, to measure cache hits on purpose.")
 
 
 def _sweep_inputs(form: LaunchForm, levels_column) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from services.bench.memory_scope import memory_scope
 from services.bench.runner import BenchmarkConfig
 from services.bench.sampler import get_shared_sampler
 from services.bench.sweep import SweepConfig
@@ -44,7 +45,9 @@ def collect_ended_run() -> None:
 def launch(config: BenchmarkConfig | SweepConfig, conn: Connection) -> bool:
     """Start the session's run; True when it is going, else the reason is the page's error."""
     if conn.target is not None:
-        get_shared_sampler()  # started once per process (the live chart shows memory from before the start)
+        # started once per process (the live chart shows memory from before the start), on this
+        # server's processes only
+        get_shared_sampler(metrics_url=conn.target.metrics_url, **memory_scope(conn.target).sampler_config())
     problem = run_lifecycle.start_run(JOB, config, conn, "The benchmark could not start")
     if problem is not None:
         st.session_state[START_ERROR] = problem

@@ -21,6 +21,9 @@ def render_version(v: VersionResult, result: ImageResult, key: str) -> None:
         st.markdown(f"<span style='color:{version_color(v.version)}'>■</span> **{v.label}**", unsafe_allow_html=True)
         if v.error:
             st.error(v.error)
+            if v.error_detail:
+                with st.expander("The server's own words"):
+                    st.code(v.error_detail, language=None)
             return
         cols = st.columns(3)
         cols[0].metric("Latency", format_duration_ms(v.latency_ms), help="From sending the request to the whole answer.")

@@ -119,6 +119,8 @@ def render_sidebar() -> Connection:
     sb.caption(f"{'Embedded' if conn.embedded else 'External'} server: "
                f"`{conn.target.url(conn.protocol)}` ({conn.protocol})")
     _show(sb, *health_line(conn.status))
+    if conn.addresses is not None and conn.addresses.verdict != "same":
+        _show(sb, "warning" if conn.addresses.verdict == "different" else "caption", conn.addresses.message)
     if not conn.status.error:
         for kind, text in version_lines(conn.status):
             _show(sb, kind, text)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import streamlit as st
 
 from services.core import settings
+from services.client.address_check import AddressCheck, check_addresses
 from services.client.server_status import ServerStatus, check_server
 from services.client.server_target import ServerTarget, current_target, embedded_target
 from services.client.triton_client import PROTOCOLS, TritonClient, parse_url
@@ -104,6 +105,7 @@ class Connection:
     client: TritonClient | None = None
     status: ServerStatus | None = None
     error: str | None = None
+    addresses: AddressCheck | None = None  # an external server's derived addresses, checked
 
     @property
     def embedded(self) -> bool:
@@ -136,7 +138,17 @@ def connect(url_setting: str, protocol: str, timeout_s: float) -> Connection:
         conn.error = f"The server URL {conn.url_setting!r} is not usable: {exc}"
         return conn
     conn.status = check_server(status_client)
+    if not conn.target.embedded and not conn.status.error:
+        conn.addresses = check_target_addresses(conn.target.http_url, conn.target.grpc_url, conn.target.metrics_url)
     return conn
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def check_target_addresses(http_url: str, grpc_url: str, metrics_url: str) -> AddressCheck:
+    """Whether an external server's HTTP, gRPC and metrics addresses are one server (re-checked each minute)."""
+    target = ServerTarget(http_url, grpc_url, metrics_url, "http", embedded=False, checkpoint=None,
+                          repository=None, server_pid=None)
+    return check_addresses(target, timeout_s=STATUS_TIMEOUT_S)
 
 
 def current_connection() -> Connection:

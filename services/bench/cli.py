@@ -97,6 +97,9 @@ def add_image_server_output_arguments(p: argparse.ArgumentParser,
     img.add_argument("--folder", help="folder: labels.jsonl folder or OpenFoodFacts parquet")
     img.add_argument("--files", nargs="+", default=[], metavar="FILE", help="uploaded: image files")
     img.add_argument("--max-side", type=int, default=1024, help="longest side sent, in pixels")
+    img.add_argument("--image-reuse", action="store_true",
+                     help="send the images as they are, repeated (cache hits measured on purpose); default: every "
+                          "request pair sends an image the server has not seen in the run, warm-up other ones")
     img.add_argument("--image-size", default=None, metavar="WxH",
                      help="generated: every image exactly W x H pixels (e.g. 1024x768; one number: square), "
                           "written once as a labelled folder under the data folder (image_sets/) and run from there")
@@ -188,7 +191,7 @@ def build_config(args: argparse.Namespace):
     if args.images == "folder" and not args.folder:
         raise UsageError("--images folder needs --folder PATH")
     spec = ImageSetSpec(kind=args.images, seed=args.image_seed, count=args.count, folder=args.folder,
-                        images=files, max_side=args.max_side)
+                        images=files, max_side=args.max_side, reuse=args.image_reuse)
     config = BenchmarkConfig(
         versions=tuple(args.versions), image_set=spec, requests=args.requests, warmup=args.warmup,
         load=args.load, concurrency=args.concurrency, rate=args.rate, max_tokens=args.max_tokens,

@@ -118,7 +118,7 @@ def memory_series(chart: pd.DataFrame, include_host: bool | None = None) -> tupl
 
     GPU lines: each GPU's used memory (``kind == "device"``; NVML preferred, Triton's metric when
     NVML gave nothing), then the GPU memory of each served version's processes (summed over GPUs
-    and instances), tritonserver's own, and unattributed processes. Host lines (resident set size of
+    and instances), tritonserver's own, and unattributed processes. Host lines (resident memory, PSS, of
     the serving processes per version) are used when there is no GPU reading, or when
     ``include_host`` is True. Weight gauges (``qwen_engine_weight_bytes``, part ``model``) are drawn
     dotted per version in either case.
@@ -148,7 +148,7 @@ def memory_series(chart: pd.DataFrame, include_host: bool | None = None) -> tupl
                                     summed(device[device["gpu"] == gpu])))
         out += _process_lines(procs_gpu, summed, "GPU memory")
     if use_host:
-        out += _process_lines(df[df["kind"] == "host"], summed, "host RSS" if has_gpu else "host memory")
+        out += _process_lines(df[df["kind"] == "host"], summed, "host memory (PSS)" if has_gpu else "host memory")
     out += _weight_lines(df, summed)
     return out, mode
 
@@ -398,7 +398,7 @@ class VersionMemory:
     baseline_bytes: int
     peak_bytes: int
     delta_bytes: int
-    measured: str  # which memory: "GPU memory of its processes", "host RSS of its processes", ...
+    measured: str  # which memory: "GPU memory of its processes", "host memory of its processes (PSS...)", ...
 
 
 def version_memory(
@@ -408,7 +408,7 @@ def version_memory(
 ) -> dict[str, VersionMemory]:
     """Memory baseline/peak/delta per version (``bench_stats.memory_summary`` over the version's
     series), preferring, per version: the GPU memory of its processes (summed over GPUs and
-    instances), else their host RSS, else the used memory of all GPUs (not specific to the
+    instances), else their host memory (PSS), else the used memory of all GPUs (not specific to the
     version, and said so). ``first_request_t``: ``perf_counter`` seconds of the first request, the
     baseline is the last reading before it."""
     chart = samples if isinstance(samples, pd.DataFrame) and "label" in samples.columns else memory_chart_frame(samples)
@@ -417,7 +417,8 @@ def version_memory(
         return out
     for version in versions:
         version = str(version)
-        for kind, measured in (("gpu", "GPU memory of its processes"), ("host", "host RSS of its processes")):
+        for kind, measured in (("gpu", "GPU memory of its processes"),
+                               ("host", "host memory of its processes (PSS: shared pages once)")):
             part = chart[(chart["kind"] == kind) & (chart["version"].astype(str) == version)]
             if not part.empty:
                 break

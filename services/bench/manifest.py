@@ -3,7 +3,8 @@
 :func:`collect_manifest` is the run's preflight: the server's metadata, the model's versions and
 their states (a version not READY ends the run before its first request), the model config as
 served, quantization as served (:func:`served_quantization`: the metrics port's ``qwen_engine_*``
-gauges, else the embedded server's engine report), the GPUs (:func:`gpu_info`, NVML), the client
+gauges, else the embedded server's engine report), the versions' precision labels and whether the
+server confirms them (:func:`services.bench.version_labels.check_labels`), the GPUs (:func:`gpu_info`, NVML), the client
 libraries and this project's git commit (:func:`client_versions`), and the seeds of the run. Each
 part that cannot be read says so under ``"error"`` instead of failing the whole manifest.
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from services.bench.triton_metrics import metrics_opener, parse_metrics, parse_series_key, read_metrics_text
+from services.bench.version_labels import check_labels
 from services.client.errors import TritonClientError
 from services.client.triton_client import TritonClient
 from services.core import settings
@@ -134,13 +136,8 @@ def served_quantization(target: "ServerTarget", versions: Sequence[str],
         if v in from_metrics:
             out[v] = {"source": "metrics", **from_metrics[v]}
             continue
-        report = None
-        if target.embedded and target.repository is not None:
-            try:
-                report = json.loads((Path(target.repository) / model / v / "engine_report.json").read_text())
-            except (OSError, json.JSONDecodeError):
-                report = None
-        out[v] = {"source": "engine_report", **report} if isinstance(report, dict) else "unknown"
+        _, report = _version_files(target, model, v)
+        out[v] = {"source": "engine_report", **report} if report is not None else "unknown"
     if metrics_error:
         out["metrics_error"] = metrics_error
     return out
@@ -202,6 +199,7 @@ def collect_manifest(client: TritonClient, target: "ServerTarget",
         except TritonClientError as exc:
             manifest.setdefault("model", {"name": client.model})["config"] = {"error": str(exc)}
         manifest["quantization"] = served_quantization(target, config.versions, client.model)
+        manifest["labels"] = check_labels(target, config.versions, manifest, client.model)
     else:
         manifest["quantization"] = {v: "unknown" for v in config.versions}
     manifest["gpu"] = gpu_info()
@@ -217,3 +215,41 @@ def address_error_manifest(target: "ServerTarget", error: str) -> dict[str, Any]
     the client side (nothing could be asked of the server)."""
     return {"schema": MANIFEST_SCHEMA, "target": target_dict(target), "server": {"error": error},
             "client": client_versions()}
+
+
+def _version_files(target: "ServerTarget", model: str, version: str) -> tuple[dict | None, dict | None]:
+    """The embedded server's ``model.json`` and ``engine_report.json`` of a version (None: unknown)."""
+    out: list[dict | None] = []
+    for name in ("model.json", "engine_report.json"):
+        data = None
+        if target.embedded and target.repository is not None:
+            try:
+                data = json.loads((Path(target.repository) / model / version / name).read_text())
+            except (OSError, json.JSONDecodeError):
+                data = None
+        out.append(data if isinstance(data, dict) else None)
+    return out[0], out[1]
+
+
+def prefix_caching(target: "ServerTarget", versions: Sequence[str], manifest: dict[str, Any]) -> dict[str, Any]:
+    """The engine's prefix / image caching per version, where known: ``{"enabled": bool | None,
+    "source": ...}``. From the version's ``model.json`` (``enable_prefix_caching``); else vLLM's
+    default (on, in the V1 engine) where the backend or engine is vLLM; else off for the embedded
+    transformers engine, which keeps nothing between requests; else unknown."""
+    model = str((manifest.get("model") or {}).get("name") or settings.MODEL_NAME)
+    config = (manifest.get("model") or {}).get("config")
+    backend = config.get("backend") if isinstance(config, dict) else None
+    out: dict[str, Any] = {}
+    for v in versions:
+        args, report = _version_files(target, model, v)
+        engine = (report or {}).get("engine")
+        if args is not None and "enable_prefix_caching" in args:
+            out[v] = {"enabled": bool(args["enable_prefix_caching"]), "source": "model.json enable_prefix_caching"}
+        elif backend == "vllm" or engine == "vllm":
+            out[v] = {"enabled": True, "source": "vLLM's default (the V1 engine caches prefixes and images "
+                                                 "unless enable_prefix_caching is false)"}
+        elif report is not None and engine in (None, "transformers"):
+            out[v] = {"enabled": False, "source": "the embedded transformers engine keeps no cache between requests"}
+        else:
+            out[v] = {"enabled": None, "source": "unknown: the server does not say"}
+    return out

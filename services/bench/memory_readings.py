@@ -2,14 +2,20 @@
 
 - :class:`NvmlReader`: every GPU (name, used/total memory, utilization) and the used GPU memory of
   each compute process.
-- :class:`HostProcessReader`: the resident set size of the serving processes: a configured root pid
-  (the tritonserver pid) and its descendants, or the processes named in ``process_names`` and
-  their descendants. This gives a true live memory chart where there is no GPU (the embedded CPU
-  demo).
+- :class:`HostProcessReader`: the resident memory of the serving processes, shared pages counted
+  once (the proportional set size, PSS: a page shared by n processes counts 1/n in each, so the sum
+  over the processes that share it counts it once; read in full every 2 s, see
+  :class:`SharedPages`): a configured root pid (the tritonserver pid)
+  and its descendants, or the processes named in ``process_names`` and their descendants. This
+  gives a true live memory chart where there is no GPU (the embedded CPU demo).
 - :class:`ProcessAttribution`: a process is attributed to the Triton model version it serves
-  through its command line (:func:`attribute_cmdline`): each Python-backend model instance is a
-  ``triton_python_backend_stub`` process whose command line carries
-  ``<repo>/<model>/<version>/model.py``; ``tritonserver`` (or the configured root) is ``"server"``.
+  through the process tree: each Python-backend model instance is a ``triton_python_backend_stub``
+  process whose command line carries ``<repo>/<model>/<version>/model.py``
+  (:func:`attribute_cmdline`), and every descendant of a stub serves that version too (vLLM's
+  ``VLLM::EngineCore`` / ``VLLM::Worker`` processes, which hold the weights and the KV cache, are
+  children of the stub and name no model); ``tritonserver`` (or the configured root) is
+  ``"server"``. :meth:`ProcessAttribution.in_scope` tells whether a process belongs to the
+  configured server at all (NVML lists every process on the GPU, other servers' included).
 
 The sampler (:mod:`services.bench.sampler`) calls these in its thread, each source in its own
 ``try``/``except``.
@@ -46,9 +52,11 @@ class ProcessReading:
     """The memory of one serving (or GPU compute) process at one tick.
 
     ``kind`` is ``"gpu"`` (GPU memory from NVML; ``gpu`` is the GPU index) or ``"host"`` (resident
-    set size from psutil). ``model``/``version`` come from the command line: ``("qwen", "2")`` for a
-    stub serving ``.../qwen/2/model.py``, ``("server", None)`` for tritonserver (or the configured
-    root process), ``(None, None)`` when unknown.
+    memory from psutil: the proportional set size, shared pages counted once over the processes
+    that share them; the resident set size where the PSS cannot be read, ``measure`` says which).
+    ``model``/``version`` come from the process tree: ``("qwen", "2")`` for a stub serving
+    ``.../qwen/2/model.py`` and every descendant of it, ``("server", None)`` for tritonserver (or
+    the configured root process), ``(None, None)`` when unknown.
     """
 
     pid: int
@@ -58,6 +66,7 @@ class ProcessReading:
     memory_bytes: int
     gpu: int | None = None
     name: str = ""
+    measure: str = ""  # "nvml" (GPU), "pss" or "rss" (host)
 
 
 def _memory_info(pynvml, handle):
@@ -90,23 +99,37 @@ def attribute_cmdline(cmdline: Sequence[str], name: str = "") -> tuple[str | Non
 
 
 class ProcessAttribution:
-    """Which model version each process serves, cached (used in the sampling thread only)."""
+    """Which model version each process serves, and whether it is the configured server's, cached
+    (used in the sampling thread only)."""
+
+    _MAX_CACHED = 4096
 
     def __init__(self) -> None:
         self._attribution: dict[tuple[int, float], tuple[str | None, str | None, str]] = {}
         self._unresolved: dict[tuple[int, float], tuple[tuple[str, ...], tuple[str | None, str | None, str]]] = {}
+        self._scope: dict[tuple[int, float, int | None], bool] = {}
 
     def forget_unresolved(self) -> None:
-        """Drop the answers that are not a stub's ("server" answers depend on the root pid)."""
+        """Drop the answers that are not a stub's ("server" answers and the scope depend on the
+        root pid)."""
         self._unresolved.clear()
+        self._scope.clear()
+
+    def _trim(self) -> None:
+        if max(len(self._attribution), len(self._unresolved), len(self._scope)) > self._MAX_CACHED:
+            self._attribution.clear()
+            self._unresolved.clear()
+            self._scope.clear()
 
     def __call__(self, proc: psutil.Process, root_pid: int | None) -> tuple[str | None, str | None, str]:
         """``(model, version, name)`` of a process (``root_pid``: the configured server, named "server").
 
-        Stub attributions (model and version found) are cached per (pid, create time). Other
-        answers ("server", unknown) are not final: a process seen between fork and exec still shows
-        its parent's command line, and exec keeps pid and create time; so its command line is read
-        again each time, and only when it has changed are the name and the answer looked up again.
+        A stub's own command line names its version; any other process takes the version of the
+        nearest stub among its ancestors below the root (vLLM's engine processes). These answers
+        are final and cached per (pid, create time). Other answers ("server", unknown) are not: a
+        process seen between fork and exec still shows its parent's command line, and exec keeps
+        pid and create time; so its command line is read again each time, and only when it has
+        changed are the name and the answer looked up again.
         """
         key = (proc.pid, proc.create_time())
         hit = self._attribution.get(key)
@@ -121,11 +144,11 @@ class ProcessAttribution:
             return seen[1]
         name = proc.name()
         model, version = attribute_cmdline(cmdline, name)
+        if version is None and proc.pid != root_pid:
+            model, version = self._stub_ancestor(proc, root_pid) or (model, version)
         if model is None and proc.pid == root_pid:
             model = "server"
-        if len(self._attribution) > 4096 or len(self._unresolved) > 4096:
-            self._attribution.clear()
-            self._unresolved.clear()
+        self._trim()
         if version is None:
             self._unresolved[key] = (cmdline, (model, version, name))
             return model, version, name
@@ -133,13 +156,54 @@ class ProcessAttribution:
         self._attribution[key] = (model, version, name)
         return model, version, name
 
+    def _stub_ancestor(self, proc: psutil.Process, root_pid: int | None) -> tuple[str, str] | None:
+        """``(model, version)`` of the nearest ancestor that is a stub, not looking above the root."""
+        try:
+            parents = proc.parents()
+        except psutil.Error:
+            return None
+        for parent in parents:
+            if parent.pid == root_pid or parent.pid <= 1:
+                return None
+            try:
+                known = self._attribution.get((parent.pid, parent.create_time()))
+                if known is not None:
+                    return known[0], known[1]  # type: ignore[return-value]
+                model, version = attribute_cmdline(parent.cmdline(), parent.name())
+            except psutil.Error:
+                continue
+            if version is not None:
+                return model, version  # type: ignore[return-value]
+        return None
+
+    def in_scope(self, proc: psutil.Process, root_pid: int | None, any_process: bool) -> bool:
+        """Whether a process is the configured server's: the root or one of its descendants. With
+        no root: every process when ``any_process`` (processes found by name), else none."""
+        if root_pid is None:
+            return any_process
+        if proc.pid == root_pid:
+            return True
+        key = (proc.pid, proc.create_time(), root_pid)
+        hit = self._scope.get(key)
+        if hit is None:
+            try:
+                hit = any(p.pid == root_pid for p in proc.parents())
+            except psutil.Error:
+                hit = False
+            self._trim()
+            self._scope[key] = hit
+        return hit
+
 
 class NvmlReader:
     """GPU memory and utilization through NVML (``pynvml`` from nvidia-ml-py), initialised on the
-    first read; ``attribute(process)`` gives a compute process's ``(model, version, name)``."""
+    first read; ``attribute(process)`` gives a compute process's ``(model, version, name)`` and
+    ``keep(process)`` (None: every process) whether its reading belongs to the configured server:
+    NVML lists every compute process on the GPU, other servers' and other users' included."""
 
-    def __init__(self, attribute: Attribute) -> None:
+    def __init__(self, attribute: Attribute, keep: Callable[[psutil.Process | None], bool] | None = None) -> None:
         self._attribute = attribute
+        self._keep = keep
         self._ready = False
         self._names: dict[int, tuple[str, str | None]] = {}
 
@@ -189,20 +253,69 @@ class NvmlReader:
                 if used is None:
                     continue  # NVML could not tell this process's memory (e.g. under MIG/WDDM)
                 try:
-                    model, version, pname = self._attribute(psutil.Process(p.pid))
+                    proc: psutil.Process | None = psutil.Process(p.pid)
+                    if self._keep is not None and not self._keep(proc):
+                        continue
+                    model, version, pname = self._attribute(proc)  # type: ignore[arg-type]
                 except (psutil.Error, OSError):
-                    model, version, pname = None, None, ""  # pid of another namespace
-                procs.append(ProcessReading(p.pid, "gpu", model, version, int(used), i, pname))
+                    if self._keep is not None and not self._keep(None):
+                        continue  # pid of another namespace: not known to be the server's
+                    model, version, pname = None, None, ""
+                procs.append(ProcessReading(p.pid, "gpu", model, version, int(used), i, pname, "nvml"))
         return gpus, procs
 
 
+PSS_INTERVAL_S = 2.0  # how often each process's proportional set size is read in full
+
+
+def resident_bytes(proc: psutil.Process) -> tuple[int, int | None]:
+    """``(rss, pss)``: the process's resident set size, and its proportional set size
+    (``/proc/<pid>/smaps_rollup`` through psutil's ``memory_full_info``): its private pages plus
+    its share of each shared page, so that summing the processes that share a page (a forked
+    engine, the libraries every stub maps) counts it once. ``pss`` is None where it cannot be read
+    (another user's process). The PSS costs the kernel a walk of the page tables (~40 ms for a
+    process with torch loaded, on a busy 2-core machine), the RSS nothing."""
+    try:
+        full = proc.memory_full_info()
+        return int(full.rss), int(full.pss)
+    except (psutil.AccessDenied, AttributeError):
+        return int(proc.memory_info().rss), None
+
+
+class SharedPages:
+    """Resident memory with shared pages counted once, at every tick without reading the PSS at
+    every tick: the PSS of each process is read every ``interval_s``; in between, its RSS is read
+    (cheap) and the shared part last measured (RSS - PSS) taken off. What a process allocates or
+    frees shows at once; what it newly shares, at the next full read."""
+
+    def __init__(self, interval_s: float = PSS_INTERVAL_S) -> None:
+        self.interval_s = interval_s
+        self._shared: dict[tuple[int, float], tuple[int, float]] = {}  # (pid, ctime) -> (rss - pss, next read)
+
+    def read(self, proc: psutil.Process, now: float) -> tuple[int, str]:
+        """``(bytes, measure)``: ``"pss"`` (read now, or RSS less the shared part read within
+        ``interval_s``) or ``"rss"`` where the PSS cannot be read."""
+        key = (proc.pid, proc.create_time())
+        known = self._shared.get(key)
+        if known is not None and now < known[1]:
+            return max(0, int(proc.memory_info().rss) - known[0]), "pss"
+        rss, pss = resident_bytes(proc)
+        if pss is None:
+            return rss, "rss"
+        if len(self._shared) > 4096:
+            self._shared.clear()
+        self._shared[key] = (rss - pss, now + self.interval_s)
+        return pss, "pss"
+
+
 class HostProcessReader:
-    """The resident set size (psutil) of the serving processes: a root pid and its descendants, or
+    """The resident memory, shared pages counted once (:class:`SharedPages`), of the serving processes: a root pid and its descendants, or
     the processes named in ``process_names`` and theirs (see :meth:`_discover`); ``attribute(process)``
     gives each one's ``(model, version, name)``. Used in the sampling thread only."""
 
     def __init__(self, attribute: Attribute) -> None:
         self._attribute = attribute
+        self._resident = SharedPages()
         self._procs: list[psutil.Process] = []
         self._seen_pids: set[int] | None = None  # every pid at the last discovery
         self._next_discovery = 0.0
@@ -283,12 +396,12 @@ class HostProcessReader:
         alive: list[psutil.Process] = []
         for p in self._procs:
             try:
-                rss = p.memory_info().rss
+                resident, measure = self._resident.read(p, now)
                 model, version, name = self._attribute(p)
             except (psutil.NoSuchProcess, psutil.ZombieProcess):
                 continue  # ended since discovery
             alive.append(p)
-            out.append(ProcessReading(p.pid, "host", model, version, int(rss), None, name))
+            out.append(ProcessReading(p.pid, "host", model, version, resident, None, name, measure))
         self._procs = alive
         if not out:
             self._next_discovery = 0.0

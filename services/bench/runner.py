@@ -71,7 +71,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
-from services.bench.manifest import address_error_manifest, collect_manifest
+from services.bench.manifest import address_error_manifest, collect_manifest, prefix_caching
+from services.bench.memory_scope import memory_scope
 from services.bench.request_plan import PlannedRequest, poisson_offsets, request_plan
 from services.bench.stats import (
     MemorySeriesSummary,
@@ -86,6 +87,7 @@ from services.client.triton_client import TritonClient
 from services.core import settings
 from services.core.boxes import match_boxes, parse_answer
 from services.image_sets.image_set import IMAGE_SET_KINDS, BenchImage, ImageSetSpec, load_image_set
+from services.image_sets.unseen_images import UnseenImages, workload_manifest
 
 if TYPE_CHECKING:  # server_target imports the checkpoint catalog: only where a target is resolved
     from services.client.server_target import ServerTarget
@@ -295,6 +297,7 @@ class _Runner:
         self._late_sends = 0
         self._max_lag_ms = 0.0
         self._images: list[BenchImage] = []
+        self._unseen = None if self.config.image_set.reuse else UnseenImages(self.config.seed)
         self._client: TritonClient | None = None
         self._writer: RunStore | None = None
         self._run_id: int | None = None
@@ -354,6 +357,8 @@ class _Runner:
                 if lag_ms > LATE_SEND_MS:
                     self._late_sends += 1
         cfg, image = self.config, self._images[item.image_index]
+        image_b64 = image.b64 if self._unseen is None else \
+            self._unseen.variant(image.id, image.b64, item.pair, item.warmup).b64
         extra = dict(cfg.extra_sampling)
         if cfg.temperature > 0 and "seed" not in extra:  # the same seed for every version of one image
             extra["seed"] = (cfg.seed * 1_000_003 + item.pair) % 2**31
@@ -364,7 +369,7 @@ class _Runner:
         error: BaseException | None = None
         try:
             done = self._client.detect(  # type: ignore[union-attr]
-                image.b64, cfg.prompt, version=item.version, max_tokens=cfg.max_tokens,
+                image_b64, cfg.prompt, version=item.version, max_tokens=cfg.max_tokens,
                 temperature=cfg.temperature, stream=cfg.stream, extra_sampling=extra,
                 request_id=f"run{self._run_id}-{item.seq}")
             try:
@@ -521,6 +526,10 @@ class _Runner:
             except (ValueError, OSError) as exc:
                 error = f"the images could not be prepared: {exc}"
                 manifest["image_set"] = {"kind": cfg.image_set.kind, "error": str(exc)}
+        scope = memory_scope(target)
+        manifest["memory_scope"] = scope.describe()
+        manifest["workload"] = {**workload_manifest(cfg.image_set.reuse, cfg.seed),
+                                "prefix_caching": prefix_caching(target, cfg.versions, manifest)}
         model = self._client.model if self._client is not None else settings.MODEL_NAME
         config_dict = {**self._stored_config(), "model": model, "protocol": protocol, "url": url}
         self._run_id = self._writer.create_run(config_dict, manifest)
@@ -532,7 +541,7 @@ class _Runner:
 
         from services.bench.sampler import get_shared_sampler
 
-        sampler = get_shared_sampler(metrics_url=target.metrics_url, root_pid=target.server_pid)
+        sampler = get_shared_sampler(metrics_url=target.metrics_url, **scope.sampler_config())
         sink = self._writer.sample_sink(self._run_id)
         t_attach = time.perf_counter()
         sampler.add_sink(sink)

@@ -73,7 +73,7 @@ class SampleRow:
 
     ``source``: ``"nvml"``, ``"host"`` or ``"triton"`` (the metrics endpoint).
     ``kind``: ``"device"`` (a GPU's total used memory), ``"gpu"`` (one process's GPU memory),
-    ``"host"`` (one process's resident set size), or a ``qwen_*_bytes`` gauge exported by the
+    ``"host"`` (one process's resident memory, shared pages counted once: its PSS), or a ``qwen_*_bytes`` gauge exported by the
     server, as its series key without the model/version/gpu_uuid labels (e.g.
     ``"qwen_weight_bytes"``, ``'qwen_engine_weight_bytes{part="model",precision="fp8"}'``). ``gpu`` is the GPU index as text for NVML, the
     ``gpu_uuid`` label for Triton. ``utilization`` is in percent (Triton's 0..1 is scaled).

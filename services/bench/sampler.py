@@ -11,9 +11,11 @@ endpoint every ``metrics_interval_s`` (default 1 s, see below):
 
 - ``"nvml"``: every GPU through NVML (``pynvml`` from nvidia-ml-py): name, used/total memory,
   utilization, and the used GPU memory of each compute process. A process is attributed to the
-  Triton model version it serves through its command line: each Python-backend model instance is a
-  ``triton_python_backend_stub`` process whose command line carries ``<repo>/<model>/<version>/model.py``;
-  ``tritonserver`` itself is labelled ``"server"``.
+  Triton model version it serves through the process tree: each Python-backend model instance is a
+  ``triton_python_backend_stub`` process whose command line carries ``<repo>/<model>/<version>/model.py``,
+  and its descendants (vLLM's engine processes) serve the same version; ``tritonserver`` itself is
+  labelled ``"server"``. Under a root pid only the root's tree is kept (NVML lists every process on
+  the GPU); with no root and no ``process_names``, no process at all (the whole GPU only).
 - ``"triton_metrics"``: Triton's Prometheus endpoint (``metrics_url``, local or remote), fetched with
   urllib, reduced to the kept families by a line prefilter (``triton_metrics.prefilter_metrics``)
   and parsed with ``prometheus_client``. Kept: ``nv_gpu_memory_used_bytes``,
@@ -26,7 +28,8 @@ endpoint every ``metrics_interval_s`` (default 1 s, see below):
   tick that read it (what the run store writes), and ``series_for_chart`` charts each reading
   once, at the time it was taken, even from a thinned list of samples that left that tick out. A
   failed read carries nothing.
-- ``"host"``: the resident set size (psutil) of the serving processes: a configured root pid (the
+- ``"host"``: the resident memory (psutil; the proportional set size, so that pages the
+  processes share count once) of the serving processes: a configured root pid (the
   tritonserver pid) and its descendants, or the processes named in ``process_names`` and their
   descendants; attributed to model/version the same way. This gives a true live memory chart
   where there is no GPU (the embedded CPU demo); it is always labelled ``kind="host"``. The
@@ -149,7 +152,7 @@ class Sampler:
         self._wall_s = 0.0
         # the readers and the attribution caches (sampling thread only, under _tick_lock)
         self._attribution = ProcessAttribution()
-        self._nvml_reader = NvmlReader(self._attribute)
+        self._nvml_reader = NvmlReader(self._attribute, keep=self._in_scope)
         self._host_reader = HostProcessReader(self._attribute)
         # the last metrics reading and when it was attempted (under _tick_lock)
         self._metrics_last: tuple[dict[str, float], float, float] | None = None
@@ -488,6 +491,14 @@ class Sampler:
     def _attribute(self, proc: psutil.Process) -> tuple[str | None, str | None, str]:
         """``(model, version, name)`` of a process (see :class:`ProcessAttribution`)."""
         return self._attribution(proc, self.root_pid)
+
+    def _in_scope(self, proc: psutil.Process | None) -> bool:
+        """Whether a GPU process's reading is kept: under a root pid, only the root and its
+        descendants (``None``, a pid of another namespace, is not); with no root, every process
+        when processes are found by name, none when ``process_names`` is empty."""
+        if proc is None:
+            return self.root_pid is None and bool(self.process_names)
+        return self._attribution.in_scope(proc, self.root_pid, any_process=bool(self.process_names))
 
 
 # --------------------------------------------------------------------------- shared instance

@@ -9,6 +9,7 @@ the same class for the same fault on every transport.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 
 class TritonClientError(RuntimeError):
@@ -16,7 +17,8 @@ class TritonClientError(RuntimeError):
 
     Attributes: ``url`` (the server), ``version`` (the model version, when a request named one),
     ``server_message`` (the server's own words, when it sent any) and ``status`` (the HTTP status
-    or gRPC status code, when known).
+    or gRPC status code, when known). :attr:`detail` is the raw text to show behind the message
+    (an expander): the server's words, where the message explains them in a sentence of its own.
     """
 
     def __init__(self, message: str, *, url: str = "", version: str | None = None,
@@ -27,6 +29,11 @@ class TritonClientError(RuntimeError):
         self.version = version
         self.server_message = server_message
         self.status = status
+
+    @property
+    def detail(self) -> str | None:
+        """The server's raw words (tracebacks included), or None when it sent none."""
+        return self.server_message
 
 
 class ServerUnreachable(TritonClientError):
@@ -74,12 +81,60 @@ _BAD_REQUEST_PATTERNS = (
 _MODEL_ERROR_PREFIX = "Error generating stream"
 
 
+@dataclass(frozen=True)
+class _KnownFault:
+    """A fault recognised from the server's words, whichever transport carried them: its class and
+    a sentence naming the likely cause (the raw words go behind :attr:`TritonClientError.detail`)."""
+
+    pattern: re.Pattern[str]
+    cls: type[TritonClientError]
+    cause: str
+    quote: bool = True  # whether the message quotes the server's words (not when they are opaque)
+
+
+# The vLLM backend's opaque or traceback-carrying answers (see docs/vllm-engine-notes.md) and the
+# embedded engine's own words for the same faults: each fault one class on HTTP and gRPC alike.
+KNOWN_FAULTS = (
+    _KnownFault(re.compile(r"JSONDecodeError|is not valid JSON", re.I), BadRequest,
+                "the request's sampling_parameters text is not valid JSON", quote=False),
+    _KnownFault(re.compile(r"'NoneType' object has no attribute 'lora_name'"), BadRequest,
+                "the server's vLLM backend could not build the sampling parameters: most likely an unknown "
+                "key, a value out of range (a negative temperature, top_p outside (0, 1]) or n other than 1",
+                quote=False),
+    _KnownFault(re.compile(r"unknown sampling parameter|sampling parameter \S+ (is not supported|has the "
+                           r"wrong type)|(max_tokens|min_tokens|temperature|top_p) must be", re.I), BadRequest,
+                "a sampling parameter is unknown to the server, of the wrong type or out of range"),
+    _KnownFault(re.compile(r"At most \d+ image\(s\)|image placeholder\(s\).* image\(s\) were sent", re.I),
+                BadRequest,
+                "the request carries more images than its prompt or the server accepts (the prompt's "
+                "<|image_pad|> placeholders; limit_mm_per_prompt in the model's model.json)"),
+)
+_RAW_ONLY = re.compile(r"Traceback|\bAt:\s|\n")
+
+
+def _shown(msg: str) -> str:
+    """The server's words as a message may quote them: none when they carry a traceback or run long."""
+    return "" if _RAW_ONLY.search(msg) or len(msg) > 240 else f" (the server said: {msg})"
+
+
+def _known_fault(msg: str, where: str, model: str, version: str | None,
+                 common: dict) -> TritonClientError | None:
+    for fault in KNOWN_FAULTS:
+        if fault.pattern.search(msg):
+            which = f"model '{model}' version {version}" if version else f"model '{model}'"
+            return fault.cls(f"{where[0].upper() + where[1:]} refused the request to {which}: "
+                             f"{fault.cause}{_shown(msg) if fault.quote else ''}.", **common)
+    return None
+
+
 def classify_error(server_message: str, *, url: str, model: str, version: str | None,
                    status: str | int | None = None, in_stream: bool = False,
                    missing: list[str] | None = None) -> TritonClientError:
     """The typed error for an error the server reported.
 
-    The class is chosen from the message first, because gRPC stream errors carry no status code
+    Known faults (:data:`KNOWN_FAULTS`: bad sampling parameters, too many images) are told by
+    their words and explained in a sentence naming the likely cause; the raw words stay in
+    ``server_message`` (:attr:`TritonClientError.detail`). The class is chosen from the message first, because gRPC stream errors carry no status code
     and the HTTP status does not separate a malformed request from a failed generation (both are
     400 under the vLLM backend); so the same fault gives the same class on every transport.
     ``in_stream``: the error came after the stream had started (HTTP status 200, or a gRPC error
@@ -97,6 +152,9 @@ def classify_error(server_message: str, *, url: str, model: str, version: str | 
         return ServerUnreachable(f"The Triton server at {url} is not reachable: {msg}", **common)
     if status in ("StatusCode.DEADLINE_EXCEEDED",):
         return RequestTimeout(f"The request to {where} timed out: {msg}", **common)
+    known = None if missing else _known_fault(msg, where, model, version, common)
+    if known is not None:
+        return known
     if missing or any(p.search(msg) for p in _BAD_REQUEST_PATTERNS) or (
             status == 400 and not msg.startswith(_MODEL_ERROR_PREFIX)) or status == "StatusCode.INVALID_ARGUMENT":
         hint = f" (required input missing: {', '.join(missing)})" if missing else ""

@@ -210,7 +210,11 @@ def memory_side(samples: pd.DataFrame, manifest: Mapping[str, Any], version: str
     peak = series.peak_bytes if series else None
     kv, kv_note, rest, rest_note = _kv_and_rest(manifest, version, weights, peak, source)
     notes: list[str] = []
-    if source == "unknown":
+    scope = manifest.get("memory_scope")
+    if source == "unknown" and isinstance(scope, Mapping) and scope.get("per_version") == "unknown":
+        notes.append(f"The memory per version is unknown: {scope.get('why')}; only the whole GPU's "
+                     "memory was read (every process on it).")
+    elif source == "unknown":
         notes.append("No memory samples of this version's serving processes were recorded.")
     if weights is not None and peak is not None and weights > peak and source == "host-process":
         notes.append("The weight bytes exceed the resident memory: part of the weights is not resident "

@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 
 from services.bench.stats import RequestRecord
 from services.bench.store import RunInfo
+from services.bench.version_labels import label_caveats
 from services.compare.accuracy import AccuracyComparison, Agreement
 from services.compare.decode_floor import DecodeFloor
 from services.compare.differences import Difference
@@ -148,11 +149,16 @@ def floor_sentence(fa: DecodeFloor, fb: DecodeFloor, a: Side, b: Side) -> str:
 
 
 def run_caveats(runs: Sequence[RunInfo], measured: Sequence[tuple[Side, Sequence[RequestRecord]]]) -> list[str]:
-    """What limits the numbers: a run that did not complete, failed requests, few requests per side."""
+    """What limits the numbers: a run that did not complete, versions whose precision label is wrong
+    or unverified (the run manifest's ``labels``), failed requests, few requests per side."""
     caveats = []
+    versions_of: dict[int, list[str]] = {}
+    for side, _ in measured:
+        versions_of.setdefault(side.run_id, []).append(side.version)
     for run in {run.id: run for run in runs}.values():
         if run.status != "completed":
             caveats.append(f"Run {run.id} is {run.status}" + (f": {run.reason}" if run.reason else "") + ".")
+        caveats.extend(label_caveats(run.manifest or {}, versions_of.get(run.id, [])))
     for side, rs in measured:
         n = sum(1 for r in rs if not r.ok)
         if n:

@@ -5,6 +5,7 @@
 | ``QWEN_TRITON_URL`` | a running Triton server (``host:port`` of HTTP, or ``http://...``/``grpc://...``); unset: the embedded server | unset |
 | ``QWEN_TRITON_PROTOCOL`` | ``http`` or ``grpc`` | ``http`` |
 | ``QWEN_CHECKPOINT`` | checkpoint folder the embedded server serves (e.g. the real fine-tune) | the bundled demo detector, else a tiny random-weight one |
+| ``QWEN_VERSION_LABELS`` | what an external server's versions serve (``1=bf16,2=fp8``), where the local ``model_repository/`` does not describe it; a label the server does not state is shown as unverified | unset |
 | ``QWEN_DATA_DIR`` | where results, built checkpoints and the embedded model repository live | ``<project>/data`` |
 | ``QWEN_GPU_PRICE_PER_HOUR`` | price of one GPU-hour (dollars), for the cost per 1,000 images of a sweep | unset: cost unknown |
 """

@@ -124,6 +124,7 @@ class VersionResult:
     stream: bool = False
     error: str | None = None
     error_type: str | None = None
+    error_detail: str | None = None  # the server's raw words behind the error (shown in an expander)
     truth_iou: float | None = None  # set by set_iou when the image has ground truth
 
     @property
@@ -251,11 +252,14 @@ def version_result_from_completion(completion: Completion, image: LoadedImage, v
 
 def version_error(version: str, error: BaseException) -> VersionResult:
     """A version's result for a request that failed; the message is the client's own."""
+    detail = None
     if isinstance(error, TritonClientError):
         message = str(error)
+        detail = error.detail if error.detail and error.detail not in message else None
     else:  # not a server fault: say what it was, the batch goes on
         message = f"Unexpected error while asking {version_label(version)}: {type(error).__name__}: {error}"
-    return VersionResult(version=str(version), error=message, error_type=type(error).__name__)
+    return VersionResult(version=str(version), error=message, error_type=type(error).__name__,
+                         error_detail=detail)
 
 
 def set_iou(result: ImageResult) -> ImageResult:
@@ -363,7 +367,7 @@ def image_to_dict(r: ImageResult) -> dict[str, Any]:
     out["versions"] = {
         v: {
             "version": vr.version, "precision": VERSION_LABELS.get(vr.version), "error": vr.error,
-            "error_type": vr.error_type, "answer": vr.text, "boxes": [_parsed_box_json(b) for b in vr.boxes],
+            "error_type": vr.error_type, "error_detail": vr.error_detail, "answer": vr.text, "boxes": [_parsed_box_json(b) for b in vr.boxes],
             "no_box": vr.no_box, "notes": vr.notes, "latency_ms": _round(vr.latency_ms, 2),
             "ttft_ms": _round(vr.ttft_ms, 2), "num_output_tokens": vr.num_output_tokens,
             "num_input_tokens": vr.num_input_tokens, "finish_reason": vr.finish_reason, "stream": vr.stream,

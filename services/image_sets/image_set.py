@@ -51,6 +51,9 @@ class ImageSetSpec:
     folder: str | None = None  # dataset folder (labels.jsonl or OpenFoodFacts parquet)
     images: tuple[tuple[str, bytes], ...] = ()  # uploaded
     max_side: int = 1024
+    # False (default): every request pair sends an image the server has not seen in the run
+    # (services.image_sets.unseen_images); True: the images repeat, on purpose (cache hits measured)
+    reuse: bool = False
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,7 @@ class ImageSet:
 
     def describe(self) -> dict[str, Any]:
         s = self.spec
-        return {"kind": s.kind, "seed": s.seed if s.kind == "generated" else None,
+        return {"kind": s.kind, "seed": s.seed if s.kind == "generated" else None, "reuse": s.reuse,
                 "count": len(self.images), "folder": s.folder, "max_side": s.max_side,
                 "images": [im.describe() for im in self.images], "problems": list(self.problems)}
 

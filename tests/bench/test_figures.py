@@ -92,7 +92,7 @@ def test_gpu_memory_figure_has_a_line_per_gpu_and_per_version() -> None:
     # host RSS is not mixed into a GPU chart unless asked for
     assert not any("host" in name for name in tr)
     with_host = _traces(bf.memory_figure(chart, t0=T0, include_host=True))
-    assert "bf16 (v1) host RSS" in with_host
+    assert "bf16 (v1) host memory (PSS)" in with_host
 
 
 def test_triton_device_metric_is_used_when_nvml_gave_nothing() -> None:
@@ -154,7 +154,7 @@ def test_version_memory_prefers_process_gpu_memory_then_host_then_device() -> No
     assert mem["2"].baseline_bytes == 6 * GIB and mem["2"].peak_bytes == 10 * GIB
     assert mem["3"].measured == "used memory of all GPUs (not per version)"
     host = bf.version_memory(bf.memory_chart_frame(_host_rows()), ["1", "2"])
-    assert host["1"].measured == "host RSS of its processes"
+    assert host["1"].measured == "host memory of its processes (PSS: shared pages once)"
     assert (host["1"].baseline_bytes, host["1"].peak_bytes) == (400 * MIB, 440 * MIB)
     assert bf.version_memory(pd.DataFrame(), ["1"]) == {}
 
@@ -328,7 +328,8 @@ def test_figures_from_rows_written_to_a_run_store(tmp_path, lone_pid) -> None:
     assert list(table["count"]) == [5, 5]
     memory = bf.memory_frame(bf.version_memory(smp, ["1", "2"], bf.first_request_t(req)))
     # nothing attributed to v1 and no GPU: v1 has no memory row
-    assert list(memory["version"]) == ["fp8 (v2)"] and memory.iloc[0]["what was measured"] == "host RSS of its processes"
+    assert list(memory["version"]) == ["fp8 (v2)"]
+    assert memory.iloc[0]["what was measured"] == "host memory of its processes (PSS: shared pages once)"
     assert bf.export_names(run, store.versions(run)) == list(store.export_files(run))
     tp = bf.throughput_frame(req, t0=t0)
     assert tp.groupby("version")["req_per_s"].sum().to_dict() == {"1": 5.0, "2": 5.0}
