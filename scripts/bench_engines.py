@@ -44,13 +44,15 @@ def label_b64(mark: int) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def latencies(client, max_tokens: int, rounds: int, first_mark: int) -> list[float]:
-    out = []
+def latencies(client, sizes: tuple[int, ...], rounds: int) -> dict[int, list[float]]:
+    """Latency (ms) per output size, the sizes interleaved round by round so that drift hits all."""
+    out: dict[int, list[float]] = {n: [] for n in sizes}
     for i in range(rounds):
-        done = client.detect(label_b64(first_mark + i), version="1", max_tokens=max_tokens,
-                             extra_sampling={"ignore_eos": True})
-        assert done.num_output_tokens == max_tokens, done
-        out.append(done.latency_ms)
+        for n in sizes:
+            done = client.detect(label_b64(1000 * n + i), version="1", max_tokens=n,
+                                 extra_sampling={"ignore_eos": True})
+            assert done.num_output_tokens == n, done
+            out[n].append(done.latency_ms)
     return out
 
 
@@ -82,9 +84,8 @@ def measure(engine: str, checkpoint: Path, args, workdir: Path) -> dict:
     print(f"[{engine}] ready in {result['ready_s']} s", flush=True)
     try:
         with TritonClient(server.http_url, "http", timeout_s=300) as client:
-            latencies(client, 4, 2, 10_000)  # warm-up
-            for n in (1, 64):
-                xs = latencies(client, n, args.rounds, 1000 * n)
+            latencies(client, (4,), 3)  # warm-up
+            for n, xs in latencies(client, (1, 64), args.rounds).items():
                 result[f"latency_{n}_ms"] = statistics.median(xs)
                 print(f"[{engine}] {n}-token median {statistics.median(xs):.1f} ms", flush=True)
         with RunStore(workdir / f"{engine}-db") as store:

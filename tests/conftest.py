@@ -13,6 +13,7 @@ _TEST_DATA = Path(os.environ.get("QWEN_TEST_DATA_DIR", "/tmp/qwen-test-data"))
 os.environ["QWEN_DATA_DIR"] = str(_TEST_DATA)
 os.environ.pop("QWEN_TRITON_URL", None)
 os.environ.pop("QWEN_CHECKPOINT", None)
+os.environ.pop("QWEN_ENGINE", None)  # the fixtures name their engine
 
 FREE_PORTS = {"http": None, "grpc": None, "metrics": None}
 
