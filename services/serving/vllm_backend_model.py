@@ -311,14 +311,18 @@ class TritonPythonModel(VersionModel):
         shared-memory files go at once, not when the server stops."""
         import psutil
 
-        procs = [p for p in getattr(self, "_engine_procs", []) if p.is_running()]
+        alive = [p for p in getattr(self, "_engine_procs", []) if p.is_running()]
+        # Files made since the load count too (read before the processes that map them go); the
+        # resource tracker is spared: it unlinks what this process registered when the stub ends.
+        shm = set(getattr(self, "_engine_shm", [])) | set(self._shm_files(alive))
+        procs = [p for p in alive if not _is_resource_tracker(p)]
         for proc in procs:
             try:
                 proc.kill()
             except psutil.Error:
                 pass
         psutil.wait_procs(procs, timeout=5)
-        for path in getattr(self, "_engine_shm", []):
+        for path in shm:
             try:
                 os.unlink(path)
             except OSError:
@@ -480,6 +484,13 @@ class TritonPythonModel(VersionModel):
         # printing a backtrace while Triton waits for the model to unload. Everything this version
         # owns is released by now: end the process as soon as the interpreter starts its teardown.
         atexit.register(_exit_now)
+
+
+def _is_resource_tracker(proc) -> bool:
+    try:
+        return "resource_tracker" in " ".join(proc.cmdline())
+    except Exception:
+        return False
 
 
 def _exit_now() -> None:
