@@ -205,9 +205,11 @@ class TritonPythonModel(VersionModel):
 
     @staticmethod
     def _descendants() -> list:
+        """The engine's processes (EngineCore, Worker): this process's descendants except Python's
+        resource tracker, which belongs to the stub and unlinks what it registered when the stub ends."""
         import psutil
 
-        return psutil.Process().children(recursive=True)
+        return [p for p in psutil.Process().children(recursive=True) if not _is_resource_tracker(p)]
 
     @staticmethod
     def _shm_files(procs) -> list[str]:
@@ -312,22 +314,20 @@ class TritonPythonModel(VersionModel):
         import psutil
 
         alive = [p for p in getattr(self, "_engine_procs", []) if p.is_running()]
-        # Files made since the load count too (read before the processes that map them go); the
-        # resource tracker is spared: it unlinks what this process registered when the stub ends.
+        # Files made since the load count too (read before the processes that map them go).
         shm = set(getattr(self, "_engine_shm", [])) | set(self._shm_files(alive))
-        procs = [p for p in alive if not _is_resource_tracker(p)]
-        for proc in procs:
+        for proc in alive:
             try:
                 proc.kill()
             except psutil.Error:
                 pass
-        psutil.wait_procs(procs, timeout=5)
+        psutil.wait_procs(alive, timeout=5)
         for path in shm:
             try:
                 os.unlink(path)
             except OSError:
                 pass
-        self.logger.log_info(f"[qwen] version {self.version}: ended {len(procs)} engine process(es) and removed "
+        self.logger.log_info(f"[qwen] version {self.version}: ended {len(alive)} engine process(es) and removed "
                              "its shared-memory files")
 
     def _send_error(self, request, sender, message: str) -> None:
