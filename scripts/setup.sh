@@ -3,11 +3,22 @@
 # generator, Chromium for the browser tests) and a virtualenv in .venv with the Python packages.
 #   scripts/setup.sh            runtime only
 #   scripts/setup.sh --dev      runtime + test tools
+#   scripts/setup.sh --vllm     also the real vLLM engine (QWEN_ENGINE=vllm; scripts/setup_vllm.sh)
+#   (--dev and --vllm combine)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+dev=0; vllm=0
+for arg in "$@"; do
+  case "$arg" in
+    --dev) dev=1 ;;
+    --vllm) vllm=1 ;;
+    *) echo "unknown option: $arg (use --dev, --vllm)" >&2; exit 2 ;;
+  esac
+done
+
 want_debs=(fonts-dejavu-core)
-[[ "${1:-}" == "--dev" ]] && want_debs+=(chromium)
+((dev)) && want_debs+=(chromium)
 missing=()
 for pkg in "${want_debs[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -25,9 +36,10 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 req=requirements.txt
-[[ "${1:-}" == "--dev" ]] && req=requirements-dev.txt
+((dev)) && req=requirements-dev.txt
 .venv/bin/python -m pip install -q -r "$req"
 # The project itself, editable: its commands (qwen-serve, qwen-bench, qwen-report, qwen-check-repo)
 # land in .venv/bin and run the code of this checkout.
 .venv/bin/python -m pip install -q --no-deps -e .
+((vllm)) && scripts/setup_vllm.sh
 echo "environment ready: .venv ($(.venv/bin/python --version))"

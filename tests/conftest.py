@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ _TEST_DATA = Path(os.environ.get("QWEN_TEST_DATA_DIR", "/tmp/qwen-test-data"))
 os.environ["QWEN_DATA_DIR"] = str(_TEST_DATA)
 os.environ.pop("QWEN_TRITON_URL", None)
 os.environ.pop("QWEN_CHECKPOINT", None)
+os.environ.pop("QWEN_ENGINE", None)  # the fixtures name their engine
 
 FREE_PORTS = {"http": None, "grpc": None, "metrics": None}
 
@@ -40,6 +42,44 @@ def own_triton_server(tmp_path, tiny_checkpoint):
     from services.serving.embedded_triton import start_embedded_triton
 
     server = start_embedded_triton(tiny_checkpoint, workdir=tmp_path / "triton", ports=FREE_PORTS)
+    yield server
+    server.stop()
+
+
+def require_vllm() -> None:
+    """Skip without vLLM, except in CI, whose scripts/test.sh installs it: there its absence fails."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        return
+    message = "vLLM is not installed: scripts/setup.sh --vllm installs it"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message}; CI installs it (scripts/test.sh), so its absence is a failure here")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def demo_checkpoint() -> Path:
+    """The bundled demo detector (head_dim 64: vLLM's CPU attention cannot run the tiny checkpoint's 16)."""
+    from services.core import settings
+
+    path = settings.PROJECT_ROOT / "models" / "demo-detector"
+    if not (path / "model.safetensors").exists():
+        pytest.skip(f"the demo detector is missing ({path})")
+    return path
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tmp_path_factory, demo_checkpoint):
+    """A real tritonserver in vllm mode (the real vLLM engine): versions 1 (bf16) and 2 (fp8, or on
+    the CPU its int8 W8A8 stand-in), the demo detector, on free ports; one per test session."""
+    require_vllm()
+    from services.serving.embedded_triton import start_embedded_triton
+
+    started = time.monotonic()
+    server = start_embedded_triton(demo_checkpoint, workdir=tmp_path_factory.mktemp("triton-vllm"), ports=FREE_PORTS,
+                                   engine="vllm")
+    print(f"\n[vllm_server] ready in {time.monotonic() - started:.0f} s")
     yield server
     server.stop()
 

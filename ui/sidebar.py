@@ -16,6 +16,7 @@ from typing import Any
 import streamlit as st
 
 from services.client.server_status import ServerStatus
+from services.core import settings
 from services.core.versions import VERSION_LABELS, version_label
 from services.client.triton_client import PROTOCOLS
 from ui import state
@@ -54,6 +55,14 @@ def model_notice(conn: Connection) -> tuple[str, str]:
     if cp.kind == "demo detector":
         return "success", (f"**The demo detector is loaded:** {cp.description} ({cp.path.name}{params}).")
     return "success", f"**Checkpoint folder loaded:** {cp.description} (`{cp.path}`{params})."
+
+
+def engine_line(embedded: bool) -> str:
+    """Which engine answers: the embedded server's (``QWEN_ENGINE``), or the external server's own."""
+    if embedded:
+        return (f"Engine: **{settings.engine()}** (QWEN_ENGINE; "
+                f"{'continuous batching' if settings.engine() == 'vllm' else 'one request at a time'})")
+    return "Engine: the external server's own (production: Triton's vLLM backend)"
 
 
 def _show(box: Any, kind: str, text: str) -> None:
@@ -118,6 +127,7 @@ def render_sidebar() -> Connection:
     assert conn.target is not None and conn.status is not None
     sb.caption(f"{'Embedded' if conn.embedded else 'External'} server: "
                f"`{conn.target.url(conn.protocol)}` ({conn.protocol})")
+    sb.caption(engine_line(conn.embedded))
     _show(sb, *health_line(conn.status))
     if conn.addresses is not None and conn.addresses.verdict != "same":
         _show(sb, "warning" if conn.addresses.verdict == "different" else "caption", conn.addresses.message)

@@ -106,7 +106,7 @@ def quantization_from_metrics(metrics_text: str, model: str = settings.MODEL_NAM
         if not name.startswith("qwen_engine_") or labels.get("model", model) != model or "version" not in labels:
             continue
         entry = out.setdefault(labels["version"], {"weight_bytes": {}})
-        for label in ("precision", "mode"):
+        for label in ("precision", "mode", "engine"):
             if label in labels:
                 entry[label] = labels[label]
         if name == "qwen_engine_weight_bytes":
@@ -116,6 +116,15 @@ def quantization_from_metrics(metrics_text: str, model: str = settings.MODEL_NAM
         else:
             entry[name[len("qwen_engine_"):]] = value
     return out
+
+
+def served_engine(target: "ServerTarget", quantization: dict[str, Any]) -> dict[str, Any]:
+    """Which engine serves the run: ``QWEN_ENGINE`` for the embedded server, what each version's
+    gauges say (``engine`` label: the vLLM model's), and what each version serves
+    (``settings.version_precisions``: version 2 of vLLM on the CPU is the int8 W8A8 stand-in)."""
+    per_version = {v: q.get("engine") for v, q in quantization.items() if isinstance(q, dict) and "engine" in q}
+    return {"setting": settings.engine() if target.embedded else None, "versions": per_version,
+            "precisions": settings.version_precisions()}
 
 
 def served_quantization(target: "ServerTarget", versions: Sequence[str],
@@ -202,6 +211,7 @@ def collect_manifest(client: TritonClient, target: "ServerTarget",
         manifest["labels"] = check_labels(target, config.versions, manifest, client.model)
     else:
         manifest["quantization"] = {v: "unknown" for v in config.versions}
+    manifest["engine"] = served_engine(target, manifest["quantization"])
     manifest["gpu"] = gpu_info()
     manifest["client"] = client_versions()
     manifest["seeds"] = {"arrivals": config.seed if config.load == "open" else None,

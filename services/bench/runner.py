@@ -82,7 +82,7 @@ from services.bench.stats import (
     summarize_version,
 )
 from services.bench.store import RunStore
-from services.client.errors import ServerUnreachable, TritonClientError
+from services.client.errors import ServerUnreachable, TritonClientError, VersionNotReady
 from services.client.triton_client import TritonClient
 from services.core import settings
 from services.core.boxes import match_boxes, parse_answer
@@ -416,7 +416,10 @@ class _Runner:
                 p.failures += 1
                 per["failures"] += 1
                 p.last_error = record.error
-                if isinstance(error, ServerUnreachable):
+                if isinstance(error, VersionNotReady):
+                    # A version that stopped serving mid-run (its engine died): the run ends partial.
+                    stop_reason = f"version {record.version} stopped serving: {error}"
+                elif isinstance(error, ServerUnreachable):
                     self._unreachable_streak += 1
                     if self._unreachable_streak >= self.config.stop_after_unreachable:
                         stop_reason = (f"{DEAD_SERVER_REASON}: {self._unreachable_streak} requests in a row "

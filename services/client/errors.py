@@ -68,6 +68,8 @@ VERSION_PATTERNS = (
     re.compile(r"is not at ready state", re.I),
     re.compile(r"has no available versions", re.I),
     re.compile(r"model '.*' (version \d+ )?is not (found|ready)", re.I),
+    # this project's vLLM model: a version whose engine failed to load or died (its EngineCore gone)
+    re.compile(r"version \d+ is not serving|the vLLM engine of version \d+ died", re.I),
 )
 _BAD_REQUEST_PATTERNS = (
     re.compile(r"missing required input|input '[^']+'.* is required", re.I),

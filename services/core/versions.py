@@ -1,10 +1,11 @@
-"""The model's versions and how the dashboard names them: ``"1"`` is bf16, ``"2"`` is fp8."""
+"""The model's versions and how the dashboard names them: ``"1"`` is bf16, ``"2"`` is fp8 (or, with
+the vLLM engine on a machine without GPU, the int8 W8A8 stand-in: ``settings.version_precisions``)."""
 
 from __future__ import annotations
 
 from services.core import settings
 
-VERSION_LABELS: dict[str, str] = dict(settings.VERSIONS)  # {"1": "bf16", "2": "fp8"}
+VERSION_LABELS: dict[str, str] = settings.version_precisions()  # {"1": "bf16", "2": "fp8"}
 
 
 def version_label(version: str) -> str:

@@ -41,16 +41,10 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from services.serving.engine import Engine, EngineError, SamplingParams, decode_image
+from services.serving.model_interface import RETURN_FLAGS, VersionModel, bool_input, build_response, prompt_input
 
 ENGINE_ARGS_FILE = "model.json"
 ENGINE_REPORT_FILE = "engine_report.json"
-RETURN_FLAGS = (
-    "return_finish_reason",
-    "return_cumulative_logprob",
-    "return_logprobs",
-    "return_num_input_tokens",
-    "return_num_output_tokens",
-)
 # glibc mallopt parameters (malloc.h) and the values this model's process gets (see _tune_malloc).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024  # glibc's own ceiling for its dynamic threshold (64-bit)
@@ -58,11 +52,6 @@ TRIM_THRESHOLD_BYTES = 256 * 1024 * 1024
 CANCEL_ANSWER_REUSE_NS = 2_000_000  # see TritonPythonModel._handle
 _METRIC_LOCK = threading.Lock()
 _METRIC_FAMILIES: dict[str, object] = {}
-
-
-def _bool_input(inputs: dict, name: str) -> bool | None:
-    tensor = inputs.get(name)
-    return None if tensor is None else bool(tensor.as_numpy().reshape(-1)[0])
 
 
 def _cancelled(sender) -> bool:
@@ -135,15 +124,9 @@ def _metric_family(name: str, description: str):
         return _METRIC_FAMILIES[name]
 
 
-class TritonPythonModel:
+class TritonPythonModel(VersionModel):
     def initialize(self, args):
-        self.logger = pb_utils.Logger
-        self.model_config = json.loads(args["model_config"])
-        if not pb_utils.using_decoupled_model_transaction_policy(self.model_config):
-            raise ValueError("this model must use the decoupled transaction policy, as the vLLM backend does")
-        self.model_name = args["model_name"]
-        self.version = args["model_version"]
-        self.version_dir = os.path.join(args["model_repository"], self.version)
+        self.read_args(args)
         with open(os.path.join(self.version_dir, ENGINE_ARGS_FILE)) as f:
             engine_args = json.load(f)
         quantization = engine_args.get("quantization")
@@ -163,8 +146,6 @@ class TritonPythonModel:
         with open(os.path.join(self.version_dir, ENGINE_REPORT_FILE), "w") as f:
             json.dump(report, f, indent=2)
         self._publish_metrics(report)
-        output_config = pb_utils.get_output_config_by_name(self.model_config, "text_output")
-        self.output_dtype = pb_utils.triton_string_to_numpy(output_config["data_type"])
         self._trace_path = os.environ.get("QWEN_TRITON_TRACE") or None
         malloc = _tune_malloc()
         self.logger.log_info(f"[qwen] version {self.version} malloc tuning: {json.dumps(malloc)}")
@@ -280,25 +261,22 @@ class TritonPythonModel:
         # request.inputs() builds every input's Python object on each call (and
         # pb_utils.get_input_tensor_by_name calls it once per name): read them once.
         inputs = {tensor.name(): tensor for tensor in request.inputs()}
-        text_tensor = inputs.get("text_input")
-        texts = text_tensor.as_numpy().reshape(-1) if text_tensor is not None else ()
-        if len(texts) == 0:
+        prompt = prompt_input(inputs)
+        if prompt is None:
             raise EngineError("the input 'text_input' (the prompt) is required")
-        prompt = texts[0]
-        prompt = prompt.decode("utf-8") if isinstance(prompt, bytes) else str(prompt)
         image_tensor = inputs.get("image")
         t_images = time.perf_counter_ns()
         images = [decode_image(b) for b in image_tensor.as_numpy().reshape(-1)] if image_tensor is not None else []
         trace["image_decode_ns"] = time.perf_counter_ns() - t_images
-        stream = bool(_bool_input(inputs, "stream"))
-        exclude = _bool_input(inputs, "exclude_input_in_output")
+        stream = bool(bool_input(inputs, "stream"))
+        exclude = bool_input(inputs, "exclude_input_in_output")
         prepend_input = (not exclude) if exclude is not None else not stream
         if prepend_input and stream:
             raise EngineError("When streaming, `exclude_input_in_output` = False is not allowed.")
         params_tensor = inputs.get("sampling_parameters")
         raw_params = params_tensor.as_numpy().reshape(-1)[0] if params_tensor is not None else request.parameters()
         params = SamplingParams.from_json(raw_params)
-        flags = {name: bool(_bool_input(inputs, name)) for name in RETURN_FLAGS}
+        flags = {name: bool(bool_input(inputs, name)) for name in RETURN_FLAGS}
         want_cum = flags["return_cumulative_logprob"]
         trace["inputs"] = time.perf_counter_ns()
         trace["cancel_checks"] = 0
@@ -358,20 +336,8 @@ class TritonPythonModel:
         trace["generated"] = time.perf_counter_ns()
 
     def _response(self, flags, text, finish_reason, cumulative_logprob, logprobs, n_input, n_output):
-        tensors = [pb_utils.Tensor("text_output", np.asarray([text.encode("utf-8")], dtype=self.output_dtype))]
-        if flags["return_finish_reason"]:
-            tensors.append(pb_utils.Tensor("finish_reason", np.asarray([str(finish_reason)], dtype=np.object_)))
-        if flags["return_cumulative_logprob"]:
-            value = float("nan") if cumulative_logprob is None else cumulative_logprob
-            tensors.append(pb_utils.Tensor("cumulative_logprob", np.asarray([value], dtype=np.float32)))
-        if flags["return_logprobs"]:
-            body = "null" if logprobs is None else json.dumps(logprobs)
-            tensors.append(pb_utils.Tensor("logprobs", np.asarray([body.encode("utf-8")], dtype=np.object_)))
-        if flags["return_num_input_tokens"]:
-            tensors.append(pb_utils.Tensor("num_input_tokens", np.asarray([n_input], dtype=np.uint32)))
-        if flags["return_num_output_tokens"]:
-            tensors.append(pb_utils.Tensor("num_output_tokens", np.asarray([n_output], dtype=np.uint32)))
-        return pb_utils.InferenceResponse(output_tensors=tensors)
+        return build_response(self.output_dtype, flags, text, finish_reason, cumulative_logprob, logprobs,
+                              n_input, n_output)
 
     def finalize(self):
         self.logger.log_info(f"[qwen] version {self.version} finalized")

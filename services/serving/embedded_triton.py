@@ -3,8 +3,13 @@
 The embedded default: on any machine (no GPU, no internet) this starts ``tritonserver`` on a
 generated model repository that mirrors the production one (model ``qwen``, version 1 = bf16,
 version 2 = fp8, decoupled, every version loaded) but whose versions are Python-backend models
-speaking the vLLM backend's tensor interface (``services.serving.backend_model``). Clients cannot
-tell the two apart.
+speaking the vLLM backend's tensor interface. Clients cannot tell the two apart. The engine behind
+them (``QWEN_ENGINE``, ``--engine``): ``transformers`` (``services.serving.backend_model``, one request
+at a time) or ``vllm`` (``services.serving.vllm_backend_model``: the real vLLM engine, continuous
+batching; ``scripts/setup.sh --vllm`` installs it). In vllm mode each version's ``model.json`` holds
+the production keys and becomes vLLM's engine arguments; without a GPU, version 2 serves an int8
+W8A8 checkpoint made from the served one (``services.serving.w8a8_checkpoint``: vLLM has no CPU fp8
+kernel), and the engine runs eagerly (no torch.compile at load).
 
 It handles the traps seen on these machines (see shared/docs/local-triton.md): the stub must load the
 running interpreter's libpython (its ``LIBDIR`` first on ``LD_LIBRARY_PATH``) and find this
@@ -47,8 +52,13 @@ MODEL_PY = (
     "import sys\n"
     "if {root!r} not in sys.path:  # the stub does not read PYTHONPATH\n"
     "    sys.path.insert(0, {root!r})\n"
-    "from services.serving.backend_model import TritonPythonModel  # noqa: E402,F401\n"
+    "from services.serving.{module} import TritonPythonModel  # noqa: E402,F401\n"
 )
+ENGINE_MODULES = {"transformers": "backend_model", "vllm": "vllm_backend_model"}
+# vLLM: the KV cache of each version's engine on the CPU (GiB; VLLM_CPU_KVCACHE_SPACE), and how long
+# Triton waits for the versions to unload (vLLM's engine processes take a few seconds to stop).
+VLLM_CPU_KVCACHE_GIB = "1"
+EXIT_TIMEOUT_S = {"transformers": 5, "vllm": 30}
 STRING_INPUTS = ("text_input", "image", "sampling_parameters")
 BOOL_INPUTS = (
     "stream",
@@ -131,15 +141,47 @@ def config_pbtxt(versions: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def vllm_engine_args(checkpoint: Path, precision: str, max_model_len: int = 4096,
+                     cuda: bool | None = None) -> dict:
+    """A version's ``model.json`` for the vLLM engine: the production keys (``model_repository/``).
+
+    On CUDA: ``gpu_memory_utilization`` 0.45 per version (two engines share the GPU) and fp8 as
+    ``"quantization": "fp8"``. On the CPU: no ``gpu_memory_utilization`` (the KV cache is
+    ``VLLM_CPU_KVCACHE_SPACE``), ``enforce_eager`` (torch.compile at load costs minutes on 2 cores),
+    and fp8 served as the int8 W8A8 checkpoint made from ``checkpoint`` (no ``quantization`` key:
+    vLLM reads it from the checkpoint). ``mm_processor_kwargs`` (production's 1 MP images) only for
+    a checkpoint that is neither the demo detector nor the tiny one, which were trained smaller.
+    """
+    from services.serving import checkpoint_catalog
+    from services.serving.w8a8_checkpoint import ensure_w8a8_checkpoint
+
+    cuda = settings.cuda_present() if cuda is None else cuda
+    args: dict = {"model": str(checkpoint), "dtype": "bfloat16", "max_model_len": max_model_len,
+                  "enforce_eager": not cuda, "disable_log_stats": False, "limit_mm_per_prompt": {"image": 1}}
+    if cuda:
+        args["gpu_memory_utilization"] = 0.45
+    if checkpoint_catalog.describe(checkpoint).kind not in ("demo detector", "tiny random weights"):
+        args["mm_processor_kwargs"] = {"min_pixels": 3136, "max_pixels": 1003520}
+    if precision == "fp8":
+        if cuda:
+            args["quantization"] = "fp8"
+        else:
+            args["model"] = str(ensure_w8a8_checkpoint(checkpoint))
+    return args
+
+
 def write_model_repository(repo: Path, checkpoint: Path, versions: dict[str, str] | None = None,
                            max_model_len: int = 4096, device: str | None = None,
-                           model_py: str | None = None) -> Path:
+                           model_py: str | None = None, engine: str = "transformers") -> Path:
     """Write ``repo/qwen`` with one folder per version, each with its ``model.json`` as vLLM's has.
 
-    ``model_py``: the source of each version's ``model.py`` (default: this project's model,
-    ``services.serving.backend_model``). ``scripts/bench_triton_overhead.py`` passes a model that only
-    computes for a set time, to measure what Triton costs around any model on the machine.
+    ``engine``: ``transformers`` (this project's engine, ``services.serving.backend_model``) or
+    ``vllm`` (``services.serving.vllm_backend_model``; ``model.json`` from ``vllm_engine_args``).
+    ``model_py``: the source of each version's ``model.py`` instead. ``scripts/bench_triton_overhead.py``
+    passes a model that only computes for a set time, to measure what Triton costs around any model.
     """
+    if engine not in ENGINE_MODULES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINE_MODULES)}, not {engine!r}")
     versions = versions or dict(settings.VERSIONS)
     model_dir = repo / settings.MODEL_NAME
     if model_dir.exists():
@@ -149,13 +191,17 @@ def write_model_repository(repo: Path, checkpoint: Path, versions: dict[str, str
     for version, precision in versions.items():
         vdir = model_dir / version
         vdir.mkdir()
-        (vdir / "model.py").write_text(model_py if model_py is not None
-                                       else MODEL_PY.format(root=str(settings.PROJECT_ROOT)))
-        engine_args = {"model": str(checkpoint), "dtype": "bfloat16", "max_model_len": max_model_len}
-        if precision == "fp8":
-            engine_args["quantization"] = "fp8"
-        if device:
-            engine_args["device"] = device
+        (vdir / "model.py").write_text(model_py if model_py is not None else
+                                       MODEL_PY.format(root=str(settings.PROJECT_ROOT), module=ENGINE_MODULES[engine]))
+        if engine == "vllm":
+            engine_args = vllm_engine_args(checkpoint, precision, max_model_len,
+                                           cuda=None if device is None else device.startswith("cuda"))
+        else:
+            engine_args = {"model": str(checkpoint), "dtype": "bfloat16", "max_model_len": max_model_len}
+            if precision == "fp8":
+                engine_args["quantization"] = "fp8"
+            if device:
+                engine_args["device"] = device
         (vdir / "model.json").write_text(json.dumps(engine_args, indent=2) + "\n")
     return repo
 
@@ -203,6 +249,9 @@ def server_environment(dist: TritonDistribution) -> dict[str, str]:
     env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(settings.PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", VLLM_CPU_KVCACHE_GIB)
+    env.setdefault("VLLM_NO_USAGE_STATS", "1")
+    env.setdefault("VLLM_DO_NOT_TRACK", "1")
     env["HF_HUB_OFFLINE"] = "1"
     env["TRANSFORMERS_OFFLINE"] = "1"
     return env
@@ -233,6 +282,7 @@ class EmbeddedTriton:
     log_path: Path
     checkpoint: Path
     shm_prefix: str
+    engine: str = "transformers"
     started_at: float = field(default_factory=time.time)
     _stopped: bool = False
 
@@ -276,11 +326,17 @@ class EmbeddedTriton:
         except (OSError, json.JSONDecodeError):
             return None
 
-    def stop(self, timeout: float = 20.0) -> None:
-        """Stop the server and its stubs, and remove this server's shared-memory files."""
+    def stop(self, timeout: float = 40.0) -> None:
+        """Stop the server, its stubs and every process below them (vLLM's engine processes), and
+        remove this server's shared-memory files and those its engines made."""
         if self._stopped:
             return
         self._stopped = True
+        # vLLM's EngineCore / Worker processes are children of the stubs and name no repository:
+        # take the whole tree now, while the parent links still lead to them, and the shared-memory
+        # files they map (vLLM's psm_* / sem.* files), which a crash would leave behind.
+        tree = _process_tree(self.process.pid)
+        engine_shm = set(_mapped_shm_files(tree)) | set(self._reported_shm_files())
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -288,11 +344,14 @@ class EmbeddedTriton:
             except subprocess.TimeoutExpired:
                 log.warning("tritonserver did not stop in %.0f s; killing it", timeout)
         # The server leads its own process group (new session), so its id is the server's pid even
-        # after the server is gone; the stubs share it. Leave none behind, and sweep any process
-        # whose command line names this server's repository (a stub that changed its group).
-        # A killed stub that holds a model takes a while to unmap it (tens of ms on a loaded
-        # machine), so wait until every process sent SIGKILL here is gone before returning.
+        # after the server is gone; the stubs and the engines share it. Leave none behind, and sweep
+        # any process whose command line names this server's repository (a stub that changed its
+        # group) and the tree taken above (a process that changed its group). A killed process that
+        # holds a model takes a while to unmap it (tens of ms on a loaded machine), so wait until
+        # every process sent SIGKILL here is gone before returning.
         leftovers = _server_processes(self.process.pid, str(self.repository))
+        known = {p.pid for p in leftovers}
+        leftovers += [p for p in tree if p.pid not in known]
         try:
             os.killpg(self.process.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
@@ -308,7 +367,20 @@ class EmbeddedTriton:
             pass
         _wait_gone(leftovers, timeout=5)
         remove_shm_files(self.shm_prefix)
+        for path in engine_shm:
+            try:
+                Path(path).unlink()
+            except OSError:
+                pass
         _RUNNING.discard(self)
+
+    def _reported_shm_files(self) -> list[str]:
+        """The shared-memory files each version's vLLM engine reported at load (``engine_report.json``)."""
+        files: list[str] = []
+        for version in settings.VERSIONS:
+            report = self.engine_report(version) or {}
+            files += [f for f in report.get("shm_files", []) if _is_engine_shm(f)]
+        return files
 
     def __enter__(self) -> "EmbeddedTriton":
         return self
@@ -343,6 +415,38 @@ def _status(proc) -> str | None:
         return proc.status()
     except psutil.NoSuchProcess:
         return None
+
+
+def _process_tree(pid: int) -> list:
+    """The process and all its descendants (empty when it is gone)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def _is_engine_shm(path: str) -> bool:
+    """A shared-memory file of vLLM's (Python's ``psm_*`` segments, multiprocessing's ``sem.*``)."""
+    name = os.path.basename(path)
+    return path.startswith(str(SHM_DIR) + "/") and name.startswith(("psm_", "sem."))
+
+
+def _mapped_shm_files(procs: list) -> list[str]:
+    """vLLM's shared-memory files that these processes map."""
+    found: set[str] = set()
+    for proc in procs:
+        try:
+            with open(f"/proc/{proc.pid}/maps") as f:
+                for line in f:
+                    path = line.rsplit(None, 1)[-1]
+                    if _is_engine_shm(path):
+                        found.add(path)
+        except OSError:
+            pass
+    return sorted(found)
 
 
 def _server_processes(pgid: int, text: str) -> list:
@@ -393,21 +497,28 @@ def start_embedded_triton(
     workdir: str | Path | None = None,
     ports: dict[str, int | None] | None = None,
     versions: dict[str, str] | None = None,
-    ready_timeout: float = 300.0,
+    ready_timeout: float | None = None,
     device: str | None = None,
     model_py: str | None = None,
+    engine: str | None = None,
 ) -> EmbeddedTriton:
     """Start ``tritonserver`` serving ``qwen`` (versions 1 = bf16, 2 = fp8) and wait until it is ready.
 
-    ``model_py`` replaces the model each version runs (see ``write_model_repository``).
+    ``engine``: ``transformers`` or ``vllm`` (default: ``QWEN_ENGINE``). ``model_py`` replaces the
+    model each version runs (see ``write_model_repository``). ``ready_timeout`` defaults to 300 s,
+    900 s for vLLM (its versions were ready 80 to 380 s after start on 2 loaded cores).
     """
+    engine = engine or settings.engine()
+    if ready_timeout is None:
+        ready_timeout = 900.0 if engine == "vllm" else 300.0
     import tritonclient.http as httpclient
 
     dist = TritonDistribution.locate()
     ckpt = resolve_checkpoint(checkpoint)
     work = Path(workdir) if workdir else settings.data_dir() / "embedded_triton" / f"server-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     work.mkdir(parents=True, exist_ok=True)
-    repo = write_model_repository(work / "model_repository", ckpt, versions, device=device, model_py=model_py)
+    repo = write_model_repository(work / "model_repository", ckpt, versions, device=device, model_py=model_py,
+                                  engine=engine)
     backends = prepare_backend_dir(dist, settings.data_dir() / "embedded_triton" / "backends")
     chosen = choose_ports(ports)
     shm_prefix = f"qwen_triton_{uuid.uuid4().hex[:10]}_"
@@ -420,7 +531,7 @@ def start_embedded_triton(
         f"--grpc-port={chosen['grpc']}",
         f"--metrics-port={chosen['metrics']}",
         "--allow-metrics=true",
-        "--exit-timeout-secs=5",
+        f"--exit-timeout-secs={EXIT_TIMEOUT_S[engine]}",
         "--exit-on-error=true",
         f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
         "--log-info=true",
@@ -429,7 +540,7 @@ def start_embedded_triton(
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=server_environment(dist),
                                    start_new_session=True, cwd=work)
-    server = EmbeddedTriton(process, chosen, work, log_path, ckpt, shm_prefix)
+    server = EmbeddedTriton(process, chosen, work, log_path, ckpt, shm_prefix, engine=engine)
     _RUNNING.add(server)
     client = httpclient.InferenceServerClient(server.http_url, connection_timeout=2.0, network_timeout=2.0)
     deadline = time.monotonic() + ready_timeout
@@ -456,8 +567,8 @@ def start_embedded_triton(
         raise
     finally:
         client.close()
-    log.info("tritonserver ready on %s (grpc %s, metrics %s) in %.1f s", server.http_url, server.grpc_url,
-             server.metrics_url, time.time() - server.started_at)
+    log.info("tritonserver (%s engine) ready on %s (grpc %s, metrics %s) in %.1f s", engine, server.http_url,
+             server.grpc_url, server.metrics_url, time.time() - server.started_at)
     return server
 
 
@@ -490,14 +601,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--metrics-port", type=int, default=8002)
     parser.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    parser.add_argument("--engine", choices=settings.ENGINES, default=None,
+                        help="transformers (one request at a time) or vllm (the real vLLM engine, continuous "
+                             f"batching; scripts/setup.sh --vllm). Default: QWEN_ENGINE, else {settings.DEFAULT_ENGINE}")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())  # before anything can announce readiness
-    server = start_embedded_triton(args.checkpoint, device=args.device,
+    server = start_embedded_triton(args.checkpoint, device=args.device, engine=args.engine,
                                    ports={"http": args.http_port, "grpc": args.grpc_port, "metrics": args.metrics_port})
     print(f"ready: http {server.http_url}  grpc {server.grpc_url}  metrics {server.metrics_url}  "
-          f"checkpoint {server.checkpoint}", flush=True)
+          f"checkpoint {server.checkpoint}  engine {server.engine}", flush=True)
     try:
         while not stop.is_set() and server.alive():
             stop.wait(1.0)
