@@ -35,6 +35,9 @@ pytestmark = pytest.mark.timeout(300)
 
 LEVELS = ("1", "2", "4")
 TARGETS = dict(ttft_ms=5000.0, tpot_ms=2000.0, e2e_ms=8000.0)  # generous: every level finishes on a busy CPU
+# Long enough answers that the engine's time, not the client's and Triton's per-request overhead, sets
+# the pace: with 4 tokens a busy machine's client overhead at concurrency 1 made concurrency look useful.
+SWEEP_TOKENS = 48
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -50,7 +53,7 @@ def cli_sweep(triton_server, tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k not in ("QWEN_TRITON_URL", "QWEN_GPU_PRICE_PER_HOUR")}
     args = [sys.executable, "-m", "services.bench.cli", "sweep", "--url", triton_server.http_url,
             "--metrics-url", triton_server.metrics_url, "--levels", *LEVELS, "--requests", "8", "--warmup", "1",
-            "--images", "generated", "--count", "4", "--max-side", "160", "--max-tokens", str(MAX_TOKENS),
+            "--images", "generated", "--count", "4", "--max-side", "160", "--max-tokens", str(SWEEP_TOKENS),
             "--ignore-eos", "--ttft-ms", str(TARGETS["ttft_ms"]), "--tpot-ms", str(TARGETS["tpot_ms"]),
             "--e2e-ms", str(TARGETS["e2e_ms"]), "--price-per-gpu-hour", "3.6", "--demand", "10",
             "--data-dir", str(data), "--no-progress", "--json"]
