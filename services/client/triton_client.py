@@ -48,6 +48,8 @@ from services.client.errors import (
     ServerUnreachable,
     TritonClientError,
     classify_error,
+    describe_answer,
+    not_triton,
 )
 from services.client.grpc_stream import GrpcStreamPool, GrpcStreamTransport
 from services.client.http_generate import HttpGenerateTransport
@@ -198,6 +200,8 @@ class TritonClient(HttpGenerateTransport, GrpcStreamTransport):
         except (socket.timeout, TimeoutError) as exc:
             raise RequestTimeout(f"The Triton server at {self.url} did not answer within {self.timeout_s:g} s",
                                  url=self.url) from exc
+        except (ValueError, KeyError) as exc:  # a body that is not Triton's JSON (rapidjson.JSONDecodeError...)
+            raise self._what_answers(exc) from exc
         except OSError as exc:  # refused, reset, DNS (socket.gaierror)
             raise ServerUnreachable(f"The Triton server at {self.url} is not reachable: {exc}",
                                     url=self.url, server_message=str(exc)) from exc
@@ -210,6 +214,11 @@ class TritonClient(HttpGenerateTransport, GrpcStreamTransport):
     def _from_tritonclient(self, exc: InferenceServerException, version: str | None = None) -> TritonClientError:
         status = exc.status()
         message = exc.message() or str(exc)
+        if "exception occurred in the client while decoding the response" in message:  # not JSON
+            return self._what_answers(exc)
+        if "http1.x server" in message:  # gRPC sent to an HTTP port
+            return not_triton(self.url, "gRPC with HTTP/1.x, as a web server or Triton's HTTP port does "
+                                        "(Triton's gRPC port is 8001 by default)")
         if status == "StatusCode.UNAVAILABLE" and not any(p.search(message) for p in VERSION_PATTERNS):
             return ServerUnreachable(f"The Triton server at {self.url} is not reachable: {message}",
                                      url=self.url, server_message=message, status=status)
@@ -221,6 +230,24 @@ class TritonClient(HttpGenerateTransport, GrpcStreamTransport):
         except (TypeError, ValueError):
             pass
         return classify_error(message, url=self.url, model=self.model, version=version, status=status)
+
+    def _what_answers(self, exc: BaseException | None = None) -> TritonClientError:
+        """The error for answers that are not Triton's: what answers ``GET /v2`` here, in a sentence."""
+        if self.protocol == "grpc":
+            return not_triton(self.url, f"gRPC with something that is not Triton's API ({type(exc).__name__})")
+        try:
+            answer = self._http_pool().urlopen("GET", "/v2", timeout=min(self.timeout_s, 5.0))
+        except Exception as probe_exc:  # noqa: BLE001 - it answered before; say what we know
+            return not_triton(self.url, f"with something that is not Triton's HTTP API ({type(probe_exc).__name__})")
+        try:
+            meta = json.loads(answer.data)
+        except ValueError:
+            meta = None
+        if answer.status == 200 and isinstance(meta, dict) and {"name", "version", "extensions"} <= meta.keys():
+            return TritonClientError(f"The Triton server at {self.url} sent an answer this client cannot read: "
+                                     f"{type(exc).__name__}: {str(exc)[:200]}", url=self.url)
+        return not_triton(self.url, "GET /v2 with " + describe_answer(answer.status, answer.data,
+                                                                       answer.headers.get("Content-Type", "")))
 
     # ------------------------------------------------------------------ server and versions
 
@@ -234,6 +261,8 @@ class TritonClient(HttpGenerateTransport, GrpcStreamTransport):
                 meta = client.get_server_metadata(as_json=True, **kw)
             else:
                 meta = client.get_server_metadata()
+        if not isinstance(meta, dict) or not {"name", "version", "extensions"} <= meta.keys():
+            raise self._what_answers()
         return ServerInfo(url=self.url, protocol=self.protocol, live=live, ready=ready,
                           name=str(meta.get("name", "")), version=str(meta.get("version", "")),
                           extensions=list(meta.get("extensions", [])))
@@ -246,6 +275,8 @@ class TritonClient(HttpGenerateTransport, GrpcStreamTransport):
                 entries = index.get("models", [])
             else:
                 entries = client.get_model_repository_index()
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise self._what_answers()
         found = [VersionState(model=e.get("name", ""), version=str(e.get("version", "")),
                               state=str(e.get("state", "")) or "UNKNOWN", reason=str(e.get("reason", "")))
                  for e in entries if e.get("name") == self.model]
