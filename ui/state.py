@@ -65,6 +65,14 @@ def embedded_supervisor() -> Supervisor:
     return _SUPERVISORS[0]
 
 
+def stop_embedded() -> None:
+    """Stop the process's supervised server and forget it: the next page starts a fresh one."""
+    for old in _SUPERVISORS:
+        old.stop()
+    _SUPERVISORS.clear()
+    embedded_supervisor.clear()
+
+
 @st.cache_resource(show_spinner=False, max_entries=4)
 def embedded_server_target(pid: int, _server: EmbeddedTriton) -> ServerTarget:
     """The target of the running embedded server (one per server: the checkpoint is described once)."""

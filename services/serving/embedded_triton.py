@@ -303,26 +303,27 @@ class EmbeddedTriton:
         if self._stopped:
             return
         self._stopped = True
-        tree = process_tree(self.process.pid) if self.process.poll() is None else []  # before its stubs lose their parent
+        # tritonserver leads a process group of its own (new session), which its stubs share. Its pid,
+        # the group's id, stays its own only until it is reaped: pids wrap (pid_max is 32768 on these
+        # machines, passed about hourly), so a group kill after that could hit another server's
+        # group. The group is therefore signalled only before the reap; after it, the server's
+        # processes are those of its tree (taken first) and any whose command line names its
+        # repository (a stub started meanwhile). A killed stub that holds a model takes a while to
+        # unmap it (tens of ms on a loaded machine), so wait until every one is gone before returning.
+        tree = process_tree(self.process.pid) if self.process.poll() is None else []
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 log.warning("tritonserver did not stop in %.0f s; killing it", timeout)
-        # The server leads its own process group (new session), so its id is the server's pid even
-        # after the server is gone; the stubs share it. Leave none behind, and sweep any process
-        # whose command line names this server's repository (a stub that changed its group).
-        # A killed stub that holds a model takes a while to unmap it (tens of ms on a loaded
-        # machine), so wait until every process sent SIGKILL here is gone before returning.
+                try:
+                    os.killpg(self.process.pid, signal.SIGKILL)  # not reaped yet: still its group
+                except (ProcessLookupError, PermissionError):
+                    pass
         leftovers = [p for p in tree if p.pid != self.process.pid and p.is_running()]
         seen = {p.pid for p in leftovers}
-        leftovers += [p for p in _server_processes(self.process.pid, str(self.repository)) if p.pid not in seen]
-        if self.process.poll() is None or leftovers:  # the group may outlive its leader; its id is not reused then
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        leftovers += [p for p in _processes_naming(str(self.repository)) if p.pid not in seen]
         for proc in leftovers:
             try:
                 proc.kill()
@@ -385,18 +386,20 @@ def process_tree(pid: int) -> list:
     return [p for p in tree if p.pid != os.getpid()]
 
 
-def _server_processes(pgid: int, text: str) -> list:
-    """The processes of the server's group, and any whose command line names ``text`` (the server's
-    repository: a stub that changed its group), in one pass; never this process."""
+def _processes_naming(repository: str) -> list:
+    """The processes whose command line names this repository (a tritonserver serving it, a stub
+    running one of its models); never this process."""
     import psutil
+
+    def names(arg: str) -> bool:
+        return arg == f"--model-repository={repository}" or arg.startswith(repository + "/")
 
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         try:
-            if proc.pid != os.getpid() and (os.getpgid(proc.pid) == pgid
-                                            or text in " ".join(proc.info["cmdline"] or [])):
+            if proc.pid != os.getpid() and any(names(arg) for arg in proc.info["cmdline"] or []):
                 found.append(proc)
-        except (ProcessLookupError, psutil.NoSuchProcess, psutil.AccessDenied):
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
     return found
 
@@ -448,7 +451,8 @@ def start_embedded_triton(
 
     dist = TritonDistribution.locate()
     ckpt = resolve_checkpoint(checkpoint)
-    work = Path(workdir) if workdir else settings.data_dir() / "embedded_triton" / f"{WORKDIR_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    work = (Path(workdir) if workdir else
+            settings.data_dir() / "embedded_triton" / f"{WORKDIR_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:6]}")
     work.mkdir(parents=True, exist_ok=True)
     repo = write_model_repository(work / "model_repository", ckpt, versions, device=device, model_py=model_py)
     backends = prepare_backend_dir(dist, settings.data_dir() / "embedded_triton" / "backends")

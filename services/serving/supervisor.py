@@ -136,6 +136,9 @@ class Supervisor:
         """Start over: a failed supervisor tries again (``max_attempts`` more); a running server is replaced."""
         with self._lock:
             self._restart_asked = True
+            if self._snap.phase == FAILED:  # said at once, so that the page that asked shows it
+                self._snap = Snapshot(STARTING, "The embedded Triton server is starting again.", progress=0.0,
+                                      max_attempts=self.max_attempts, generation=self._snap.generation + 1)
         self._wake.set()
 
     def stop(self) -> None:

@@ -6,50 +6,18 @@ and the test Triton's own metrics and gRPC ports asked over the wrong protocol.
 
 from __future__ import annotations
 
-import http.server
-import threading
-
 import pytest
 
 from services.client.errors import NotTritonServer, ServerUnreachable, describe_answer
 from services.client.server_status import check_server
 from services.client.triton_client import TritonClient
-
-ANSWERS = {  # mode -> (status, content type, body)
-    "text": (200, "text/plain", b"hello, I am not Triton"),
-    "json": (200, "application/json", b'{"status": "ok", "uptime": 12}'),
-    "html404": (404, "text/html", b"<html><head><title>404 Not Found</title></head><body><h1>Not Found</h1>"
-                                  b"<p>The requested URL was not found on this server.</p></body></html>"),
-}
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    mode = "text"
-
-    def do_GET(self):  # noqa: N802 - http.server's name
-        status, ctype, body = ANSWERS[self.server.mode]
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_POST = do_GET
-
-    def log_message(self, *args):
-        pass
-
+from tests.other_http_server import other_http_server
 
 @pytest.fixture
 def web_server():
     """A real HTTP server that is not Triton; set ``.mode`` to pick its answer."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.mode = "text"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with other_http_server() as server:
+        yield server
 
 
 @pytest.mark.parametrize("mode, found", [
@@ -64,7 +32,8 @@ def test_a_web_server_that_is_not_triton_is_named_in_one_sentence(web_server, mo
         for call in (client.server_info, client.versions):
             with pytest.raises(NotTritonServer) as info:
                 call()
-            assert str(info.value) == f"The server at http://{url} is not a Triton server: it answered GET /v2 with {found}."
+            assert str(info.value) == (f"The server at http://{url} is not a Triton server: it answered GET /v2 "
+                                       f"with {found}.")
         with pytest.raises(NotTritonServer) as info:
             client.detect("aGk=", version="1")
         message = str(info.value)
@@ -102,9 +71,8 @@ def test_wrong_ports_of_a_real_triton_are_explained(triton_server):
                             "by default).")
 
 
-def test_a_closed_port_is_still_unreachable(web_server):
-    port = web_server.server_port
-    web_server.shutdown()
-    web_server.server_close()
+def test_a_closed_port_is_still_unreachable():
+    with other_http_server() as server:
+        port = server.server_port
     with TritonClient(f"127.0.0.1:{port}", timeout_s=5) as client, pytest.raises(ServerUnreachable):
         client.server_info()

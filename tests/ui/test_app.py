@@ -118,7 +118,7 @@ def test_sidebar_settings_follow_the_user_to_the_detect_page(server_env):
 
 @pytest.fixture
 def broken_checkpoint(tmp_path, monkeypatch):
-    """No QWEN_TRITON_URL, and a checkpoint the embedded server cannot load: its start fails for real."""
+    """No QWEN_TRITON_URL, and a checkpoint the embedded server cannot load: its starts fail for real."""
     from ui import state
 
     folder = tmp_path / "broken-checkpoint"
@@ -126,24 +126,36 @@ def broken_checkpoint(tmp_path, monkeypatch):
     (folder / "config.json").write_text("{}")
     monkeypatch.delenv("QWEN_TRITON_URL", raising=False)
     monkeypatch.setenv("QWEN_CHECKPOINT", str(folder))
-    state.start_embedded.clear()
+    state.stop_embedded()
     yield folder
-    state.start_embedded.clear()  # the failure is cached for the process: later tests start afresh
+    state.stop_embedded()  # the supervisor lives as long as the process: later tests start afresh
 
 
-def test_an_embedded_server_that_cannot_start_shows_its_log_error(broken_checkpoint):
-    at = AppTest.from_file(APP, default_timeout=180).run()
+def test_an_embedded_server_that_cannot_start_is_retried_then_shows_its_log_and_a_restart(broken_checkpoint):
+    import time
+
+    at = AppTest.from_file(APP, default_timeout=60).run()
     assert not at.exception, at.exception
+    assert texts(at.info)[0].startswith("The embedded Triton server is starting")  # not an error: it starts
+    deadline = time.monotonic() + 280  # three starts that fail, with 2 s and 5 s between them
+    while not texts(at.sidebar.error) and time.monotonic() < deadline:
+        time.sleep(2)
+        at.run()
     (error,) = texts(at.sidebar.error)
-    assert error.startswith("The embedded Triton server could not be started: tritonserver exited")
-    assert "Errors from its log" in error and "Failed to initialize Python stub" in error
+    assert error.startswith("The embedded Triton server failed 3 times in a row and is not restarted by itself: "
+                            "tritonserver exited with code 1 before it was ready")
     assert texts(at.error)[0] == error
-    assert at.sidebar.button(key="sidebar_retry").label == "Retry starting the embedded server"
+    (log_lines,) = [c.value for c in at.sidebar.code]
+    assert "Errors from its log" in log_lines and "Failed to initialize Python stub" in log_lines
+    assert at.sidebar.button(key="sidebar_restart").label == "Restart the embedded server"
     # the Detect page does not crash either, and offers no run
     at.switch_page(DETECT).run()
     assert not at.exception, at.exception
     assert at.button(key="detect_run").disabled
     assert error in texts(at.error)
+    at.sidebar.button(key="sidebar_restart").click().run()  # the user asks again: a fresh start begins
+    assert not texts(at.sidebar.error)
+    assert [p.proto.text for p in at.sidebar.get("progress")][0].startswith("Starting the embedded Triton server")
 
 
 # --------------------------------------------------------------------------- Detect page
