@@ -66,6 +66,7 @@ VERSION_PATTERNS = (
     re.compile(r"is not at ready state", re.I),
     re.compile(r"has no available versions", re.I),
     re.compile(r"model '.*' (version \d+ )?is not (found|ready)", re.I),
+    re.compile(r"stub process '.*' is not healthy", re.I),  # the version's model process died (HTTP 400)
 )
 _BAD_REQUEST_PATTERNS = (
     re.compile(r"missing required input|input '[^']+'.* is required", re.I),

@@ -206,6 +206,8 @@ class TritonClient(HttpGenerateTransport, GrpcStreamTransport):
             raise ServerUnreachable(f"The Triton server at {self.url} is not reachable: {exc}",
                                     url=self.url, server_message=str(exc)) from exc
         except Exception as exc:
+            if type(exc).__name__ == "HTTPParseError":  # geventhttpclient: the answer is not HTTP/1.x
+                raise self._what_answers(exc) from exc
             if type(exc).__name__ == "Timeout" and type(exc).__module__.startswith("gevent"):
                 raise RequestTimeout(f"The Triton server at {self.url} did not answer within {self.timeout_s:g} s",
                                      url=self.url) from exc
@@ -216,7 +218,8 @@ class TritonClient(HttpGenerateTransport, GrpcStreamTransport):
         message = exc.message() or str(exc)
         if "exception occurred in the client while decoding the response" in message:  # not JSON
             return self._what_answers(exc)
-        if "http1.x server" in message:  # gRPC sent to an HTTP port
+        if self.protocol == "grpc" and ("http1.x server" in message or (
+                status == "StatusCode.UNAVAILABLE" and self._first_bytes()[:7] == b"HTTP/1.")):  # an HTTP port
             return not_triton(self.url, "gRPC with HTTP/1.x, as a web server or Triton's HTTP port does "
                                         "(Triton's gRPC port is 8001 by default)")
         if status == "StatusCode.UNAVAILABLE" and not any(p.search(message) for p in VERSION_PATTERNS):
@@ -237,8 +240,8 @@ class TritonClient(HttpGenerateTransport, GrpcStreamTransport):
             return not_triton(self.url, f"gRPC with something that is not Triton's API ({type(exc).__name__})")
         try:
             answer = self._http_pool().urlopen("GET", "/v2", timeout=min(self.timeout_s, 5.0))
-        except Exception as probe_exc:  # noqa: BLE001 - it answered before; say what we know
-            return not_triton(self.url, f"with something that is not Triton's HTTP API ({type(probe_exc).__name__})")
+        except Exception:  # noqa: BLE001 - not HTTP/1.x: what its first bytes are
+            return not_triton(self.url, "GET /v2 with " + self._first_bytes_say())
         try:
             meta = json.loads(answer.data)
         except ValueError:
@@ -248,6 +251,23 @@ class TritonClient(HttpGenerateTransport, GrpcStreamTransport):
                                      f"{type(exc).__name__}: {str(exc)[:200]}", url=self.url)
         return not_triton(self.url, "GET /v2 with " + describe_answer(answer.status, answer.data,
                                                                        answer.headers.get("Content-Type", "")))
+
+    def _first_bytes(self) -> bytes:
+        """The first bytes of the answer to an HTTP/1.1 ``GET /v2`` (empty if none came)."""
+        host, _, port = self.address.rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=min(self.timeout_s, 5.0)) as sock:
+                sock.sendall(f"GET /v2 HTTP/1.1\r\nHost: {self.address}\r\n\r\n".encode("ascii"))
+                return sock.recv(64)
+        except (OSError, ValueError):
+            return b""
+
+    def _first_bytes_say(self) -> str:
+        """What the first bytes answered to an HTTP/1.1 request say: HTTP/2 frames (a gRPC port), or other."""
+        first = self._first_bytes()
+        if len(first) >= 9 and first[3] == 0x04:  # an HTTP/2 SETTINGS frame: a gRPC server
+            return "HTTP/2 frames, as a gRPC port does (Triton's HTTP port is 8000 by default)"
+        return f"{len(first)} bytes that are not HTTP" if first else "nothing (the connection was closed)"
 
     # ------------------------------------------------------------------ server and versions
 

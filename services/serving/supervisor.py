@@ -21,13 +21,15 @@ No streamlit here: ``ui.state`` holds the process's one supervisor and ``ui.side
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import re
 import shutil
 import threading
 import time
-from dataclasses import dataclass, field
+import weakref
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -122,6 +124,7 @@ class Supervisor:
     # ------------------------------------------------------------------ the API
 
     def start(self) -> "Supervisor":
+        _ALL.add(self)
         with self._lock:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="triton-supervisor", daemon=True)
@@ -239,7 +242,7 @@ class Supervisor:
                 progress.loaded.add(version)
         done = len(progress.loaded & set(self.versions))
         with self._lock:
-            self._snap = _replace(self._snap, message=self._starting_message(progress),
+            self._snap = replace(self._snap, message=self._starting_message(progress),
                                   progress=min(0.95, (1 + done) / (2 + len(self.versions))))
 
     def _starting_message(self, progress: _Starting) -> str:
@@ -270,10 +273,15 @@ class Supervisor:
             self._snap = Snapshot(phase, message, generation=self._snap.generation + 1, **values)
 
 
-def _replace(snap: Snapshot, **values) -> Snapshot:
-    from dataclasses import replace
+_ALL: "weakref.WeakSet[Supervisor]" = weakref.WeakSet()
 
-    return replace(snap, **values)
+
+@atexit.register
+def _stop_all() -> None:
+    """At exit, stop watching first (registered after embedded_triton's, so run before it): a
+    supervisor must not restart a server that the exit is stopping."""
+    for sup in list(_ALL):
+        sup.stop()
 
 
 # --------------------------------------------------------------------------- leftovers of dead owners

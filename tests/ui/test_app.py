@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -132,8 +133,6 @@ def broken_checkpoint(tmp_path, monkeypatch):
 
 
 def test_an_embedded_server_that_cannot_start_is_retried_then_shows_its_log_and_a_restart(broken_checkpoint):
-    import time
-
     at = AppTest.from_file(APP, default_timeout=60).run()
     assert not at.exception, at.exception
     assert texts(at.info)[0].startswith("The embedded Triton server is starting")  # not an error: it starts
@@ -213,17 +212,38 @@ def test_a_bad_upload_shows_its_image_error_and_the_good_one_still_runs(server_e
     assert "IoU between versions (bf16 (v1) ↔ fp8 (v2))" not in metrics(at)
 
 
-def test_server_errors_appear_beside_each_image(server_env):
+def test_server_errors_appear_beside_each_image(server_env, own_triton_server):
+    """fp8's model process is killed under a server that stays up: each image says why it got no answer."""
+    import psutil
+
     at = detect_page()
-    at.sidebar.text_input(key="server_url").set_value(f"127.0.0.1:{closed_port()}")
+    at.sidebar.text_input(key="server_url").set_value(own_triton_server.http_url)
     at.multiselect(key="detect_samples").set_value(["eu_square", "no_table"])
     at.radio(key="detect_versions").set_value("2")
     at.run()
+    (fp8,) = [p for p in psutil.Process(own_triton_server.pid).children() if "/qwen/2/model.py" in " ".join(p.cmdline())]
+    fp8.kill()
+    deadline = time.monotonic() + 30
+    while fp8.is_running() and fp8.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+        time.sleep(0.1)  # tritonserver, its parent, reaps it when it likes: a zombie is gone enough
     at.button(key="detect_run").click().run(timeout=RUN_TIMEOUT)
     assert not at.exception, at.exception
     main_errors = texts(at.main.error)
-    assert len(main_errors) == 2 and all("is not reachable" in e for e in main_errors)
+    assert len(main_errors) == 2 and all(e.startswith("Version 2 of model 'qwen' is not loaded and ready on the "
+                                                      "Triton server at ") and "is not healthy" in e
+                                         for e in main_errors)
     assert [s.value for s in at.subheader][1:3] == ["1. eu_square.jpg (sample)", "2. no_table.jpg (sample)"]
+
+
+def test_detect_is_disabled_while_the_server_does_not_answer(server_env):
+    at = detect_page()
+    at.sidebar.text_input(key="server_url").set_value(f"127.0.0.1:{closed_port()}")
+    at.multiselect(key="detect_samples").set_value(["eu_square"])
+    at.run()
+    assert not at.exception, at.exception
+    assert at.button(key="detect_run").disabled
+    assert "is not reachable" in texts(at.sidebar.error)[0]
+    assert texts(at.sidebar.info)[-1] == "The model is unknown while the server does not answer."
 
 
 def test_detect_over_grpc_when_the_sidebar_says_so(server_env, monkeypatch):
