@@ -118,7 +118,7 @@ class Supervisor:
         self._server: EmbeddedTriton | None = None
         self._models: dict[str, psutil.Process] = {}
         self._ready_since = 0.0
-        self._snap = Snapshot(STARTING, "The embedded Triton server is starting.", progress=0.0,
+        self._snap = Snapshot(STARTING, "Starting the embedded Triton server.", progress=0.0,
                               max_attempts=max_attempts)
 
     # ------------------------------------------------------------------ the API
@@ -140,7 +140,7 @@ class Supervisor:
         with self._lock:
             self._restart_asked = True
             if self._snap.phase == FAILED:  # said at once, so that the page that asked shows it
-                self._snap = Snapshot(STARTING, "The embedded Triton server is starting again.", progress=0.0,
+                self._snap = Snapshot(STARTING, "Starting the embedded Triton server again.", progress=0.0,
                                       max_attempts=self.max_attempts, generation=self._snap.generation + 1)
         self._wake.set()
 

@@ -135,7 +135,7 @@ def broken_checkpoint(tmp_path, monkeypatch):
 def test_an_embedded_server_that_cannot_start_is_retried_then_shows_its_log_and_a_restart(broken_checkpoint):
     at = AppTest.from_file(APP, default_timeout=60).run()
     assert not at.exception, at.exception
-    assert texts(at.info)[0].startswith("The embedded Triton server is starting")  # not an error: it starts
+    assert texts(at.info)[0].startswith("Starting the embedded Triton server")  # not an error: it starts
     deadline = time.monotonic() + 280  # three starts that fail, with 2 s and 5 s between them
     while not texts(at.sidebar.error) and time.monotonic() < deadline:
         time.sleep(2)
