@@ -3,7 +3,8 @@
 A thin page over ``ui.compare_selection`` (what to compare: stored runs, or a fresh paired run
 through ``ui.compare_new_run`` and ``ui.run_lifecycle``), ``ui.compare_cache`` (the comparison
 of ``services.compare.comparison``, computed once per session and run state and kept in
-``st.session_state``) and ``ui.compare_views`` (its sections, from ``services.compare.report``).
+``st.session_state``), ``ui.compare_recommendation`` (the recommendation that leads, with a sweep's
+capacity and cost) and ``ui.compare_views`` (its sections, from ``services.compare.report``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import streamlit as st
 
 from ui.compare_cache import cached_comparison, cached_gallery, comparison_key
 from ui.compare_new_run import ERROR
+from ui.compare_recommendation import render_recommendation
 from ui.compare_selection import render_selection
 from ui.compare_views import (
     render_agreement_heading,
@@ -44,6 +46,9 @@ except (KeyError, ValueError) as exc:
     st.error(f"These two cannot be compared: {exc}")
     st.stop()
 
+same_run = comparison.a.run_id == comparison.b.run_id
+render_recommendation(comparison.a.run_id if same_run else None, comparison.accuracy, comparison.a.version,
+                      comparison.b.version, key="cmp_rec")
 render_heading(comparison)
 render_measurements(comparison)
 render_agreement_heading(comparison)

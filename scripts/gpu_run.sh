@@ -8,7 +8,10 @@
 # Stages (each callable alone; a failing stage never stops the next one):
 #   smoke     embedded Triton on models/demo-detector, cuda, versions 1 + 2 loaded together; one HTTP and
 #             one gRPC request to each; engine reports; GPU processes as the sampler attributes them (~1 min)
-#   tests     pytest -m gpu on tests/test_gpu_*.py (sampler NVML path, fp8 dynamic path, fast decode) (~2 min)
+#   tests     pytest -m gpu on tests/**/test_gpu_*.py (sampler NVML path, fp8 dynamic path, fast decode) (~2 min)
+#   kernels   scripts/bench_fp8_linear.py (KERNELS_ARGS, default --sweep): the linear-layer kernels (bf16 cuBLAS, torchao fp8, _scaled_mm
+#             row-wise / tensor-wise, the project's Triton gemv) on the 7B's shapes, M = 1 and the prefill's
+#             1316 rows, and the decode attention kernel (~2-3 min); kernels.json and kernels.log under kernels/
 #   build7b   Qwen2-VL-7B architecture, random weights, from configs/qwen2-vl-7b.json, to /tmp/qwen2-vl-7b
 #             unless already there (~1 min: 16.6 GB written)
 #   decode    scripts/bench_decode.py on the demo detector and on the 7B (built first if missing) (~3-4 min)
@@ -41,7 +44,8 @@
 # Settings: QWEN_GPU_BUDGET_S (570), QWEN_7B_DIR (/tmp/qwen2-vl-7b), QWEN_7B_CONFIG (configs/qwen2-vl-7b.json),
 # QWEN_GPU_DEVICE (cuda),
 # HEADLINE_ARGS (extra arguments for `gpu_stages.py headline`, e.g. "--requests 16"), DECODE_ARGS (extra
-# arguments for bench_decode.py, e.g. "--images 2 --profile"), DECODE_DEMO=0 (decode stage: the 7B only),
+# arguments for bench_decode.py, e.g. "--images 2 --profile --variants bf16-before bf16 fp8-before fp8"; profile
+# tables go to decode/profiles/), DECODE_DEMO=0 (decode stage: the 7B only), KERNELS_ARGS (bench_fp8_linear.py),
 # OVERHEAD_ARGS (extra arguments for bench_triton_overhead.py, e.g. "--requests 100"), OVERHEAD_DEVICES
 # (overhead stage: "cuda cpu"), QWEN_GPU_ENV_SCRIPT
 # (another file to source instead of scripts/gpu_env.sh: a dry run on CPU with the project's .venv).
@@ -54,15 +58,15 @@ ROOT=${QWEN_GPU_ROOT:-/tmp/qwen-gpu}
 RESULTS=$ROOT/results
 CKPT_7B=${QWEN_7B_DIR:-/tmp/qwen2-vl-7b}
 DEVICE=${QWEN_GPU_DEVICE:-cuda}
-declare -A NEED_S=([smoke]=60 [tests]=60 [build7b]=45 [decode]=90 [headline]=360 [overhead]=90)
+declare -A NEED_S=([smoke]=60 [tests]=60 [build7b]=45 [decode]=90 [headline]=360 [overhead]=90 [kernels]=60)
 VERDICTS=()
 
-usage() { sed -n '2,47p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,51p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 STAGES=()
 for a in "$@"; do
     case "$a" in
         all) STAGES+=(smoke tests build7b decode headline) ;;
-        smoke|tests|build7b|decode|headline|overhead) STAGES+=("$a") ;;
+        smoke|tests|build7b|decode|headline|overhead|kernels) STAGES+=("$a") ;;
         -h|--help) usage ;;
         *) echo "unknown stage '$a'"; usage ;;
     esac
@@ -121,7 +125,9 @@ stage_smoke() {
 
 stage_tests() {
     mkdir -p "$RESULTS/tests"
-    local files=(tests/test_gpu_*.py)
+    local files
+    mapfile -t files < <(find tests -name 'test_gpu_*.py' -not -name 'test_gpu_results_page.py' \
+        -not -name 'test_gpu_scripts.py' | sort)
     export QWEN_TEST_DATA_DIR=$ROOT/test-data  # the tests' own servers live under our root too
     log "pytest -m gpu on ${files[*]}"
     bounded "$PYTHON" -m pytest -m gpu -v -rA -p no:cacheprovider --junitxml="$RESULTS/tests/junit.xml" "${files[@]}"
@@ -154,12 +160,20 @@ stage_decode() {
         log "bench_decode on the 7B checkpoint"
         # shellcheck disable=SC2086
         bounded "$PYTHON" scripts/bench_decode.py --checkpoint "$CKPT_7B" ${DECODE_ARGS:-} \
-            --json "$RESULTS/decode/decode-7b.json" || rc=1
+            --profile-dir "$RESULTS/decode/profiles" --json "$RESULTS/decode/decode-7b.json" || rc=1
     fi
     "$PYTHON" scripts/gpu_stages.py merge-json --out "$RESULTS/decode/decode.json" \
         "qwen2-vl-7b=$RESULTS/decode/decode-7b.json" "demo-detector=$RESULTS/decode/decode-demo.json"
     cp -f "$RESULTS/decode/decode.json" "$OUT/decode.json"
     return $rc
+}
+
+stage_kernels() {
+    mkdir -p "$RESULTS/kernels"
+    # shellcheck disable=SC2086
+    bounded "$PYTHON" scripts/bench_fp8_linear.py ${KERNELS_ARGS:---sweep} --json "$RESULTS/kernels/kernels.json" \
+        2>&1 | tee "$RESULTS/kernels/kernels.log"
+    return "${PIPESTATUS[0]}"
 }
 
 stage_headline() {

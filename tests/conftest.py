@@ -78,18 +78,23 @@ def _gpu_unavailable_reason() -> str | None:
 
 # Fixtures that start or use a real Triton server: a test that asks for one is marked ``server``.
 SERVER_FIXTURES = {"triton_server", "own_triton_server"}
+# Fixtures that load the trained demo detector into engines on the CPU (minutes on 2 cores): ``slow``.
+SLOW_FIXTURES = {"demo_engines"}
 
 
 def _mark_server_tests(items) -> None:
     """Mark ``server`` every test that uses a server fixture or drives the browser (``e2e``).
 
-    Modules whose tests start servers, apps or subprocesses by themselves set
-    ``pytestmark = pytest.mark.server``; `pytest -m "not server"` is the fast subset.
+    Tests that start servers, apps or subprocesses by themselves carry ``pytest.mark.server``
+    themselves; tests that load the trained detector into engines are marked ``slow``.
+    `pytest -m "not server and not slow"` is the fast subset.
     """
     for item in items:
         uses_server = SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ()))
         if uses_server or item.get_closest_marker("e2e") is not None:
             item.add_marker(pytest.mark.server)
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,7 +1,8 @@
 """The Benchmark page's launch form: its widgets, and the run configuration they describe.
 
-:func:`render_launch_form` draws the image-set and load choices and the form; on submit,
-:func:`form_config` turns what was entered into a ``BenchmarkConfig``, or says what is missing.
+:func:`render_launch_form` draws the mode (one run, or a sweep over load levels), the image-set and
+load choices and the form; on submit, :func:`form_config` turns what was entered into a
+``BenchmarkConfig`` or a ``SweepConfig`` (:mod:`services.bench.sweep`), or says what is missing.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from pathlib import Path
 import streamlit as st
 from streamlit.runtime.uploaded_file_manager import UploadedFile
 
+from services.bench.goodput import DEFAULT_TARGETS, LatencyTargets
 from services.bench.runner import BenchmarkConfig
+from services.bench.sweep import DEFAULT_CONCURRENCIES, SweepConfig, validate_sweep
 from services.image_sets.image_set import ImageSetSpec
 from services.core.images import UPLOAD_TYPES
 from services.core.versions import VERSION_LABELS, version_label
@@ -24,6 +27,7 @@ IMAGE_KINDS = {
     "folder": "dataset folder",
 }
 LOAD_MODES = {"closed": "closed loop (concurrency)", "open": "open loop (request rate)"}
+RUN_MODES = {"run": "one run", "sweep": "sweep over load levels (capacity and cost)"}
 
 
 @dataclass
@@ -47,9 +51,39 @@ class LaunchForm:
     timeout_s: float = 120.0
     stream: bool = True
     arrival_seed: int = 0
+    mode: str = "run"  # "run" | "sweep"
+    levels: str = ", ".join(str(v) for v in DEFAULT_CONCURRENCIES)
+    repeats: int = 1
+    ttft_ms: float = DEFAULT_TARGETS.ttft_ms or 0.0
+    tpot_ms: float = DEFAULT_TARGETS.tpot_ms or 0.0
+    e2e_ms: float = DEFAULT_TARGETS.e2e_ms or 0.0
 
 
-def form_config(form: LaunchForm) -> BenchmarkConfig | str:
+def parse_levels(text: str) -> tuple[float, ...] | str:
+    """``"1, 2, 4"`` -> (1.0, 2.0, 4.0), or what is wrong with the text."""
+    try:
+        values = tuple(float(x) for x in text.replace(";", ",").replace(" ", ",").split(",") if x.strip())
+    except ValueError:
+        return f"The load levels must be numbers separated by commas, not {text!r}."
+    return values or "Give at least one load level."
+
+
+def sweep_config(form: LaunchForm, bench: BenchmarkConfig) -> SweepConfig | str:
+    """The sweep the form describes (on ``bench``'s requests), or what is wrong with it."""
+    levels = parse_levels(form.levels)
+    if isinstance(levels, str):
+        return levels
+    if form.load_mode == "closed":
+        levels = tuple(int(v) if float(v).is_integer() else v for v in levels)
+    targets = LatencyTargets(*(float(v) if v else None for v in (form.ttft_ms, form.tpot_ms, form.e2e_ms)))
+    try:
+        return validate_sweep(SweepConfig(bench=bench, load=form.load_mode, levels=levels,  # type: ignore[arg-type]
+                                          repeats=int(form.repeats), targets=targets))
+    except ValueError as exc:
+        return f"The sweep cannot start: {exc}."
+
+
+def form_config(form: LaunchForm) -> BenchmarkConfig | SweepConfig | str:
     """The run the submitted form describes, or what is missing (shown above the form)."""
     images: tuple[tuple[str, bytes], ...] = ()
     folder = form.folder.strip()
@@ -68,12 +102,13 @@ def form_config(form: LaunchForm) -> BenchmarkConfig | str:
                         seed=int(form.gen_seed), count=int(form.gen_count),
                         folder=str(Path(folder).expanduser()) if form.image_kind == "folder" else None,
                         images=images)
-    return BenchmarkConfig(versions=tuple(str(v) for v in sorted(form.versions)), image_set=spec,
-                           requests=int(form.requests), warmup=int(form.warmup),
-                           load=form.load_mode,  # type: ignore[arg-type]
-                           concurrency=int(form.concurrency), rate=float(form.rate), max_tokens=int(form.max_tokens),
-                           temperature=float(form.temperature), stream=bool(form.stream),
-                           timeout_s=float(form.timeout_s), seed=int(form.arrival_seed))
+    bench = BenchmarkConfig(versions=tuple(str(v) for v in sorted(form.versions)), image_set=spec,
+                            requests=int(form.requests), warmup=int(form.warmup),
+                            load=form.load_mode,  # type: ignore[arg-type]
+                            concurrency=int(form.concurrency), rate=float(form.rate), max_tokens=int(form.max_tokens),
+                            temperature=float(form.temperature), stream=bool(form.stream),
+                            timeout_s=float(form.timeout_s), seed=int(form.arrival_seed))
+    return sweep_config(form, bench) if form.mode == "sweep" else bench
 
 
 def _image_set_inputs(form: LaunchForm) -> None:
@@ -96,12 +131,15 @@ def _image_set_inputs(form: LaunchForm) -> None:
 def _request_inputs(form: LaunchForm, default_timeout_s: float) -> None:
     """How many requests, how they are sent and what they ask for."""
     c = st.columns(4)
-    form.requests = c[0].number_input("Requests per version", min_value=1, max_value=100_000, value=20, step=1,
+    per = " per level" if form.mode == "sweep" else ""
+    form.requests = c[0].number_input(f"Requests per version{per}", min_value=1, max_value=100_000, value=20, step=1,
                                       key="bench_requests", help="Measured requests, warm-up not included.")
-    form.warmup = c[1].number_input("Warm-up per version", min_value=0, max_value=1000, value=2, step=1,
+    form.warmup = c[1].number_input(f"Warm-up per version{per}", min_value=0, max_value=1000, value=2, step=1,
                                     key="bench_warmup", help="Sent first and not counted: the first request of a "
                                                              "version compiles and allocates.")
-    if form.load_mode == "closed":
+    if form.mode == "sweep":
+        _sweep_inputs(form, c[2])
+    elif form.load_mode == "closed":
         form.concurrency = c[2].number_input("Concurrency", min_value=1, max_value=1024, value=1, step=1,
                                              key="bench_concurrency", help="Requests in flight at once.")
     else:
@@ -121,8 +159,28 @@ def _request_inputs(form: LaunchForm, default_timeout_s: float) -> None:
                                               key="bench_arrival_seed", help="Seeds the Poisson arrival times.")
 
 
+def _sweep_inputs(form: LaunchForm, levels_column) -> None:
+    """The sweep's levels, repeats and latency targets (goodput counts the requests that meet them all)."""
+    what = "Concurrencies" if form.load_mode == "closed" else "Rates (requests/s)"
+    form.levels = levels_column.text_input(f"{what} to sweep", value=form.levels, key="bench_levels",
+                                           help="Each version alone at each level, lowest first, until it saturates.")
+    t = st.columns(4)
+    form.repeats = t[0].number_input("Repeats per level", min_value=1, max_value=20, value=1, step=1,
+                                     key="bench_repeats", help="More than 1 gives capacity a 95% interval.")
+    help_off = "0 turns this target off."
+    form.ttft_ms = t[1].number_input("TTFT target (ms)", min_value=0.0, value=form.ttft_ms, step=100.0,
+                                     key="bench_ttft_target", help=help_off)
+    form.tpot_ms = t[2].number_input("TPOT target (ms)", min_value=0.0, value=form.tpot_ms, step=10.0,
+                                     key="bench_tpot_target", help=help_off)
+    form.e2e_ms = t[3].number_input("End-to-end target (ms)", min_value=0.0, value=form.e2e_ms, step=250.0,
+                                    key="bench_e2e_target", help=help_off + " A person waits for the box.")
+
+
 def render_launch_form(default_timeout_s: float, can_start: bool) -> LaunchForm:
     """The image-set and load choices, then the form; what it holds (``submitted`` on its button)."""
+    mode = st.radio("Mode", list(RUN_MODES), format_func=RUN_MODES.get, key="bench_mode", horizontal=True,
+                    help="A sweep measures each version at a series of load levels until it saturates: goodput at "
+                         "your latency targets, capacity and cost per version, and which to deploy.")
     top = st.columns(2)
     image_kind = top[0].radio("Images", list(IMAGE_KINDS), format_func=IMAGE_KINDS.get, key="bench_image_kind",
                               horizontal=True,
@@ -137,9 +195,9 @@ def render_launch_form(default_timeout_s: float, can_start: bool) -> LaunchForm:
                                   format_func=version_label, key="bench_versions",
                                   help="With both, the requests are interleaved in the same image order.")
         form = LaunchForm(submitted=False, versions=list(versions), image_kind=str(image_kind),
-                          load_mode=str(load_mode), timeout_s=float(default_timeout_s))
+                          load_mode=str(load_mode), timeout_s=float(default_timeout_s), mode=str(mode))
         _image_set_inputs(form)
         _request_inputs(form, default_timeout_s)
-        form.submitted = st.form_submit_button("Start the benchmark", type="primary", key="bench_start",
-                                               disabled=not can_start)
+        form.submitted = st.form_submit_button("Start the sweep" if form.mode == "sweep" else "Start the benchmark",
+                                               type="primary", key="bench_start", disabled=not can_start)
     return form

@@ -32,7 +32,7 @@ def progress_text(p: BenchmarkProgress, live: LiveRun) -> str:
             f"requests, {p.failures} failed; {elapsed:.0f} s")
 
 
-def _progress_and_cancel(live: LiveRun, p: BenchmarkProgress) -> None:
+def progress_and_cancel(live: LiveRun, p: BenchmarkProgress) -> None:
     fraction = min(1.0, p.done / p.total) if p.total else 0.0
     st.progress(fraction, text=progress_text(p, live))
     if p.by_version:
@@ -72,6 +72,11 @@ def _live_charts(live: LiveRun, p: BenchmarkProgress) -> None:
 
 
 def draw_live_run(live: LiveRun, p: BenchmarkProgress) -> None:
-    """Progress, cancel and the live charts of the session's run."""
-    _progress_and_cancel(live, p)
+    """Progress, cancel and the live charts of the session's run (a sweep's: ``ui.sweep_live``)."""
+    if live.sweep:
+        from ui.sweep_live import draw_live_sweep
+
+        draw_live_sweep(live, p)
+        return
+    progress_and_cancel(live, p)
     _live_charts(live, p)

@@ -11,6 +11,7 @@ import streamlit as st
 
 from services.bench.runner import BenchmarkConfig
 from services.bench.sampler import get_shared_sampler
+from services.bench.sweep import SweepConfig
 from ui import run_lifecycle
 from ui.state import Connection
 
@@ -40,7 +41,7 @@ def collect_ended_run() -> None:
         ss[OUTCOME] = (STATUS_BANNER.get(ended.status, "error"), ended.sentence("The run"))
 
 
-def launch(config: BenchmarkConfig, conn: Connection) -> bool:
+def launch(config: BenchmarkConfig | SweepConfig, conn: Connection) -> bool:
     """Start the session's run; True when it is going, else the reason is the page's error."""
     if conn.target is not None:
         get_shared_sampler()  # started once per process (the live chart shows memory from before the start)

@@ -86,6 +86,10 @@ def show_run(store: RunStore, run_id: int, running_id: int | None) -> None:
     st.caption(f"Started {bf.short_time(run.created_at)} UTC"
                + (f", finished {bf.short_time(run.finished_at)} UTC" if run.finished_at else "")
                + (f"; {bf.describe_config(run.config)}" if run.config else ""))
+    if isinstance(run.config.get("sweep"), dict):
+        from ui.sweep_live import render_sweep_run
+
+        render_sweep_run(store, run_id)
     frames = store.requests_frame(run_id), store.samples_frame(run_id)
     _summary(store, run_id, frames, run.summary.get("open_loop") if isinstance(run.summary, dict) else None)
     _charts(*frames)

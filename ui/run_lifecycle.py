@@ -19,6 +19,7 @@ import streamlit as st
 
 from services.bench.runner import BenchmarkConfig, BenchmarkHandle, BenchmarkProgress, start_benchmark
 from services.bench.store import FINAL_STATUSES, RunStore
+from services.bench.sweep import SweepConfig, start_sweep
 from ui.state import Connection
 from ui.store import open_store
 
@@ -36,6 +37,7 @@ class LiveRun:
     versions: tuple[str, ...]
     cancel_requested: bool = False
     run_id: int | None = None  # known once the run is recorded
+    sweep: bool = False  # a sweep over load levels (services.bench.sweep)
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ def current_run(key: str) -> LiveRun | None:
     return st.session_state.get(key)
 
 
-def start_run(key: str, config: BenchmarkConfig, conn: Connection, failure: str) -> str | None:
+def start_run(key: str, config: BenchmarkConfig | SweepConfig, conn: Connection, failure: str) -> str | None:
     """Start a run of ``config`` on the session's server and keep it under ``key``.
 
     Returns None once it is going, else why it did not start (no server; ``failure`` followed by
@@ -68,11 +70,15 @@ def start_run(key: str, config: BenchmarkConfig, conn: Connection, failure: str)
     store = open_store()
     t_start = time.perf_counter()
     try:
-        handle = start_benchmark(config, store=store, target=conn.target)
+        if isinstance(config, SweepConfig):
+            handle = start_sweep(config, store=store, target=conn.target)
+        else:
+            handle = start_benchmark(config, store=store, target=conn.target)
     except Exception as exc:  # noqa: BLE001 - any failure to start is shown, never raised into the page
         store.close()
         return f"{failure}: {type(exc).__name__}: {exc}"
-    st.session_state[key] = LiveRun(handle=handle, store=store, t_start=t_start, versions=tuple(config.versions))
+    st.session_state[key] = LiveRun(handle=handle, store=store, t_start=t_start, versions=tuple(config.versions),
+                                    sweep=isinstance(config, SweepConfig))
     return None
 
 

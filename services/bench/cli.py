@@ -4,6 +4,8 @@
         --images generated --count 16 --max-tokens 200 --ignore-eos --out results/
 
 (``qwen-bench`` is this module's console script; ``python -m services.bench.cli`` runs the same.)
+``qwen-bench sweep ...`` measures each version over load levels until it saturates: capacity, cost
+and a recommendation (:mod:`services.bench.sweep_cli`).
 
 Writes the same database rows as the page (``RunStore``: ``--data-dir``, default ``$QWEN_DATA_DIR``
 or ``data/``), and with ``--out`` the run's exports (``RunStore.export_run``: ``latency_vN.json``,
@@ -52,17 +54,25 @@ def build_parser() -> argparse.ArgumentParser:
         prog="qwen-bench",
         description="Benchmark the qwen model versions (1 = bf16, 2 = fp8) on Triton: latency, TTFT, TPOT, "
                     "throughput, memory and box IoU, every request recorded.",
-        epilog="Exit status: 0 completed, 1 failed, 2 bad arguments, 3 partial, 130 cancelled (Ctrl-C).",
+        epilog="Exit status: 0 completed, 1 failed, 2 bad arguments, 3 partial, 130 cancelled (Ctrl-C). "
+               "`qwen-bench sweep --help`: capacity and cost over load levels.",
         formatter_class=HelpFormatter)
     run = p.add_argument_group("requests")
-    run.add_argument("--versions", nargs="+", default=["1", "2"], metavar="V",
-                     help="model versions; with several, requests are interleaved on the same image order")
-    run.add_argument("--requests", type=int, default=20, help="measured requests per version")
-    run.add_argument("--warmup", type=int, default=2, help="warm-up requests per version (recorded, not summarized)")
+    add_request_arguments(run)
     run.add_argument("--load", choices=["closed", "open"], default="closed",
                      help="closed loop at --concurrency, or open loop at --rate (Poisson arrivals)")
     run.add_argument("--concurrency", type=int, default=1, help="requests in flight (closed loop, and the warm-up)")
     run.add_argument("--rate", type=float, default=1.0, help="open loop: requests per second, all versions together")
+    add_image_server_output_arguments(p)
+    return p
+
+
+def add_request_arguments(run: Any) -> None:
+    """What each request asks and how many are sent (shared with ``qwen-bench sweep``)."""
+    run.add_argument("--versions", nargs="+", default=["1", "2"], metavar="V",
+                     help="model versions; with several, requests are interleaved on the same image order")
+    run.add_argument("--requests", type=int, default=20, help="measured requests per version")
+    run.add_argument("--warmup", type=int, default=2, help="warm-up requests per version (recorded, not summarized)")
     run.add_argument("--seed", type=int, default=0, help="seed of the Poisson arrivals (and of sampling when temperature > 0)")
     run.add_argument("--max-tokens", type=int, default=128)
     run.add_argument("--temperature", type=float, default=0.0)
@@ -74,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     run.add_argument("--prompt", default=None, help="the full text_input (default: the fine-tune's training prompt)")
 
+
+def add_image_server_output_arguments(p: argparse.ArgumentParser,
+                                      json_help: str = "also print the stored summary as JSON") -> None:
+    """The images, the server and the output options (shared with ``qwen-bench sweep``)."""
     img = p.add_argument_group("images")
     img.add_argument("--images", choices=["samples", "generated", "folder", "uploaded"], default="samples",
                      help="the bundled samples, a generated labelled set, a data set folder, or files (--files)")
@@ -102,9 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--data-dir", default=None, help="run database folder (default: QWEN_DATA_DIR or data/)")
     out.add_argument("--out", default=None, metavar="DIR", help="write the run's exports into DIR")
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
-    out.add_argument("--json", action="store_true", help="also print the stored summary as JSON")
+    out.add_argument("--json", action="store_true", help=json_help)
     out.add_argument("-v", "--verbose", action="store_true")
-    return p
 
 
 class UsageError(ValueError):
@@ -311,6 +324,11 @@ def _follow(handle: Any, show_bar: bool) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["sweep"]:  # qwen-bench sweep ...: load levels until saturation (services.bench.sweep_cli)
+        from services.bench.sweep_cli import sweep_main
+
+        return sweep_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

@@ -24,6 +24,7 @@ class PlannedRequest:
     image_index: int
     pair: int
     warmup: bool
+    level: int | None = None  # a sweep's level (``services.bench.sweep``)
 
 
 def request_plan(versions: Sequence[str], n_images: int, requests: int, warmup: int) -> list[PlannedRequest]:

@@ -143,6 +143,7 @@ class BenchmarkProgress:
     elapsed_s: float = 0.0
     stopping: str | None = None  # why sending stopped early (cancel, dead server), while in-flight requests finish
     reason: str | None = None  # the final reason, once the run has ended
+    sweep: dict[str, Any] | None = None  # a sweep's place: level, load value, version, stopped versions
 
     @property
     def fraction(self) -> float:
@@ -375,14 +376,15 @@ class _Runner:
                 seq=item.seq, version=item.version, send_ns=done.send_ns, recv_ns=done.recv_ns,
                 first_token_ns=done.first_token_ns, input_tokens=done.num_input_tokens,
                 output_tokens=done.num_output_tokens, status="ok", warmup=item.warmup, image_id=image.id,
-                answer=done.text, box=box, iou=iou, chunk_ns=list(done.chunk_ns) or None)
+                answer=done.text, box=box, iou=iou, chunk_ns=list(done.chunk_ns) or None, level=item.level)
         except Exception as exc:  # TritonClientError, or anything unexpected: a failed request either way
             error = exc
             kind = type(exc).__name__
             message = str(exc) if isinstance(exc, TritonClientError) else f"unexpected client error: {exc!r}"
             record = RequestRecord(
                 seq=item.seq, version=item.version, send_ns=t_call, recv_ns=time.perf_counter_ns(),
-                status="error", error=f"{kind}: {message}", warmup=item.warmup, image_id=image.id)
+                status="error", error=f"{kind}: {message}", warmup=item.warmup, image_id=image.id,
+                level=item.level)
         try:
             self._writer.add_request(self._run_id, record)  # type: ignore[union-attr, arg-type]
         except Exception as exc:
@@ -520,7 +522,7 @@ class _Runner:
                 error = f"the images could not be prepared: {exc}"
                 manifest["image_set"] = {"kind": cfg.image_set.kind, "error": str(exc)}
         model = self._client.model if self._client is not None else settings.MODEL_NAME
-        config_dict = {**config_to_dict(cfg), "model": model, "protocol": protocol, "url": url}
+        config_dict = {**self._stored_config(), "model": model, "protocol": protocol, "url": url}
         self._run_id = self._writer.create_run(config_dict, manifest)
         self._set_status("starting", run_id=self._run_id)
         if error is not None:
@@ -542,18 +544,7 @@ class _Runner:
                 if latest is not None and latest.t_mono >= t_attach:
                     break
                 time.sleep(0.01)
-            plan = request_plan(cfg.versions, len(self._images), cfg.requests, cfg.warmup)
-            warm = [p for p in plan if p.warmup]
-            measured = [p for p in plan if not p.warmup]
-            if warm and not self._stopping():
-                self._set_status("warmup")
-                self._closed_loop(warm, cfg.concurrency)
-            if not self._stopping():
-                self._set_status("running")
-                if cfg.load == "closed":
-                    self._closed_loop(measured, cfg.concurrency)
-                else:
-                    self._open_loop(measured, cfg.rate, cfg.seed, workers)
+            self._send_requests(workers)
             t_end = time.perf_counter()
         finally:
             sampler.remove_sink(sink)
@@ -562,6 +553,30 @@ class _Runner:
             except Exception:
                 log.exception("could not write the last memory samples of run %s", self._run_id)
         return self._conclude(t_attach, t_end)
+
+    def _send_requests(self, workers: int) -> None:
+        """Warm-up, then the measured requests (a sweep sends its levels instead: ``services.bench.sweep``)."""
+        cfg = self.config
+        plan = request_plan(cfg.versions, len(self._images), cfg.requests, cfg.warmup)
+        warm = [p for p in plan if p.warmup]
+        measured = [p for p in plan if not p.warmup]
+        if warm and not self._stopping():
+            self._set_status("warmup")
+            self._closed_loop(warm, cfg.concurrency)
+        if not self._stopping():
+            self._set_status("running")
+            if cfg.load == "closed":
+                self._closed_loop(measured, cfg.concurrency)
+            else:
+                self._open_loop(measured, cfg.rate, cfg.seed, workers)
+
+    def _stored_config(self) -> dict[str, Any]:
+        """The run's config as stored (a sweep adds its levels and targets)."""
+        return config_to_dict(self.config)
+
+    def _summary_extra(self, records: list[RequestRecord]) -> dict[str, Any]:
+        """More of the stored summary (a sweep adds its levels)."""
+        return {}
 
     def _conclude(self, t_attach: float, t_end: float) -> RunOutcome:
         records = self._writer.get_requests(self._run_id)  # type: ignore[union-attr, arg-type]
@@ -602,6 +617,7 @@ class _Runner:
                           if cfg.load == "open" else None),
             "sample_window": None if window is None else {"t0": window[0], "t1": window[1]},
             "duration_s": time.perf_counter() - self._t0,
+            **self._summary_extra(records),
         }
         self._writer.finish_run(self._run_id, status, reason, summary=summary)  # type: ignore[union-attr, arg-type]
         self._set_status(status, reason=reason, elapsed_s=time.perf_counter() - self._t0)

@@ -59,6 +59,7 @@ class RequestRecord:
     iou: float | None = None
     chunk_ns: list[int] | None = None
     run_id: int | None = None
+    level: int | None = None  # a sweep's level (``services.bench.sweep``); None outside sweeps
 
     def __post_init__(self) -> None:
         self.version = str(self.version)

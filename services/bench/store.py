@@ -14,8 +14,11 @@ Tables: ``runs`` (status running|completed|partial|failed|cancelled; the run's c
 in the ``config`` column, and its manifest (:mod:`services.bench.manifest`); the writer's pid, process
 create time and host name, so that :meth:`RunStore.mark_stale_runs` can tell a killed run from a
 live one), ``requests`` (one row per request, see ``services.bench.stats.RequestRecord``; ``chunk_ns`` keeps
-streamed chunk times for ITL) and ``samples`` (one memory reading per row, see
-``services.bench.sample_series.SampleRow``; ``pid`` is the process a reading belongs to).
+streamed chunk times for ITL; ``level`` the sweep level it belongs to), ``samples`` (one memory reading
+per row, see ``services.bench.sample_series.SampleRow``; ``pid`` is the process a reading belongs to)
+and ``sweep_levels`` (one row per load level of a sweep, :class:`LevelRow`, written as each level
+ends, so that a sweep cut short keeps its finished levels). Opening a database of an older schema
+adds what it lacks (:meth:`RunStore._migrate`); its runs read as before.
 
 Exports per run (:meth:`RunStore.export_files`, :meth:`RunStore.export_run`):
 
@@ -95,9 +98,22 @@ CREATE TABLE IF NOT EXISTS requests (
     answer TEXT,
     box TEXT,
     iou REAL,
-    chunk_ns TEXT
+    chunk_ns TEXT,
+    level INTEGER
 );
 CREATE INDEX IF NOT EXISTS requests_by_run ON requests(run_id, seq);
+CREATE TABLE IF NOT EXISTS sweep_levels (
+    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    idx INTEGER NOT NULL,
+    version TEXT NOT NULL,
+    load TEXT NOT NULL CHECK (load IN ('closed', 'open')),
+    value REAL NOT NULL,
+    repeat INTEGER NOT NULL DEFAULT 0,
+    status TEXT NOT NULL,
+    reason TEXT,
+    stats TEXT,
+    PRIMARY KEY (run_id, idx)
+);
 CREATE TABLE IF NOT EXISTS samples (
     id INTEGER PRIMARY KEY,
     run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
@@ -114,17 +130,42 @@ CREATE TABLE IF NOT EXISTS samples (
 );
 CREATE INDEX IF NOT EXISTS samples_by_run ON samples(run_id, t_mono);
 """
-SCHEMA_VERSION = 2  # 1: the run's config also inside its manifest (``manifest["config"]``); 2: once
+SCHEMA_VERSION = 3  # 1: the run's config also inside its manifest (``manifest["config"]``); 2: once;
+# 3: sweeps: ``requests.level`` and the ``sweep_levels`` table (older databases gain both, empty)
+LEVEL_STATUSES = ("completed", "saturated", "cut short")
 
 REQUEST_COLUMNS = [
     "seq", "version", "image_id", "warmup", "send_ns", "first_token_ns", "recv_ns", "latency_ms",
     "ttft_ms", "input_tokens", "output_tokens", "status", "error", "answer", "box", "iou",
-    "chunk_ns",
+    "chunk_ns", "level",
 ]
 SAMPLE_COLUMNS = [
     "t_wall", "t_mono", "source", "gpu", "model", "version", "kind", "memory_bytes",
     "utilization", "pid",
 ]
+
+
+@dataclass
+class LevelRow:
+    """One load level of a sweep as stored (``sweep_levels``): version ``version`` at load ``value``
+    (concurrency for ``load == "closed"``, requests/s for ``"open"``), its ``repeat``; ``status``:
+    "completed", "saturated" (completed, and it stopped the version's sweep) or "cut short" (cancelled
+    or the server died while it went: its requests are stored, but it is not a finished level);
+    ``stats``: what the sweep computed when the level ended (``services.bench.goodput.LevelStats``)."""
+
+    run_id: int
+    idx: int
+    version: str
+    load: str
+    value: float
+    repeat: int
+    status: str
+    reason: str | None = None
+    stats: dict[str, Any] | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status != "cut short"
 
 
 @dataclass
@@ -210,6 +251,10 @@ class RunStore:
         conn = self._conn()
         if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
             return
+        columns = {r["name"] for r in conn.execute("PRAGMA table_info(requests)")}
+        if "level" not in columns:  # schema 3: sweeps (the sweep_levels table is made by SCHEMA)
+            with conn:
+                conn.execute("ALTER TABLE requests ADD COLUMN level INTEGER")
         with conn:
             rows = conn.execute("SELECT id, config, manifest FROM runs WHERE manifest LIKE '%\"config\"%'").fetchall()
             for r in rows:
@@ -375,7 +420,7 @@ class RunStore:
             r.first_token_ns, r.recv_ns, r.effective_latency_ms, r.effective_ttft_ms,
             r.input_tokens, r.output_tokens, r.status, r.error, r.answer,
             None if r.box is None else _dumps(r.box), r.iou,
-            None if r.chunk_ns is None else _dumps(list(r.chunk_ns)),
+            None if r.chunk_ns is None else _dumps(list(r.chunk_ns)), r.level,
         )
         with self._conn() as conn:
             cur = conn.execute(
@@ -422,6 +467,26 @@ class RunStore:
             return [r[0] for r in rows]
         run = self.get_run(run_id)
         return [str(v) for v in (run.config.get("versions") or [])] if run else []
+
+    # ------------------------------------------------------------------ sweep levels
+
+    def add_level(self, level: LevelRow) -> None:
+        """Record (or replace) one level of a sweep, committed at once."""
+        if level.status not in LEVEL_STATUSES:
+            raise ValueError(f"level status must be one of {LEVEL_STATUSES}, not {level.status!r}")
+        with self._conn() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO sweep_levels (run_id, idx, version, load, value, repeat, status, reason,"
+                " stats) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (level.run_id, level.idx, str(level.version), level.load, float(level.value), level.repeat,
+                 level.status, level.reason, None if level.stats is None else _dumps(level.stats)))
+
+    def get_levels(self, run_id: int) -> list[LevelRow]:
+        """The run's sweep levels in the order they were measured (empty for a run that is no sweep)."""
+        rows = self._conn().execute("SELECT * FROM sweep_levels WHERE run_id = ? ORDER BY idx", (run_id,))
+        return [LevelRow(run_id=r["run_id"], idx=r["idx"], version=r["version"], load=r["load"], value=r["value"],
+                         repeat=r["repeat"], status=r["status"], reason=r["reason"], stats=_loads(r["stats"]))
+                for r in rows]
 
     # ------------------------------------------------------------------ samples
 

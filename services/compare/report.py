@@ -38,6 +38,8 @@ import plotly.graph_objects as go
 import plotly.io as pio
 
 from services.bench.store import RunStore
+from services.compare.capacity import SweepResult, sweep_json
+from services.compare.capacity_report import capacity_html, recommendation_html, report_decision
 from services.compare.comparison import Comparison, build_comparison, compare_run
 from services.compare.export import (
     PAIR_CSV_COLUMNS,
@@ -48,6 +50,7 @@ from services.compare.export import (
 )
 from services.compare.figures import figures
 from services.compare.gallery import GALLERY_SIZE, GalleryItem, gallery
+from services.compare.recommendation import Recommendation
 from services.compare.request_boxes import FOUND_IOU
 from services.compare.verdict import format_bytes
 
@@ -164,11 +167,16 @@ def _csv(columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> bytes:
     return buf.getvalue().encode()
 
 
-def report_json(c: Comparison) -> dict[str, Any]:
-    """The JSON report: the comparison's data plus when and by what it was made."""
-    return {"schema": "qwen-compare/1",
-            "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "comparison": comparison_to_dict(c)}
+def report_json(c: Comparison, decision: tuple[SweepResult | None, Recommendation] | None = None) -> dict[str, Any]:
+    """The JSON report: the comparison's data plus when and by what it was made; with ``decision``,
+    the recommendation and the sweep (``services.compare.capacity.sweep_json``)."""
+    out = {"schema": "qwen-compare/1",
+           "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+           "comparison": comparison_to_dict(c)}
+    if decision is not None:
+        out["recommendation"] = decision[1].to_dict()
+        out["sweep"] = None if decision[0] is None else sweep_json(decision[0], decision[1].sentence)
+    return out
 
 
 CSS = """
@@ -181,8 +189,11 @@ th{background:#f8f9fa}.note{color:#495057;font-size:.9em}
 """
 
 
-def report_html(c: Comparison, items: Sequence[GalleryItem] | None = None) -> str:
-    """The self-contained HTML report: verdict, tables and every figure; plotly.js inlined once."""
+def report_html(c: Comparison, items: Sequence[GalleryItem] | None = None,
+                decision: tuple[SweepResult | None, Recommendation] | None = None) -> str:
+    """The self-contained HTML report: the recommendation (``decision``: the sweep and the recommendation
+    of :func:`services.compare.capacity_report.report_decision`), verdict, tables and every figure,
+    the sweep's capacity and cost; plotly.js inlined once."""
     figs = figures(c)
     first = [True]
 
@@ -200,11 +211,13 @@ def report_html(c: Comparison, items: Sequence[GalleryItem] | None = None) -> st
         f"<h1>What {_esc(c.b.label)} buys over {_esc(c.a.label)}, and what it costs</h1>",
         f"<p class='note'>{_esc(runs)} · {_esc(c.image_set)} · {c.measured_a} / {c.measured_b} measured requests · "
         f"{_esc(c.pairing)} · generated {datetime.now(timezone.utc).isoformat(timespec='seconds')}</p>",
+        *(recommendation_html(decision[1]) if decision else []),
         "<h2>Verdict</h2><div class='verdict' id='verdict'><ul>",
         *(f"<li>{_esc(line)}</li>" for line in c.verdict.lines),
         *(f"<li class='caveat'>{_esc(line)}</li>" for line in c.verdict.caveats),
         "</ul></div>",
         fig_html(figs["change"], "fig-change"),
+        *(capacity_html(decision[0], fig_html) if decision else []),
         "<h2>Memory</h2>", _table(["", c.a.label, c.b.label], memory_rows(c)),
         *(f"<p class='note'>{_esc(n)}</p>" for n in c.memory.notes),
         fig_html(figs["memory"], "fig-memory"),
@@ -244,11 +257,11 @@ def html_bytes(store: RunStore, c: Comparison, items: Sequence[GalleryItem] | No
     """The HTML report (the gallery is drawn here unless ``items`` are given)."""
     if items is None:
         items = gallery(store, c, gallery_size) if gallery_size > 0 else []
-    return report_html(c, items).encode()
+    return report_html(c, items, report_decision(store, c)).encode()
 
 
-def json_bytes(c: Comparison) -> bytes:
-    return (json.dumps(report_json(c), indent=1, ensure_ascii=False) + "\n").encode()
+def json_bytes(c: Comparison, decision: tuple[SweepResult | None, Recommendation] | None = None) -> bytes:
+    return (json.dumps(report_json(c, decision), indent=1, ensure_ascii=False) + "\n").encode()
 
 
 def summary_csv(c: Comparison) -> bytes:
@@ -265,7 +278,7 @@ def report_files(store: RunStore, c: Comparison, *, gallery_size: int = GALLERY_
     stem = report_stem(c)
     return {
         f"{stem}.html": html_bytes(store, c, items, gallery_size),
-        f"{stem}.json": json_bytes(c),
+        f"{stem}.json": json_bytes(c, report_decision(store, c)),
         f"{stem}_summary.csv": summary_csv(c),
         f"{stem}_pairs.csv": pairs_csv(store, c),
     }
@@ -354,6 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             p.error("give --run, or --run-a/--version-a/--run-b/--version-b, or --fresh")
         paths = write_report(store, c, args.out, gallery_size=args.gallery)
+        print(report_decision(store, c)[1].sentence)
     for line in c.verdict.lines:
         print(line)
     for path in paths:

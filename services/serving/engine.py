@@ -1,10 +1,14 @@
 """The inference engine behind the embedded Triton model: transformers' Qwen2-VL from a local folder.
 
 One ``Engine`` serves one model version. Version 1 runs the checkpoint in bf16; version 2 applies fp8
-to the decoder's linear layers through torchao (the vision tower and ``lm_head`` stay bf16, as vLLM's
-``quantization: fp8`` does): dynamic activation + weight fp8 on GPUs of compute capability 8.9 or
-more, weight-only fp8 elsewhere (the CPU included). What was applied is returned as a
-``QuantizationReport``; a quantization that cannot be applied is an error, never a silent bf16.
+to the decoder's linear layers (the vision tower and ``lm_head`` stay bf16, as vLLM's
+``quantization: fp8`` does): on GPUs of compute capability 8.9 or more, dynamic activation + weight
+fp8 with row-wise scales through the project's kernels (``services.serving.fp8_linear``:
+``torch._scaled_mm`` for the prefill, a Triton matrix-vector kernel for decode; torchao's
+``Float8DynamicActivationFloat8WeightConfig(PerRow)`` computes the same and stays selectable with
+``QWEN_FP8_BACKEND=torchao``), torchao's weight-only fp8 elsewhere (the CPU included). What was
+applied is returned as a ``QuantizationReport``; a quantization that cannot be applied is an
+error, never a silent bf16.
 
 The engine speaks vLLM's request vocabulary: a full prompt with one ``<|image_pad|>`` per image
 (expanded here to the image's visual tokens), and ``SamplingParams`` parsed from the same JSON keys.
@@ -27,6 +31,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_PAD = "<|image_pad|>"
 PRECISIONS = ("bf16", "fp8")
+FP8_BACKENDS = ("kernels", "torchao")
 
 
 class EngineError(ValueError):
@@ -128,6 +133,7 @@ class QuantizationReport:
     model_weight_bytes_after: int
     weight_dtype_after: str
     seconds: float
+    backend: str = "torchao"  # whose kernels run the fp8 layers: "kernels" (the project's) or "torchao"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -170,6 +176,12 @@ def tensor_bytes(t) -> int:
         names, _ = t.__tensor_flatten__()
         return sum(tensor_bytes(getattr(t, n)) for n in names)
     return t.numel() * t.element_size()
+
+
+def linear_weight_bytes(linear) -> int:
+    """Bytes of a linear layer's weight as served: the weight plus its fp8 row scales, if any."""
+    scale = getattr(linear, "weight_scale", None)
+    return tensor_bytes(linear.weight) + (tensor_bytes(scale) if scale is not None else 0)
 
 
 def module_weight_bytes(module) -> int:
@@ -233,6 +245,16 @@ def pick_device(requested: str | None = None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def fp8_backend_default() -> str:
+    """Whose kernels serve fp8 on capable GPUs: ``QWEN_FP8_BACKEND`` = "kernels" (default) or "torchao"."""
+    import os
+
+    value = os.environ.get("QWEN_FP8_BACKEND", "kernels").strip().lower()
+    if value not in FP8_BACKENDS:
+        raise ValueError(f"QWEN_FP8_BACKEND must be one of {FP8_BACKENDS}, not {value!r}")
+    return value
+
+
 def fast_decode_default(device: str) -> bool:
     """Whether the static-cache decode path serves by default: on CUDA, unless ``QWEN_FAST_DECODE=0``.
 
@@ -262,6 +284,8 @@ class Engine:
         max_model_len: int = 4096,
         fast_decode: bool | None = None,
         compile_decode: bool | None = None,
+        fp8_backend: str | None = None,
+        decode_kernels: bool | None = None,
     ) -> None:
         import torch
         from transformers import AutoTokenizer, Qwen2VLForConditionalGeneration
@@ -273,6 +297,10 @@ class Engine:
         if not (self.checkpoint / "config.json").is_file():
             raise FileNotFoundError(f"no checkpoint at {self.checkpoint} (config.json missing)")
         self.precision = precision
+        self.fp8_backend = fp8_backend_default() if fp8_backend is None else fp8_backend
+        if self.fp8_backend not in FP8_BACKENDS:
+            raise ValueError(f"fp8_backend must be one of {FP8_BACKENDS}, not {self.fp8_backend!r}")
+        self.decode_kernels = decode_kernels
         self.device = pick_device(device)
         self.max_model_len = max_model_len
         self._lock = threading.Lock()
@@ -306,7 +334,8 @@ class Engine:
             from services.serving.graph_decode import GraphDecoder
 
             with self._lock:
-                self._graph_decoder = GraphDecoder(self.model, self.max_model_len, compile=self.compile_decode)
+                self._graph_decoder = GraphDecoder(self.model, self.max_model_len, compile=self.compile_decode,
+                                                   kernels=self.decode_kernels)
         return self._graph_decoder
 
     def decode_report(self) -> dict[str, Any]:
@@ -333,8 +362,16 @@ class Engine:
             major, minor = torch.cuda.get_device_capability(torch.device(self.device))
             cc = f"{major}.{minor}"
         t0 = time.perf_counter()
-        mode = "none"
-        if self.precision == "fp8":
+        mode, backend = "none", "none"
+        capable = cc is not None and tuple(int(x) for x in cc.split(".")) >= (8, 9)
+        if self.precision == "fp8" and capable and self.fp8_backend == "kernels":
+            # the same recipe as torchao's PerRow config, on the project's kernels (fp8_linear's docstring)
+            from services.serving.fp8_linear import quantize_decoder
+
+            mode, backend = "fp8_dynamic_activation_weight", "kernels"
+            quantize_decoder(decoder)
+            linears = [m for m in decoder.modules() if isinstance(m, torch.nn.Linear)]
+        elif self.precision == "fp8":
             from torchao.quantization import (
                 Float8DynamicActivationFloat8WeightConfig,
                 Float8WeightOnlyConfig,
@@ -342,10 +379,11 @@ class Engine:
                 quantize_,
             )
 
-            if cc is not None and tuple(int(x) for x in cc.split(".")) >= (8, 9):
+            if capable:
                 mode, config = "fp8_dynamic_activation_weight", Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
             else:
                 mode, config = "fp8_weight_only", Float8WeightOnlyConfig()
+            backend = "torchao"
             quantize_(decoder, config, filter_fn=lambda m, _fqn: isinstance(m, torch.nn.Linear))
         after_dtypes = {inner_dtype(m.weight) for m in linears}
         quantized = sum(1 for m in linears if "float8" in inner_dtype(m.weight))
@@ -362,11 +400,12 @@ class Engine:
             layers_quantized=quantized,
             decoder_linear_layers=len(linears),
             decoder_linear_bytes_before=before_linear,
-            decoder_linear_bytes_after=sum(tensor_bytes(m.weight) for m in linears),
+            decoder_linear_bytes_after=sum(linear_weight_bytes(m) for m in linears),
             model_weight_bytes_before=before_model,
             model_weight_bytes_after=module_weight_bytes(self.model),
             weight_dtype_after=",".join(sorted(after_dtypes)),
             seconds=round(time.perf_counter() - t0, 4),
+            backend=backend,
         )
 
     # ------------------------------------------------------------------ inputs

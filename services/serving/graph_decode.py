@@ -19,8 +19,13 @@ engine's own code: see ``services.serving.engine.Engine.generate``. The same ste
 is no CUDA (or when capture is refused), which is how the CPU tests check that this path and
 ``generate()`` produce the same greedy tokens.
 
-fp8 (torchao's dynamic activation + weight quantization) works unchanged: its linear layers are
-ordinary modules to this code and their kernels are captured like any other.
+On CUDA the step also uses the project's Triton kernels (``services.serving.decode_kernels``;
+``QWEN_DECODE_KERNELS=0`` turns them off): the matrix products of each layer as matrix-vector
+kernels that stream each weight once (q, k and v fused into one product, gate and up into one
+kernel with the SiLU and the product in its epilogue), fp8 (``Fp8Linear``) and bf16 alike; and
+the attention as split-sequence (flash-decoding) attention that reads only the cache positions
+written so far. Elsewhere, or for layers the kernels do not cover, the step calls the modules
+(torchao's fp8 ones included) and transformers' eager attention arithmetic.
 """
 
 from __future__ import annotations
@@ -92,7 +97,8 @@ class GraphDecoder:
     that the next ``step`` overwrites). One request at a time; the engine's lock guarantees that.
     """
 
-    def __init__(self, model, max_len: int, use_graph: bool | None = None, compile: bool | None = None) -> None:
+    def __init__(self, model, max_len: int, use_graph: bool | None = None, compile: bool | None = None,
+                 kernels: bool | None = None) -> None:
         import torch
 
         self.model = model
@@ -126,6 +132,29 @@ class GraphDecoder:
         self.capture_error: str | None = None
         self.compile_seconds: float | None = None
         self.compile_error: str | None = None
+        self.kernels = kernels_default(self.device.type) if kernels is None else bool(kernels)
+        self.plans: list = [None] * len(self.lm.layers)
+        self.gemv_tuning: dict[str, Any] | None = None
+        self.kernel_attention = False
+        self.kernel_layers = 0
+        if self.kernels:
+            from services.serving.decode_kernels import attention_supported
+            from services.serving.fp8_linear import prepare_decode_plan
+
+            self.plans = [prepare_decode_plan(layer) for layer in self.lm.layers]
+            self.kernel_layers = sum(p is not None for p in self.plans)
+            self.kernel_attention = attention_supported(self.n_heads, self.n_kv_heads, head_dim)
+            if self.device.type == "cuda" and self.kernel_layers:
+                from services.serving.fp8_linear import tune_plans
+
+                t0 = time.perf_counter()
+                try:
+                    with torch.inference_mode():
+                        self.gemv_tuning = tune_plans(self.plans)
+                except Exception as exc:  # noqa: BLE001 - keep the default block shapes
+                    self.gemv_tuning = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+                self.gemv_tuning["seconds"] = round(time.perf_counter() - t0, 1)
+                log.info("decode gemv block shapes: %s", self.gemv_tuning)
         want_graph = self.device.type == "cuda" if use_graph is None else use_graph
         self.compiled = compile_default(self.device.type) if compile is None else bool(compile)
         self._body = self._step_body
@@ -161,22 +190,39 @@ class GraphDecoder:
         cos = (emb.cos() * self.rope_scaling).to(self.dtype).view(1, 1, 1, -1)
         sin = (emb.sin() * self.rope_scaling).to(self.dtype).view(1, 1, 1, -1)
         nh, nkv, hd = self.n_heads, self.n_kv_heads, self.head_dim
+        if self.kernels:
+            from services.serving.decode_kernels import decode_attention
+            from services.serving.fp8_linear import plan_linear
         x = self.lm.embed_tokens(self.input_ids)
         for i, layer in enumerate(self.lm.layers):
             attn = layer.self_attn
+            plan = self.plans[i]
             h = layer.input_layernorm(x)
-            q = attn.q_proj(h).view(1, 1, nh, hd).transpose(1, 2)
-            k = attn.k_proj(h).view(1, 1, nkv, hd).transpose(1, 2)
-            v = attn.v_proj(h).view(1, 1, nkv, hd).transpose(1, 2)
+            if plan is not None:  # one matrix-vector kernel for q, k and v
+                q, k, v = plan_linear(h, plan["qkv"], plan["fp8"]).split(plan["qkv"]["splits"], dim=-1)
+            else:
+                q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
+            q = q.view(1, 1, nh, hd).transpose(1, 2)
+            k = k.view(1, 1, nkv, hd).transpose(1, 2)
+            v = v.view(1, 1, nkv, hd).transpose(1, 2)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
             keys, values = self.cache.update(k, v, i)
-            # transformers' eager attention (fp32 softmax), query heads packed per key/value head
-            scores = torch.matmul(q.reshape(1, nkv, nh // nkv, hd), keys.transpose(2, 3)) * self.scaling
-            probs = F.softmax(scores + self.mask, dim=-1, dtype=torch.float32).to(self.dtype)
-            out = torch.matmul(probs, values)
-            x = x + attn.o_proj(out.reshape(1, 1, nh * hd))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
+            if self.kernel_attention:
+                out = decode_attention(q, keys, values, position, self.scaling)
+            else:
+                # transformers' eager attention (fp32 softmax), query heads packed per key/value head
+                scores = torch.matmul(q.reshape(1, nkv, nh // nkv, hd), keys.transpose(2, 3)) * self.scaling
+                probs = F.softmax(scores + self.mask, dim=-1, dtype=torch.float32).to(self.dtype)
+                out = torch.matmul(probs, values).reshape(1, 1, nh * hd)
+            if plan is not None:
+                x = x + plan_linear(out, plan["o"], plan["fp8"]).view(1, 1, -1)
+                h = layer.post_attention_layernorm(x)
+                a = plan_linear(h, plan["gate"], plan["fp8"], w2=plan["up"])  # silu(gate) * up, one kernel
+                x = x + plan_linear(a, plan["down"], plan["fp8"]).view(1, 1, -1)
+            else:
+                x = x + attn.o_proj(out.reshape(1, 1, nh * hd))
+                x = x + layer.mlp(layer.post_attention_layernorm(x))
         x = self.lm.norm(x)
         logits = self.model.lm_head(x[:, -1, :]).float()
         position.add_(1)
@@ -340,7 +386,20 @@ class GraphDecoder:
             "compiled": self.compiled,
             "compile_seconds": None if self.compile_seconds is None else round(self.compile_seconds, 1),
             "compile_error": self.compile_error,
+            "kernels": self.kernels,
+            "kernel_layers": self.kernel_layers,
+            "kernel_attention": self.kernel_attention,
+            "gemv_tuning": self.gemv_tuning,
         }
+
+
+def kernels_default(device_type: str) -> bool:
+    """Whether the step uses the project's Triton kernels: on CUDA unless ``QWEN_DECODE_KERNELS=0``."""
+    import os
+
+    if os.environ.get("QWEN_DECODE_KERNELS", "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    return device_type == "cuda"
 
 
 def compile_default(device_type: str) -> bool:

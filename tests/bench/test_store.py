@@ -20,7 +20,7 @@ import pytest
 from services.bench.stats import RequestRecord
 from services.bench.sample_series import SampleRow
 from services.bench.sampler import Sampler
-from services.bench.store import MIB, STALE_REASON, RunStore, default_data_dir
+from services.bench.store import MIB, STALE_REASON, LevelRow, RunStore, default_data_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -306,7 +306,7 @@ def test_a_version_1_database_keeps_its_rows_and_stores_the_config_once(tmp_path
                     (json.dumps({"gpu": "none", "config": {"versions": ["2"], "requests": 3}}),))
     assert all("config" in m and m["config"]["versions"] == c["versions"] for c, m in old.values())
     with RunStore(tmp_path) as store:
-        assert store.pragma("user_version") == 2
+        assert store.pragma("user_version") == 3
         runs = {r.id: r for r in store.list_runs()}
         assert sorted(runs) == [1, 2, 3]
         for i, (config, manifest) in old.items():
@@ -320,5 +320,11 @@ def test_a_version_1_database_keeps_its_rows_and_stores_the_config_once(tmp_path
         files = store.export_files(2)
         assert json.loads(files["latency_v1.json"])["count"] == 1 and len(store.get_samples(2)) == 1
         new = store.create_run({"model": "qwen"}, {"gpu": "none"})
+        # schema 3: the old requests have no sweep level; the new tables and column take a sweep's rows
+        assert all(r.level is None for r in store.get_requests(2)) and store.get_levels(2) == []
+        store.add_request(new, RequestRecord(seq=0, version="1", latency_ms=5.0, level=0))
+        store.add_level(LevelRow(run_id=new, idx=0, version="1", load="closed", value=2, repeat=0,
+                                 status="completed", stats={"goodput_rps": 1.5}))
+        assert store.get_requests(new)[0].level == 0 and store.get_levels(new)[0].stats == {"goodput_rps": 1.5}
     with RunStore(tmp_path) as again:  # opening again changes nothing
         assert again.get_run(new).manifest == {"gpu": "none"} and again.get_run(2).config == runs[2].config

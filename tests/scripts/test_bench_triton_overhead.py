@@ -16,6 +16,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 TRANSPORTS = ("Triton HTTP generate", "Triton gRPC stream")
 
+pytestmark = pytest.mark.server  # runs the overhead benchmark against real Triton servers
+
 
 def test_the_overhead_benchmark_reports_overheads_floor_and_breakdown(tiny_checkpoint):
     proc = subprocess.run(

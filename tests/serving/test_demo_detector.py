@@ -25,7 +25,7 @@ TEST_SEED_BASE = 9_500_000  # held out: training < 8,000,000; in-training check 
 N_IMAGES = 5
 MIN_FOUND = 4  # of 5 per version: one miss is tolerated (greedy decoding can differ between CPUs)
 
-pytestmark = pytest.mark.skipif(not (DEMO / "config.json").is_file(), reason="models/demo-detector is not there")
+pytestmark = [pytest.mark.server, pytest.mark.skipif(not (DEMO / "config.json").is_file(), reason="models/demo-detector is not there")]
 
 
 def test_checkpoint_is_a_small_trained_qwen2_vl():

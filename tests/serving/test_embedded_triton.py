@@ -260,6 +260,7 @@ def test_taken_ports_are_replaced_by_free_ones():
     assert len(set(chosen.values())) == 3
 
 
+@pytest.mark.server
 def test_startup_failure_reports_the_log_error(tmp_path, tiny_checkpoint):
     broken = tmp_path / "broken-checkpoint"
     broken.mkdir()
@@ -316,6 +317,7 @@ def _serve_command(tmp_path, checkpoint) -> tuple[subprocess.Popen, dict[str, in
     return proc, ports
 
 
+@pytest.mark.server
 def test_command_line_serves_until_terminated(tmp_path, tiny_checkpoint):
     proc, ports = _serve_command(tmp_path, tiny_checkpoint)
     try:
@@ -331,6 +333,7 @@ def test_command_line_serves_until_terminated(tmp_path, tiny_checkpoint):
         assert proc.wait(timeout=60) == 0
 
 
+@pytest.mark.server
 def test_command_line_exits_non_zero_with_the_reason_when_its_server_dies(tmp_path, tiny_checkpoint):
     proc, _ = _serve_command(tmp_path, tiny_checkpoint)
     try:
@@ -390,6 +393,7 @@ def test_model_processes_unload_without_a_segfault(own_triton_server):
     assert _kernel_segfaults({p.pid for p in stubs}) == []
 
 
+@pytest.mark.server
 def test_a_folder_made_for_the_server_is_removed_when_it_stops(tiny_checkpoint, monkeypatch, tmp_path):
     monkeypatch.setenv("QWEN_DATA_DIR", str(tmp_path))
     server = start_embedded_triton(tiny_checkpoint, ports={"http": None, "grpc": None, "metrics": None})

@@ -18,7 +18,7 @@ import pytest
 
 from services.serving.supervisor import DOWN, FAILED, READY, STARTING, Supervisor, model_processes, sweep_stale
 
-pytestmark = [pytest.mark.server, pytest.mark.timeout(900)]
+pytestmark = pytest.mark.timeout(900)
 
 FREE_PORTS = {"http": None, "grpc": None, "metrics": None}
 START_S = 300  # one start on a busy 2-core machine
@@ -60,6 +60,7 @@ def supervised(tiny_checkpoint):
     sup.stop()
 
 
+@pytest.mark.server
 def test_a_killed_model_process_or_server_is_noticed_and_restarted_leaving_nothing(supervised):
     first = supervised.wait_ready(START_S)
     assert first.phase == READY, first.message
@@ -91,6 +92,7 @@ def test_a_killed_model_process_or_server_is_noticed_and_restarted_leaving_nothi
     assert _left_behind(traces) == []
 
 
+@pytest.mark.server
 def test_a_server_that_never_starts_ends_failed_with_its_log_and_can_be_restarted(tmp_path):
     broken = tmp_path / "broken-checkpoint"
     broken.mkdir()

@@ -50,6 +50,7 @@ def test_no_torch_memory_gauges_on_the_cpu_and_nothing_breaks(triton_server, lab
     assert {("1", "model"), ("2", "model")} <= weights
 
 
+@pytest.mark.server
 def test_trace_stamps_are_ordered_and_on_the_clients_clock(tmp_path, monkeypatch, tiny_checkpoint,
                                                             label_image_bytes):
     from services.serving.embedded_triton import start_embedded_triton
@@ -88,6 +89,7 @@ def test_trace_stamps_are_ordered_and_on_the_clients_clock(tmp_path, monkeypatch
         assert "trim_threshold" in log and "268435456" in log  # the model process keeps its freed heap
 
 
+@pytest.mark.server
 def test_cancellation_is_asked_before_the_prefill_and_while_the_answer_is_unfinished(
         tmp_path, monkeypatch, tiny_checkpoint, label_image_bytes):
     """Each "was this request cancelled?" is a round trip to the server process, so the model asks only

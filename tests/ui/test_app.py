@@ -132,6 +132,7 @@ def broken_checkpoint(tmp_path, monkeypatch):
     state.stop_embedded()  # the supervisor lives as long as the process: later tests start afresh
 
 
+@pytest.mark.server
 def test_an_embedded_server_that_cannot_start_is_retried_then_shows_its_log_and_a_restart(broken_checkpoint):
     at = AppTest.from_file(APP, default_timeout=60).run()
     assert not at.exception, at.exception

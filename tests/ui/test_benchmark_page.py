@@ -301,3 +301,30 @@ def test_form_problems_are_shown_before_anything_starts(bench_env):
     assert "bench_job" not in at.session_state
     with RunStore(bench_env) as store:
         assert store.list_runs() == []
+
+
+def test_a_sweep_in_the_form_is_checked_then_runs_and_shows_its_recommendation(bench_env):
+    at = bench_page()
+    at.radio(key="bench_mode").set_value("sweep").run()
+    assert at.text_input(key="bench_levels").value == "1, 2, 4, 8"
+    assert at.number_input(key="bench_e2e_target").value == 2000.0  # the defaults are shown
+    at.text_input(key="bench_levels").set_value("1, two")
+    at.button(key="bench_start").click().run()
+    assert any("must be numbers" in e for e in texts(at.error)), texts(at.error)
+    at.text_input(key="bench_levels").set_value("1.5")
+    at.button(key="bench_start").click().run()
+    assert any("whole numbers of requests in flight" in e for e in texts(at.error)), texts(at.error)
+    assert "bench_job" not in at.session_state
+    fill_form(at, requests=3)
+    at.text_input(key="bench_levels").set_value("2, 1")
+    for key in ("bench_ttft_target", "bench_tpot_target", "bench_e2e_target"):
+        at.number_input(key=key).set_value(60000.0)
+    at.button(key="bench_start").click().run()
+    assert "bench_job" in at.session_state and at.session_state["bench_job"].sweep
+    wait_for_end(at)
+    with RunStore(bench_env) as store:
+        run = store.list_runs()[0]
+        assert run.config["sweep"]["levels"] == [1, 2] and run.config["sweep"]["targets"]["e2e_ms"] == 60000.0
+        assert [lv.value for lv in store.get_levels(run.id)] == [1.0, 1.0, 2.0, 2.0]
+    assert any(s.value.startswith("Deploy") for s in at.success) or \
+        any(i.value.startswith("No clear winner") for i in at.info)

@@ -78,9 +78,11 @@ def test_a_stored_paired_run_is_compared_with_verdict_charts_tables_and_download
     at = compare_page()
     assert at.selectbox(key="cmp_run").value == rid
     headers = [h.value for h in at.main.header]
-    assert headers == ["Verdict", "Memory", "Latency", "Throughput", "Accuracy", "Agreement",
+    assert headers == ["Recommendation", "Verdict", "Memory", "Latency", "Throughput", "Accuracy", "Agreement",
                        "Decode against the memory-bandwidth floor"] + (["Notes"] if expected.notes else []) + ["Report"]
     assert verdict_lines(at) == expected.verdict.lines
+    # the page leads with the recommendation; a run that is no sweep measured no capacity
+    assert at.info[0].value.startswith("No clear winner: capacity was not measured")
     assert len(at.get("plotly_chart")) >= CHARTS
     # the tables hold the comparison's numbers
     latency = next(d.value for d in at.dataframe if "metric (ms)" in d.value.columns)
