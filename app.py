@@ -24,7 +24,8 @@ st.markdown(
 
 st.subheader("Server")
 if conn.error:
-    st.error(conn.error)
+    starting = conn.supervision is not None and conn.supervision.phase == "starting"
+    (st.info if starting else st.error)(conn.error)
     st.info("Set a reachable server in the sidebar (or fix the embedded server's problem above) to continue.")
     st.stop()
 assert conn.target is not None and conn.status is not None

@@ -17,6 +17,8 @@ import streamlit as st
 
 from services.client.server_status import ServerStatus
 from services.core import settings
+from services.serving import supervisor
+from services.serving.supervisor import Snapshot
 from services.core.versions import VERSION_LABELS, version_label
 from services.client.triton_client import PROTOCOLS
 from ui import state
@@ -30,6 +32,7 @@ MENU = (
     ("pages/2_Benchmark.py", "Benchmark", ":material/speed:"),
     ("pages/3_Compare.py", "Compare", ":material/compare:"),
 )
+WATCH_EVERY_S = 2.0  # how often every page asks the embedded server's supervisor for news
 
 
 def render_menu() -> None:
@@ -44,6 +47,8 @@ def model_notice(conn: Connection) -> tuple[str, str]:
     target = conn.target
     if target is None:
         return "info", "No server, so no model."
+    if conn.status is not None and conn.status.error:
+        return "info", "The model is unknown while the server does not answer."
     if not target.embedded or target.checkpoint is None:
         return "info", ("**An external server's model.** The dashboard cannot see which checkpoint "
                         f"the server at `{target.http_url}` serves (in production: the real fine-tune).")
@@ -96,6 +101,34 @@ def version_lines(status: ServerStatus) -> list[tuple[str, str]]:
     return out
 
 
+@st.fragment(run_every=WATCH_EVERY_S)
+def _watch_embedded(generation: int) -> None:
+    """Every ``WATCH_EVERY_S`` s: the whole page again when the embedded server changed state (it died,
+    came back, failed), so every page shows it within seconds; the progress bar while it starts."""
+    snap = state.embedded_supervisor().snapshot()
+    if snap.generation != generation:
+        st.rerun(scope="app")
+    if snap.phase == supervisor.STARTING:
+        st.progress(snap.progress or 0.0, text=snap.message)
+
+
+def _show_supervision(snap: Snapshot) -> None:
+    """The embedded server while it is not ready: starting (the watch shows progress), down, failed."""
+    sb = st.sidebar
+    if snap.phase == supervisor.DOWN:
+        sb.warning(snap.message)
+    elif snap.phase == supervisor.FAILED:
+        sb.error(snap.message)
+        if snap.log_tail:
+            with sb.expander("The end of the server's log", expanded=True):
+                st.code(snap.log_tail, language=None)
+        if sb.button("Restart the embedded server", key="sidebar_restart", type="primary"):
+            state.embedded_supervisor().restart()
+            st.rerun()
+    elif snap.phase != supervisor.STARTING:
+        sb.info(snap.message)
+
+
 def render_sidebar() -> Connection:
     """Draw the sidebar and return the session's connection."""
     sb = st.sidebar
@@ -117,12 +150,14 @@ def render_sidebar() -> Connection:
                     step=10.0, key=state.TIMEOUT_KEY, persist_state="session",
                     help="A detection request that takes longer fails with a timeout error.")
     conn = state.current_connection()
-
+    if conn.supervision is not None:
+        with sb:
+            _watch_embedded(conn.supervision.generation)
+        if conn.supervision.phase != supervisor.READY:
+            _show_supervision(conn.supervision)
+            return conn
     if conn.error:
         sb.error(conn.error)
-        if not conn.url_setting and sb.button("Retry starting the embedded server", key="sidebar_retry"):
-            state.start_embedded.clear()
-            st.rerun()
         return conn
     assert conn.target is not None and conn.status is not None
     sb.caption(f"{'Embedded' if conn.embedded else 'External'} server: "

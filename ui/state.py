@@ -3,14 +3,14 @@
 The connection settings are three sidebar widgets (``ui.sidebar``) whose keys are below; they keep
 their values across pages (``persist_state="session"``), so every page of a session talks to the
 same server. The defaults come from the environment (``QWEN_TRITON_URL``, ``QWEN_TRITON_PROTOCOL``):
-an empty URL means the embedded server, started once per process (``st.cache_resource``).
+an empty URL means the embedded server, started and kept up by one supervisor per process
+(``services.serving.supervisor``, held in ``st.cache_resource``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from dataclasses import dataclass
 
 import streamlit as st
@@ -18,7 +18,9 @@ import streamlit as st
 from services.core import settings
 from services.client.address_check import AddressCheck, check_addresses
 from services.client.server_status import ServerStatus, check_server
-from services.client.server_target import ServerTarget, current_target, embedded_target
+from services.client.server_target import ServerTarget, current_target, server_target
+from services.serving.embedded_triton import EmbeddedTriton
+from services.serving.supervisor import Snapshot, Supervisor
 from services.client.triton_client import PROTOCOLS, TritonClient, parse_url
 
 log = logging.getLogger(__name__)
@@ -30,7 +32,6 @@ TIMEOUT_KEY = "server_timeout_s"
 
 DEFAULT_TIMEOUT_S = 120.0  # one detection request (the CPU demo model takes tens of seconds)
 STATUS_TIMEOUT_S = 5.0  # health and repository-index calls: a server that takes longer is shown as failing
-EMBEDDED_SPINNER = "Starting the embedded Triton server (the first start takes up to a minute)..."
 
 
 def default_url() -> str:
@@ -49,39 +50,34 @@ def default_protocol() -> str:
         return "http"
 
 
-def _process_alive(pid: int | None) -> bool:
-    if pid is None:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+_SUPERVISORS: list[Supervisor] = []  # the one running, so that a cleared cache (tests) stops the old one
 
 
-@dataclass(frozen=True)
-class EmbeddedStart:
-    """The outcome of starting the embedded server: its target, or why it could not start."""
+@st.cache_resource(show_spinner=False)
+def embedded_supervisor() -> Supervisor:
+    """The process's supervised embedded server, started in the background on first use.
 
-    target: ServerTarget | None
-    error: str | None = None
+    It restarts the server by itself when the server or a version's model process dies (see
+    ``services.serving.supervisor``); pages read its ``snapshot()`` and never wait for it.
+    """
+    for old in _SUPERVISORS:
+        old.stop()
+    _SUPERVISORS[:] = [Supervisor().start()]
+    return _SUPERVISORS[0]
 
 
-def _still_valid(start: EmbeddedStart) -> bool:
-    """A failed start stays cached (the sidebar's Retry clears it); a server that died is started again."""
-    return start.target is None or _process_alive(start.target.server_pid)
+def stop_embedded() -> None:
+    """Stop the process's supervised server and forget it: the next page starts a fresh one."""
+    for old in _SUPERVISORS:
+        old.stop()
+    _SUPERVISORS.clear()
+    embedded_supervisor.clear()
 
 
-@st.cache_resource(show_spinner=EMBEDDED_SPINNER, validate=_still_valid)
-def start_embedded() -> EmbeddedStart:
-    """Start the process's embedded server once; the error (with the server log's errors) if it fails."""
-    try:
-        return EmbeddedStart(embedded_target("http"))
-    except Exception as exc:  # noqa: BLE001 - any failure to start is shown, never raised into the page
-        log.exception("the embedded Triton server could not be started")
-        return EmbeddedStart(None, f"The embedded Triton server could not be started: {exc}")
+@st.cache_resource(show_spinner=False, max_entries=4)
+def embedded_server_target(pid: int, _server: EmbeddedTriton) -> ServerTarget:
+    """The target of the running embedded server (one per server: the checkpoint is described once)."""
+    return server_target(_server, "http")
 
 
 @st.cache_resource(show_spinner=False)
@@ -95,7 +91,8 @@ class Connection:
     """The server a session uses: the target, a detection client, and its status.
 
     ``error`` says why there is no client (a URL that is not a server address, or an embedded
-    server that could not start); ``client`` and ``status`` are then ``None``.
+    server that is starting, down or failed); ``client`` and ``status`` are then ``None``.
+    ``supervision``: what the embedded server's supervisor says (embedded only).
     """
 
     url_setting: str  # what the user chose: "" for the embedded server
@@ -106,6 +103,7 @@ class Connection:
     status: ServerStatus | None = None
     error: str | None = None
     addresses: AddressCheck | None = None  # an external server's derived addresses, checked
+    supervision: Snapshot | None = None
 
     @property
     def embedded(self) -> bool:
@@ -113,13 +111,15 @@ class Connection:
 
     @property
     def usable(self) -> bool:
-        return self.client is not None
+        """A client, and a server that answered its health check (live, no error)."""
+        return (self.client is not None and self.status is not None and not self.status.error
+                and self.status.live)
 
 
 def connect(url_setting: str, protocol: str, timeout_s: float) -> Connection:
     """Resolve the server, make its client and check its status; failures become ``error``.
 
-    An empty ``url_setting`` means the embedded server (started here on first use).
+    An empty ``url_setting`` means the embedded server (its supervisor started here on first use).
     """
     conn = Connection(url_setting=url_setting.strip(), protocol=protocol, timeout_s=timeout_s)
     try:
@@ -127,11 +127,11 @@ def connect(url_setting: str, protocol: str, timeout_s: float) -> Connection:
             parse_url(conn.url_setting)  # refuses other schemes and paths, which the target would drop
             conn.target = current_target(url=conn.url_setting, protocol=protocol)
         else:
-            started = start_embedded()
-            if started.target is None:
-                conn.error = started.error
+            conn.supervision = snap = embedded_supervisor().snapshot()
+            if not snap.ready:
+                conn.error = snap.message
                 return conn
-            conn.target = dataclasses.replace(started.target, protocol=protocol)
+            conn.target = dataclasses.replace(embedded_server_target(snap.server.pid, snap.server), protocol=protocol)
         conn.client = get_client(conn.target.url(), protocol, float(timeout_s))
         status_client = get_client(conn.target.url(), protocol, STATUS_TIMEOUT_S)
     except ValueError as exc:

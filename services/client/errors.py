@@ -8,6 +8,7 @@ the same class for the same fault on every transport.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 
@@ -56,6 +57,10 @@ class InferenceError(TritonClientError):
     """The model failed on this request (e.g. an image it cannot decode)."""
 
 
+class NotTritonServer(TritonClientError):
+    """Something answers at the address, but it is not a Triton server (another web server, a wrong port)."""
+
+
 class StreamError(InferenceError):
     """An error inside a stream that had started: an error event or body under HTTP 200, a gRPC
     error after responses of the request had arrived, a connection or gRPC stream that broke
@@ -70,6 +75,7 @@ VERSION_PATTERNS = (
     re.compile(r"model '.*' (version \d+ )?is not (found|ready)", re.I),
     # this project's vLLM model: a version whose engine failed to load or died (its EngineCore gone)
     re.compile(r"version \d+ is not serving|the vLLM engine of version \d+ died", re.I),
+    re.compile(r"stub process '.*' is not healthy", re.I),  # the version's model process died (HTTP 400)
 )
 _BAD_REQUEST_PATTERNS = (
     re.compile(r"missing required input|input '[^']+'.* is required", re.I),
@@ -165,3 +171,36 @@ def classify_error(server_message: str, *, url: str, model: str, version: str | 
         return StreamError(f"The response stream from {where} failed (model '{model}' version {version}): {msg}",
                            **common)
     return InferenceError(f"Model '{model}' version {version} could not answer this request: {msg}", **common)
+
+
+_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.I | re.S)
+
+
+def describe_answer(status: int | str | None, body: bytes | str, content_type: str = "") -> str:
+    """A few words on an HTTP answer that is not Triton's (never the raw body): "HTTP 404 and an HTML page
+    titled '404 Not Found'", "HTTP 200 and JSON that is not Triton's (keys: status)"."""
+    text = (body.decode("utf-8", errors="replace") if isinstance(body, bytes) else str(body)).strip()
+    head = text[:2000].lower()
+    if "html" in content_type.lower() or head.startswith(("<!doctype", "<html")) or "<body" in head:
+        title = _TITLE.search(text[:5000])
+        title_text = " ".join(title.group(1).split())[:80] if title else ""
+        what = f"an HTML page titled {title_text!r}" if title_text else "an HTML page"
+    elif not text:
+        what = "an empty body"
+    else:
+        try:
+            obj = json.loads(text)
+        except ValueError:
+            snippet = " ".join(text.split())[:60]
+            what = f"text that is not JSON ({snippet!r}{'...' if len(text) > 60 else ''})"
+        else:
+            keys = ", ".join(list(obj)[:5]) if isinstance(obj, dict) else ""
+            what = (f"JSON that is not Triton's (keys: {keys})" if keys
+                    else f"JSON that is not Triton's (a {type(obj).__name__})")
+    return f"HTTP {status} and {what}" if status is not None else what
+
+
+def not_triton(url: str, found: str) -> NotTritonServer:
+    """The error for an address where something other than Triton answers; ``found`` says what."""
+    return NotTritonServer(f"The server at {url} is not a Triton server: it answered {found}.", url=url,
+                           server_message=found)

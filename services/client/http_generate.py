@@ -30,7 +30,15 @@ import numpy as np
 import urllib3
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError, ReadTimeoutError
 
-from services.client.errors import RequestTimeout, ServerUnreachable, StreamError, TritonClientError, classify_error
+from services.client.errors import (
+    RequestTimeout,
+    ServerUnreachable,
+    StreamError,
+    TritonClientError,
+    classify_error,
+    describe_answer,
+    not_triton,
+)
 from services.client.results import Completion, ResponseCollector
 
 _JSON_HEADERS = {"Content-Type": "application/json"}
@@ -76,7 +84,11 @@ class HttpGenerateTransport:
                                     url=self.url, version=version, server_message=str(exc)) from exc
         try:
             if response.status != 200:
-                raise classify_error(_error_text(response.read()), status=response.status, **context)
+                content = response.read()
+                if not _is_json(content):  # Triton's errors are JSON: something else answers here
+                    raise not_triton(self.url, f"POST {path} with " + describe_answer(
+                        response.status, content, response.headers.get("Content-Type", "")))
+                raise classify_error(_error_text(content), status=response.status, **context)
             if stream:
                 for event in _sse_events(response.stream(None)):
                     t_ns = time.perf_counter_ns()
@@ -112,9 +124,12 @@ class HttpGenerateTransport:
         try:
             obj = json.loads(payload)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            if collector.responses == 0:  # its first answer: something other than Triton answers here
+                raise not_triton(self.url, "a generate request with " + describe_answer(200, payload)) from exc
             raise StreamError(f"The Triton server at {self.url} sent a response that is not JSON: "
-                              f"{bytes(payload[:200]) if isinstance(payload, bytes) else payload[:200]!r}",
-                              url=self.url, version=context["version"]) from exc
+                              f"{describe_answer(None, payload)}", url=self.url, version=context["version"]) from exc
+        if collector.responses == 0 and not (isinstance(obj, dict) and ("model_name" in obj or "error" in obj)):
+            raise not_triton(self.url, "a generate request with " + describe_answer(200, payload))
         if not isinstance(obj, dict):
             raise StreamError(f"The Triton server at {self.url} sent an unexpected response: {str(obj)[:200]}",
                               url=self.url, version=context["version"])
@@ -178,6 +193,18 @@ def _sse_events(chunks: Iterable[bytes]) -> Iterator[str]:
             data.append(value[1:] if value.startswith(" ") else value)
     if data:
         yield "\n".join(data)
+
+
+def _is_json(content: bytes) -> bool:
+    """True if the body, or each ``data:`` line of an event stream, is JSON."""
+    text = content.decode("utf-8", errors="replace").strip()
+    candidates = [ln[5:].strip() for ln in text.splitlines() if ln.startswith("data:")] or [text]
+    try:
+        for candidate in candidates:
+            json.loads(candidate)
+    except ValueError:
+        return False
+    return True
 
 
 def _error_text(content: bytes) -> str:

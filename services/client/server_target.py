@@ -62,7 +62,11 @@ def external_target(url: str, protocol: str | None = None) -> ServerTarget:
 def embedded_target(protocol: str | None = None) -> ServerTarget:
     from services.serving.embedded_triton import shared_server
 
-    server = shared_server()
+    return server_target(shared_server(), protocol)
+
+
+def server_target(server, protocol: str | None = None) -> ServerTarget:
+    """The target of a running embedded server (``services.serving.embedded_triton.EmbeddedTriton``)."""
     return ServerTarget(server.http_url, server.grpc_url, server.metrics_url, protocol or settings.triton_protocol(),
                         embedded=True, checkpoint=describe(server.checkpoint), repository=server.repository,
                         server_pid=server.pid)

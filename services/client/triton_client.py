@@ -48,6 +48,8 @@ from services.client.errors import (
     ServerUnreachable,
     TritonClientError,
     classify_error,
+    describe_answer,
+    not_triton,
 )
 from services.client.grpc_stream import GrpcStreamPool, GrpcStreamTransport
 from services.client.http_generate import HttpGenerateTransport
@@ -198,10 +200,14 @@ class TritonClient(HttpGenerateTransport, GrpcStreamTransport):
         except (socket.timeout, TimeoutError) as exc:
             raise RequestTimeout(f"The Triton server at {self.url} did not answer within {self.timeout_s:g} s",
                                  url=self.url) from exc
+        except (ValueError, KeyError) as exc:  # a body that is not Triton's JSON (rapidjson.JSONDecodeError...)
+            raise self._what_answers(exc) from exc
         except OSError as exc:  # refused, reset, DNS (socket.gaierror)
             raise ServerUnreachable(f"The Triton server at {self.url} is not reachable: {exc}",
                                     url=self.url, server_message=str(exc)) from exc
         except Exception as exc:
+            if type(exc).__name__ == "HTTPParseError":  # geventhttpclient: the answer is not HTTP/1.x
+                raise self._what_answers(exc) from exc
             if type(exc).__name__ == "Timeout" and type(exc).__module__.startswith("gevent"):
                 raise RequestTimeout(f"The Triton server at {self.url} did not answer within {self.timeout_s:g} s",
                                      url=self.url) from exc
@@ -210,6 +216,12 @@ class TritonClient(HttpGenerateTransport, GrpcStreamTransport):
     def _from_tritonclient(self, exc: InferenceServerException, version: str | None = None) -> TritonClientError:
         status = exc.status()
         message = exc.message() or str(exc)
+        if "exception occurred in the client while decoding the response" in message:  # not JSON
+            return self._what_answers(exc)
+        if self.protocol == "grpc" and ("http1.x server" in message or (
+                status == "StatusCode.UNAVAILABLE" and self._first_bytes()[:7] == b"HTTP/1.")):  # an HTTP port
+            return not_triton(self.url, "gRPC with HTTP/1.x, as a web server or Triton's HTTP port does "
+                                        "(Triton's gRPC port is 8001 by default)")
         if status == "StatusCode.UNAVAILABLE" and not any(p.search(message) for p in VERSION_PATTERNS):
             return ServerUnreachable(f"The Triton server at {self.url} is not reachable: {message}",
                                      url=self.url, server_message=message, status=status)
@@ -221,6 +233,41 @@ class TritonClient(HttpGenerateTransport, GrpcStreamTransport):
         except (TypeError, ValueError):
             pass
         return classify_error(message, url=self.url, model=self.model, version=version, status=status)
+
+    def _what_answers(self, exc: BaseException | None = None) -> TritonClientError:
+        """The error for answers that are not Triton's: what answers ``GET /v2`` here, in a sentence."""
+        if self.protocol == "grpc":
+            return not_triton(self.url, f"gRPC with something that is not Triton's API ({type(exc).__name__})")
+        try:
+            answer = self._http_pool().urlopen("GET", "/v2", timeout=min(self.timeout_s, 5.0))
+        except Exception:  # noqa: BLE001 - not HTTP/1.x: what its first bytes are
+            return not_triton(self.url, "GET /v2 with " + self._first_bytes_say())
+        try:
+            meta = json.loads(answer.data)
+        except ValueError:
+            meta = None
+        if answer.status == 200 and isinstance(meta, dict) and {"name", "version", "extensions"} <= meta.keys():
+            return TritonClientError(f"The Triton server at {self.url} sent an answer this client cannot read: "
+                                     f"{type(exc).__name__}: {str(exc)[:200]}", url=self.url)
+        return not_triton(self.url, "GET /v2 with " + describe_answer(answer.status, answer.data,
+                                                                       answer.headers.get("Content-Type", "")))
+
+    def _first_bytes(self) -> bytes:
+        """The first bytes of the answer to an HTTP/1.1 ``GET /v2`` (empty if none came)."""
+        host, _, port = self.address.rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=min(self.timeout_s, 5.0)) as sock:
+                sock.sendall(f"GET /v2 HTTP/1.1\r\nHost: {self.address}\r\n\r\n".encode("ascii"))
+                return sock.recv(64)
+        except (OSError, ValueError):
+            return b""
+
+    def _first_bytes_say(self) -> str:
+        """What the first bytes answered to an HTTP/1.1 request say: HTTP/2 frames (a gRPC port), or other."""
+        first = self._first_bytes()
+        if len(first) >= 9 and first[3] == 0x04:  # an HTTP/2 SETTINGS frame: a gRPC server
+            return "HTTP/2 frames, as a gRPC port does (Triton's HTTP port is 8000 by default)"
+        return f"{len(first)} bytes that are not HTTP" if first else "nothing (the connection was closed)"
 
     # ------------------------------------------------------------------ server and versions
 
@@ -234,6 +281,8 @@ class TritonClient(HttpGenerateTransport, GrpcStreamTransport):
                 meta = client.get_server_metadata(as_json=True, **kw)
             else:
                 meta = client.get_server_metadata()
+        if not isinstance(meta, dict) or not {"name", "version", "extensions"} <= meta.keys():
+            raise self._what_answers()
         return ServerInfo(url=self.url, protocol=self.protocol, live=live, ready=ready,
                           name=str(meta.get("name", "")), version=str(meta.get("version", "")),
                           extensions=list(meta.get("extensions", [])))
@@ -246,6 +295,8 @@ class TritonClient(HttpGenerateTransport, GrpcStreamTransport):
                 entries = index.get("models", [])
             else:
                 entries = client.get_model_repository_index()
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise self._what_answers()
         found = [VersionState(model=e.get("name", ""), version=str(e.get("version", "")),
                               state=str(e.get("state", "")) or "UNKNOWN", reason=str(e.get("reason", "")))
                  for e in entries if e.get("name") == self.model]

@@ -30,6 +30,7 @@ between requests (``_tune_malloc``).
 from __future__ import annotations
 
 import ctypes
+import gc
 import json
 import os
 import platform
@@ -340,4 +341,14 @@ class TritonPythonModel(VersionModel):
                               n_input, n_output)
 
     def finalize(self):
+        # Release the custom metrics while the stub can still tell the server (each Metric, then its
+        # family): left to the interpreter's exit, their destructors message a server whose shared
+        # memory the stub has already unmapped, and the stub segfaults in
+        # Metric::SaveToSharedMemory on every unload (the python backend leaves their lifetime to
+        # the model).
+        self._metrics = []
+        self._memory_gauges = {}
+        with _METRIC_LOCK:
+            _METRIC_FAMILIES.clear()
+        gc.collect()
         self.logger.log_info(f"[qwen] version {self.version} finalized")

@@ -305,15 +305,21 @@ def _shm_files():
     return list(Path("/dev/shm").iterdir())
 
 
-@pytest.mark.server
-def test_command_line_serves_until_terminated(tmp_path, tiny_checkpoint):
-    env = dict(os.environ, QWEN_CHECKPOINT=str(tiny_checkpoint), QWEN_DATA_DIR=str(tmp_path))
+def _serve_command(tmp_path, checkpoint) -> tuple[subprocess.Popen, dict[str, int]]:
+    """``python -m services.serving.embedded_triton`` on free ports, this checkpoint and data folder."""
+    env = dict(os.environ, QWEN_CHECKPOINT=str(checkpoint), QWEN_DATA_DIR=str(tmp_path))
     ports = choose_ports({"http": None, "grpc": None, "metrics": None})
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.serving.embedded_triton", f"--http-port={ports['http']}",
          f"--grpc-port={ports['grpc']}", f"--metrics-port={ports['metrics']}"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
     )
+    return proc, ports
+
+
+@pytest.mark.server
+def test_command_line_serves_until_terminated(tmp_path, tiny_checkpoint):
+    proc, ports = _serve_command(tmp_path, tiny_checkpoint)
     try:
         deadline = time.monotonic() + 120
         line = ""
@@ -325,6 +331,76 @@ def test_command_line_serves_until_terminated(tmp_path, tiny_checkpoint):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
+
+
+@pytest.mark.server
+def test_command_line_exits_non_zero_with_the_reason_when_its_server_dies(tmp_path, tiny_checkpoint):
+    proc, _ = _serve_command(tmp_path, tiny_checkpoint)
+    try:
+        line = ""
+        while not line.startswith("ready"):
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, "the command exited early"
+        (server,) = [p for p in psutil.Process(proc.pid).children() if p.name() == "tritonserver"]
+        stubs = server.children()
+        server.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=60) == 1
+        out = proc.stdout.read()
+        assert "qwen-serve: the server died: tritonserver killed by SIGKILL." in out
+    finally:
+        proc.kill()
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in stubs)
+    assert not list((tmp_path / "embedded_triton").glob("server-*"))  # its folder went with it
+
+
+def test_backend_files_are_replaced_never_written_over(tmp_path):
+    """Another server of the same data folder may be running the stub and libtriton_python.so there:
+    a new copy takes their place by rename, so what a running server mapped is never changed."""
+    from services.serving.embedded_triton import TritonDistribution, prepare_backend_dir
+
+    dist = TritonDistribution.locate()
+    old = tmp_path / "python" / "libtriton_python.so"
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"an older build")
+    with open(old, "rb") as running:  # as a running server holds it
+        prepare_backend_dir(dist, tmp_path)
+        assert running.read() == b"an older build"
+    assert old.stat().st_size == (dist.python_backend / "libtriton_python.so").stat().st_size
+    assert sorted(p.name for p in old.parent.iterdir()) == sorted(
+        ["libtriton_python.so", "triton_python_backend_utils.py", "triton_python_backend_stub"])
+
+
+def _kernel_segfaults(pids: set[int]) -> list[str]:
+    """The kernel's "segfault" lines of these processes; skips where the kernel log cannot be read."""
+    run = subprocess.run(["dmesg"], capture_output=True, text=True)
+    if run.returncode != 0:
+        pytest.skip(f"the kernel log cannot be read here (dmesg: {run.stderr.strip()[:100]})")
+    return [line for line in run.stdout.splitlines()
+            if "segfault" in line and any(f"[{pid}]: segfault" in line for pid in pids)]
+
+
+def test_model_processes_unload_without_a_segfault(own_triton_server):
+    """Each stub releases its custom metrics in finalize: left to the interpreter's exit, they made
+    every stub segfault in Metric::SaveToSharedMemory when its version was unloaded."""
+    server = own_triton_server
+    stubs = psutil.Process(server.pid).children()
+    assert len(stubs) == 2
+    server.process.send_signal(signal.SIGTERM)  # a graceful stop: every version is unloaded
+    server.process.wait(timeout=60)
+    psutil.wait_procs(stubs, timeout=30)
+    log_text = server.log_path.read_text()
+    assert log_text.count("finalized") == 2
+    assert _kernel_segfaults({p.pid for p in stubs}) == []
+
+
+@pytest.mark.server
+def test_a_folder_made_for_the_server_is_removed_when_it_stops(tiny_checkpoint, monkeypatch, tmp_path):
+    monkeypatch.setenv("QWEN_DATA_DIR", str(tmp_path))
+    server = start_embedded_triton(tiny_checkpoint, ports={"http": None, "grpc": None, "metrics": None})
+    assert server.workdir.parent == tmp_path / "embedded_triton" and server.workdir.is_dir()
+    assert server.shm_prefix.startswith(f"qwen_triton_p{os.getpid()}_")  # its owner: see supervisor.sweep_stale
+    server.stop()
+    assert not server.workdir.exists()
 
 
 def test_a_cancelled_stream_leaves_the_version_serving(own_triton_server, label_image_bytes):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -118,7 +119,7 @@ def test_sidebar_settings_follow_the_user_to_the_detect_page(server_env):
 
 @pytest.fixture
 def broken_checkpoint(tmp_path, monkeypatch):
-    """No QWEN_TRITON_URL, and a checkpoint the embedded server cannot load: its start fails for real."""
+    """No QWEN_TRITON_URL, and a checkpoint the embedded server cannot load: its starts fail for real."""
     from ui import state
 
     folder = tmp_path / "broken-checkpoint"
@@ -126,25 +127,35 @@ def broken_checkpoint(tmp_path, monkeypatch):
     (folder / "config.json").write_text("{}")
     monkeypatch.delenv("QWEN_TRITON_URL", raising=False)
     monkeypatch.setenv("QWEN_CHECKPOINT", str(folder))
-    state.start_embedded.clear()
+    state.stop_embedded()
     yield folder
-    state.start_embedded.clear()  # the failure is cached for the process: later tests start afresh
+    state.stop_embedded()  # the supervisor lives as long as the process: later tests start afresh
 
 
 @pytest.mark.server
-def test_an_embedded_server_that_cannot_start_shows_its_log_error(broken_checkpoint):
-    at = AppTest.from_file(APP, default_timeout=180).run()
+def test_an_embedded_server_that_cannot_start_is_retried_then_shows_its_log_and_a_restart(broken_checkpoint):
+    at = AppTest.from_file(APP, default_timeout=60).run()
     assert not at.exception, at.exception
+    assert texts(at.info)[0].startswith("Starting the embedded Triton server")  # not an error: it starts
+    deadline = time.monotonic() + 280  # three starts that fail, with 2 s and 5 s between them
+    while not texts(at.sidebar.error) and time.monotonic() < deadline:
+        time.sleep(2)
+        at.run()
     (error,) = texts(at.sidebar.error)
-    assert error.startswith("The embedded Triton server could not be started: tritonserver exited")
-    assert "Errors from its log" in error and "Failed to initialize Python stub" in error
+    assert error.startswith("The embedded Triton server failed 3 times in a row and is not restarted by itself: "
+                            "tritonserver exited with code 1 before it was ready")
     assert texts(at.error)[0] == error
-    assert at.sidebar.button(key="sidebar_retry").label == "Retry starting the embedded server"
+    (log_lines,) = [c.value for c in at.sidebar.code]
+    assert "Errors from its log" in log_lines and "Failed to initialize Python stub" in log_lines
+    assert at.sidebar.button(key="sidebar_restart").label == "Restart the embedded server"
     # the Detect page does not crash either, and offers no run
     at.switch_page(DETECT).run()
     assert not at.exception, at.exception
     assert at.button(key="detect_run").disabled
     assert error in texts(at.error)
+    at.sidebar.button(key="sidebar_restart").click().run()  # the user asks again: a fresh start begins
+    assert not texts(at.sidebar.error)
+    assert [p.proto.text for p in at.sidebar.get("progress")][0].startswith("Starting the embedded Triton server")
 
 
 # --------------------------------------------------------------------------- Detect page
@@ -202,17 +213,38 @@ def test_a_bad_upload_shows_its_image_error_and_the_good_one_still_runs(server_e
     assert "IoU between versions (bf16 (v1) ↔ fp8 (v2))" not in metrics(at)
 
 
-def test_server_errors_appear_beside_each_image(server_env):
+def test_server_errors_appear_beside_each_image(server_env, own_triton_server):
+    """fp8's model process is killed under a server that stays up: each image says why it got no answer."""
+    import psutil
+
     at = detect_page()
-    at.sidebar.text_input(key="server_url").set_value(f"127.0.0.1:{closed_port()}")
+    at.sidebar.text_input(key="server_url").set_value(own_triton_server.http_url)
     at.multiselect(key="detect_samples").set_value(["eu_square", "no_table"])
     at.radio(key="detect_versions").set_value("2")
     at.run()
+    (fp8,) = [p for p in psutil.Process(own_triton_server.pid).children() if "/qwen/2/model.py" in " ".join(p.cmdline())]
+    fp8.kill()
+    deadline = time.monotonic() + 30
+    while fp8.is_running() and fp8.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+        time.sleep(0.1)  # tritonserver, its parent, reaps it when it likes: a zombie is gone enough
     at.button(key="detect_run").click().run(timeout=RUN_TIMEOUT)
     assert not at.exception, at.exception
     main_errors = texts(at.main.error)
-    assert len(main_errors) == 2 and all("is not reachable" in e for e in main_errors)
+    assert len(main_errors) == 2 and all(e.startswith("Version 2 of model 'qwen' is not loaded and ready on the "
+                                                      "Triton server at ") and "is not healthy" in e
+                                         for e in main_errors)
     assert [s.value for s in at.subheader][1:3] == ["1. eu_square.jpg (sample)", "2. no_table.jpg (sample)"]
+
+
+def test_detect_is_disabled_while_the_server_does_not_answer(server_env):
+    at = detect_page()
+    at.sidebar.text_input(key="server_url").set_value(f"127.0.0.1:{closed_port()}")
+    at.multiselect(key="detect_samples").set_value(["eu_square"])
+    at.run()
+    assert not at.exception, at.exception
+    assert at.button(key="detect_run").disabled
+    assert "is not reachable" in texts(at.sidebar.error)[0]
+    assert texts(at.sidebar.info)[-1] == "The model is unknown while the server does not answer."
 
 
 def test_detect_over_grpc_when_the_sidebar_says_so(server_env, monkeypatch):
