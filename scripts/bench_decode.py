@@ -17,9 +17,10 @@ For each precision (one engine at a time on the GPU), on generated 1024x1024 lab
   index of the first difference with the plain path's top-2 margin there and whether it is a
   rounding-level near tie (``services.serving.graph_decode.greedy_agreement``; random weights make many).
 
-``--variants`` picks engine variants: ``bf16`` and ``fp8`` as served, ``bf16-before`` and
-``fp8-before`` without the project's kernels (fp8 through torchao), as the engine was before
-issue 17: one run gives the before / after figures on the same GPU. ``--profile`` adds a
+``--variants`` picks engine variants: ``bf16`` and ``fp8`` as served, ``bf16-kernels`` and
+``fp8-kernels`` with the project's kernels (issue 17: ``services.serving.fp8_linear``,
+``services.serving.decode_kernels``), ``bf16-before`` and ``fp8-before`` without them (fp8
+through torchao): one run gives the before / after figures on the same GPU. ``--profile`` adds a
 per-kernel profile of one prefill and of a decode step (``--profile-dir`` writes the tables).
 
 Prints a table and, with ``--json``, writes every figure. Needs CUDA, transformers and torchao.
@@ -170,11 +171,13 @@ def profile_steps(engine, prompt: str, image, steps: int = 5, label: str = "", o
 # What each variant is: (precision, Engine keyword arguments). "before" is the engine as it was before
 # the project's kernels (issue 17): torchao's fp8 linears, cuBLAS products and eager attention in the step.
 VARIANTS = {
-    "bf16": ("bf16", {}),
+    "bf16": ("bf16", {}),  # as served (the environment's QWEN_DECODE_KERNELS / QWEN_FP8_BACKEND)
     "fp8": ("fp8", {}),
+    "bf16-kernels": ("bf16", {"decode_kernels": True}),
+    "fp8-kernels": ("fp8", {"decode_kernels": True, "fp8_backend": "kernels"}),
     "bf16-before": ("bf16", {"decode_kernels": False}),
     "fp8-before": ("fp8", {"decode_kernels": False, "fp8_backend": "torchao"}),
-    "fp8-torchao": ("fp8", {"fp8_backend": "torchao"}),  # torchao's linears, the project's attention kernel
+    "fp8-torchao": ("fp8", {"decode_kernels": True, "fp8_backend": "torchao"}),  # torchao linears, kernel attention
 }
 
 
@@ -262,9 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--variants", "--precisions", nargs="+", default=["bf16", "fp8"], choices=sorted(VARIANTS),
-                        help="bf16 / fp8: the engine as served; bf16-before / fp8-before: without the project's "
-                             "kernels (fp8 through torchao), as before issue 17; fp8-torchao: torchao's fp8 "
-                             "linears with the project's attention kernel")
+                        help="bf16 / fp8: the engine as served; bf16-kernels / fp8-kernels: with the project's "
+                             "kernels (issue 17); bf16-before / fp8-before: without them (fp8 through torchao); "
+                             "fp8-torchao: torchao's fp8 linears with the project's attention kernel")
     parser.add_argument("--images", type=int, default=3, help="1024x1024 generated label images")
     parser.add_argument("--image-seed", type=int, default=8_000_000)
     parser.add_argument("--tokens", type=int, default=200, help="forced tokens per fast-path request")
@@ -310,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         results.append(r)
         precision = variant
+        if args.json:  # written after every variant: a call cut short keeps the variants it finished
+            Path(args.json).write_text(json.dumps({"environment": env, "results": results, "verdict": {},
+                                                   "partial": True}, indent=2, default=str) + "\n")
         plain = f"{r['tpot_plain_s'] * 1e3:.1f}" if r["tpot_plain_s"] else "-"
         eq = ", ".join("equal" if e["equal"] else
                        f"differs at {e['first_difference']} (margin {e['margin']:.3f} nats, near tie: {e['near_tie']})"
@@ -322,22 +328,24 @@ def main(argv: list[str] | None = None) -> int:
               f"prefill {r['prefill_s_median'] * 1e3:.0f} ms, greedy fast vs plain: {eq}", flush=True)
     by = {r["precision"]: r for r in results}
     verdict = {}
-    for name in ("bf16", "fp8", "bf16-before", "fp8-before"):
+    for name in VARIANTS:
         if name in by:
             verdict[f"{name}_tpot_over_floor"] = round(by[name]["fast_over_floor"], 3)
-    for name in ("bf16", "fp8"):
-        if name in by:
             verdict[f"{name}_within_1.4x_floor"] = by[name]["fast_over_floor"] <= 1.4
-    if "bf16" in by and "fp8" in by:
-        verdict["fp8_faster_than_bf16"] = by["fp8"]["tpot_fast_s"] < by["bf16"]["tpot_fast_s"]
-        verdict["fp8_over_bf16_tpot"] = round(by["fp8"]["tpot_fast_s"] / by["bf16"]["tpot_fast_s"], 4)
-        verdict["fp8_over_bf16_prefill"] = round(by["fp8"]["prefill_s_median"] / by["bf16"]["prefill_s_median"], 4)
-        verdict["fp8_prefill_not_slower_than_bf16"] = by["fp8"]["prefill_s_median"] <= by["bf16"]["prefill_s_median"]
-    for name in ("bf16", "fp8"):
-        if name in by and f"{name}-before" in by:
-            verdict[f"{name}_tpot_after_over_before"] = round(by[name]["tpot_fast_s"] / by[f"{name}-before"]["tpot_fast_s"], 4)
-            verdict[f"{name}_prefill_after_over_before"] = round(
-                by[name]["prefill_s_median"] / by[f"{name}-before"]["prefill_s_median"], 4)
+    for suffix in ("", "-kernels", "-before"):
+        b, f = by.get("bf16" + suffix), by.get("fp8" + suffix)
+        if b and f:
+            tag = suffix.strip("-") or "served"
+            verdict[f"{tag}: fp8_faster_than_bf16"] = f["tpot_fast_s"] < b["tpot_fast_s"]
+            verdict[f"{tag}: fp8_over_bf16_tpot"] = round(f["tpot_fast_s"] / b["tpot_fast_s"], 4)
+            verdict[f"{tag}: fp8_over_bf16_prefill"] = round(f["prefill_s_median"] / b["prefill_s_median"], 4)
+            verdict[f"{tag}: fp8_prefill_not_slower_than_bf16"] = f["prefill_s_median"] <= b["prefill_s_median"]
+    for p in ("bf16", "fp8"):
+        after = by.get(f"{p}-kernels") or by.get(p)
+        if after and f"{p}-before" in by and after is not by[f"{p}-before"]:
+            verdict[f"{p}_tpot_after_over_before"] = round(after["tpot_fast_s"] / by[f"{p}-before"]["tpot_fast_s"], 4)
+            verdict[f"{p}_prefill_after_over_before"] = round(
+                after["prefill_s_median"] / by[f"{p}-before"]["prefill_s_median"], 4)
     print("verdict:", json.dumps(verdict))
     if args.json:
         Path(args.json).write_text(json.dumps({"environment": env, "results": results, "verdict": verdict},

@@ -44,7 +44,7 @@
 # Settings: QWEN_GPU_BUDGET_S (570), QWEN_7B_DIR (/tmp/qwen2-vl-7b), QWEN_7B_CONFIG (configs/qwen2-vl-7b.json),
 # QWEN_GPU_DEVICE (cuda),
 # HEADLINE_ARGS (extra arguments for `gpu_stages.py headline`, e.g. "--requests 16"), DECODE_ARGS (extra
-# arguments for bench_decode.py, e.g. "--images 2 --profile --variants bf16-before bf16 fp8-before fp8"; profile
+# arguments for bench_decode.py, e.g. "--images 2 --profile --variants bf16-before bf16-kernels fp8-before fp8-kernels"; profile
 # tables go to decode/profiles/), DECODE_DEMO=0 (decode stage: the 7B only), KERNELS_ARGS (bench_fp8_linear.py),
 # OVERHEAD_ARGS (extra arguments for bench_triton_overhead.py, e.g. "--requests 100"), OVERHEAD_DEVICES
 # (overhead stage: "cuda cpu"), QWEN_GPU_ENV_SCRIPT

@@ -19,8 +19,9 @@ engine's own code: see ``services.serving.engine.Engine.generate``. The same ste
 is no CUDA (or when capture is refused), which is how the CPU tests check that this path and
 ``generate()`` produce the same greedy tokens.
 
-On CUDA the step also uses the project's Triton kernels (``services.serving.decode_kernels``;
-``QWEN_DECODE_KERNELS=0`` turns them off): the matrix products of each layer as matrix-vector
+With ``QWEN_DECODE_KERNELS=1`` (or ``kernels=True``; CUDA only, opt-in until a GPU run has
+measured it) the step uses the project's Triton kernels (``services.serving.decode_kernels``): the
+matrix products of each layer as matrix-vector
 kernels that stream each weight once (q, k and v fused into one product, gate and up into one
 kernel with the SiLU and the product in its epilogue), fp8 (``Fp8Linear``) and bf16 alike; and
 the attention as split-sequence (flash-decoding) attention that reads only the cache positions
@@ -394,10 +395,13 @@ class GraphDecoder:
 
 
 def kernels_default(device_type: str) -> bool:
-    """Whether the step uses the project's Triton kernels: on CUDA unless ``QWEN_DECODE_KERNELS=0``."""
+    """Whether the step uses the project's Triton kernels: on CUDA when ``QWEN_DECODE_KERNELS=1``.
+
+    Off by default until a GPU run has measured them (issue 17); never on other devices.
+    """
     import os
 
-    if os.environ.get("QWEN_DECODE_KERNELS", "1").strip().lower() in ("0", "false", "no", "off"):
+    if os.environ.get("QWEN_DECODE_KERNELS", "0").strip().lower() not in ("1", "true", "yes", "on"):
         return False
     return device_type == "cuda"
 

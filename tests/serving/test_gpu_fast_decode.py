@@ -30,16 +30,21 @@ def setup():
     return build_prompt(), images
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp8"])
-def test_graph_replay_gives_the_plain_path_tokens(setup, precision):
+@pytest.mark.parametrize("precision,kernels", [("bf16", False), ("fp8", False), ("bf16", True), ("fp8", True)])
+def test_graph_replay_gives_the_plain_path_tokens(setup, precision, kernels):
+    """``kernels``: the project's Triton kernels in the step and, for fp8, its Fp8Linear (issue 17)."""
     import torch
 
     from services.serving.engine import Engine, SamplingParams
     from services.serving.graph_decode import greedy_agreement
 
     prompt, images = setup
-    engine = Engine(DEMO, precision, device="cuda")
+    engine = Engine(DEMO, precision, device="cuda", decode_kernels=kernels,
+                    fp8_backend="kernels" if kernels else "torchao")
     report = engine.decode_report()
+    assert report["kernels"] is kernels
+    if kernels:
+        assert report["kernel_layers"] > 0 and report["kernel_attention"], report
     assert report["decode_mode"] == "cuda_graph", report
     assert report["capture_error"] is None
     assert report["compiled"] is True, report["compile_error"]
