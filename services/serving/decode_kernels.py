@@ -35,8 +35,8 @@ import triton.language as tl
 FP8_MAX = 448.0  # float8_e4m3fn's largest finite value
 FP8_DTYPE = torch.float8_e4m3fn
 
-# (BLOCK_N, BLOCK_K, num_warps) per weight shape (N, K, gated), as measured on the H100
-# (scripts/bench_fp8_linear.py); other shapes take the default.
+# (BLOCK_N, BLOCK_K, num_warps) per weight shape (N, K, gated, weight bytes per element), filled at load by
+# services.serving.fp8_linear.tune_plans (timed on the GPU at hand); other shapes take the default.
 GEMV_CONFIGS: dict[tuple[int, int, bool, int], tuple[int, int, int]] = {}
 GEMV_DEFAULT_FP8 = (8, 512, 4)
 GEMV_DEFAULT_BF16 = (4, 512, 4)

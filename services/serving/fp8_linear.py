@@ -7,13 +7,16 @@ What changes is the kernels, picked for the two shapes a batch-1 server runs:
 
 * **prefill** (many rows): one Triton pass quantizes the activation rows, then
   ``torch._scaled_mm`` with row-wise scales (cuBLAS's fp8 kernels with outer-vector scaling,
-  bias in the epilogue): two launches per layer, no tensor-subclass dispatch in Python. torchao's
-  subclass paid roughly a tenth of a millisecond of host time per layer in the eager prefill,
-  which made fp8's prefill twice bf16's on the 7B;
+  bias in the epilogue): two launches per layer, no tensor-subclass dispatch in Python (the
+  likely reason why torchao's fp8 prefill took 184 ms against bf16's 86 ms on the 7B: not yet
+  profiled, ``bench_decode.py --profile`` lists the prefill's host operators and kernels);
 * **decode** (one row): the activation's quantization is plain torch code (inductor fuses it into
   the RMSNorm or SiLU before it), then ``services.serving.decode_kernels.gemv``, a Triton
-  matrix-vector kernel that streams the fp8 weight once: cuBLAS's fp8 kernels use 128-row tiles
-  and read the weights at about half the bandwidth that a one-row product can reach.
+  matrix-vector kernel that streams the fp8 weight once: the H100 profile of the torchao path
+  shows cuBLAS's 128x128-tile fp8 kernels for the single row, 4.5 ms a step for 6.5 GB of weights
+  (about 1.4 TB/s against the 3 TB/s copy bandwidth).
+
+Not yet measured on a GPU (issue 17): the engine uses this only with ``QWEN_FP8_BACKEND=kernels``.
 
 Both compute ``(xq * x_scale) @ (Wq * w_scale).T + bias`` in fp32 and round once to bf16.
 ``Fp8Linear`` is an ``nn.Linear`` (the engine's and the benchmark's accounting find it as one)
