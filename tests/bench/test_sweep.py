@@ -233,3 +233,25 @@ def test_repeated_levels_alternate_the_versions_and_give_capacity_an_interval(tr
         assert c.repeats == 2 and c.lo is not None and c.lo <= c.rps <= c.hi
         assert c.rps == pytest.approx(sum(lv.stats.goodput_rps for lv in vc.levels) / 2)
     store.close()
+
+
+@pytest.mark.vllm
+@pytest.mark.server
+def test_vllm_engine_capacity_grows_with_concurrency(vllm_server, tmp_path):
+    """The real vLLM engine batches requests: a sweep over concurrency 1 and 8 finds each version's
+    capacity at 8, well above its goodput at 1 (the transformers engine's stays flat, above)."""
+    from services.bench.sweep import run_sweep
+
+    bench = BenchmarkConfig(versions=("1", "2"), image_set=ImageSetSpec(kind="generated", count=16, seed=7),
+                            requests=16, warmup=2, max_tokens=32, extra_sampling=dict(EXACT), timeout_s=120.0)
+    sweep = SweepConfig(bench=bench, levels=(1, 8), targets=LatencyTargets(ttft_ms=60000.0, tpot_ms=10000.0,
+                                                                            e2e_ms=120000.0))
+    with RunStore(tmp_path / "db") as store:
+        outcome = run_sweep(sweep, store, target_of(vllm_server, "http"))
+        assert outcome.status == "completed", outcome.reason
+        result = sweep_result(store, outcome.run_id)
+    for v in ("1", "2"):
+        goodput = {lv.value: lv.stats.goodput_rps for lv in result.versions[v].levels}
+        print(f"\nvLLM v{v} sweep: goodput {goodput[1.0]:.2f} images/s at concurrency 1, {goodput[8.0]:.2f} at 8")
+        assert goodput[8.0] > 1.5 * goodput[1.0]
+        assert result.versions[v].capacity_rps == pytest.approx(goodput[8.0])
