@@ -463,10 +463,6 @@ class Engine:
         decoder of ``services.serving.graph_decode`` (a CUDA graph per step on GPU), or transformers'
         ``generate()``. Both honour the same sampling parameters and report the same way.
         """
-        import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
-        from transformers.generation.streamers import BaseStreamer
-
         params = params or SamplingParams()
         images = images or []
         t0 = time.perf_counter()
@@ -477,7 +473,6 @@ class Engine:
         with_logprobs = with_logprobs or want_logprobs
         tokenizer = self.tokenizer
         skip = params.skip_special_tokens
-        engine = self
 
         state: dict[str, Any] = {"ids": [], "text": "", "emitted": 0, "finished": False, "reason": None,
                                  "cum": 0.0, "logprobs": [], "pending_logits": None, "cancelled": False,
@@ -486,6 +481,24 @@ class Engine:
         def text_of(ids: list[int]) -> str:
             body = [i for i in ids if i not in eos]
             return tokenizer.decode(body, skip_special_tokens=skip)
+
+        if self.fast_decode if fast is None else fast:
+            return self._generate_static(inputs, params, state, eos, text_of, on_step, is_cancelled,
+                                         with_logprobs, t0)
+
+        return self._generate_plain(inputs, params, state, eos, text_of, on_step, is_cancelled, with_logprobs, t0)
+
+    def _generate_plain(self, inputs, params: SamplingParams, state, eos: set[int], text_of, on_step,
+                        is_cancelled, with_logprobs: bool, t0: float) -> GenerationResult:
+        """The plain path: transformers' ``generate()``, each token handed to ``on_step`` through a
+        streamer, cancellation asked through a stopping criterion."""
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers.generation.streamers import BaseStreamer
+
+        engine = self
+        n_input = state["n_input"]
+        want_logprobs = params.logprobs is not None
 
         class Streamer(BaseStreamer):
             first = True
@@ -519,10 +532,6 @@ class Engine:
             def last_token(input_ids) -> bool:
                 return _finish_reason(input_ids.shape[1] - n_input, int(input_ids[0, -1]), params, eos) is not None
 
-        if self.fast_decode if fast is None else fast:
-            return self._generate_static(inputs, params, state, eos, text_of, on_step, is_cancelled,
-                                         with_logprobs, t0)
-
         hook = None
         if with_logprobs:
             def capture(_module, _inp, out):
@@ -554,6 +563,7 @@ class Engine:
                 hook.remove()
         t2 = time.perf_counter()
         return _result(state, text_of, params, with_logprobs, {"prepare_s": t1 - t0, "generate_s": t2 - t1})
+
 
     def _generate_static(self, inputs, params: SamplingParams, state, eos: set[int], text_of, on_step,
                          is_cancelled, with_logprobs: bool, t0: float) -> GenerationResult:
