@@ -4,8 +4,8 @@ The server is the real embedded Triton serving the bundled demo detector (models
 whose two versions (bf16, fp8) find the sample's table, usually at exactly the same place: the
 common case where one version's outline used to sit on the other's and hide it. Here each version
 has its own panel, side by side, and both outlines are seen, each in its colour, over the table.
-On the CPU a request of this model takes seconds, so the latency metrics show a long latency:
-they must read whole ("6.89 s"), never cut ("6,88..."). A screenshot is kept for a person to look at.
+On a loaded CPU a request of this model takes seconds, on an idle one under a second: the latency
+metrics must read whole in either unit ("6.89 s", "671 ms"), never cut ("6,88..."). A screenshot is kept for a person to look at.
 """
 
 from __future__ import annotations
@@ -122,7 +122,9 @@ def test_agreeing_boxes_both_visible_and_a_long_latency_shown_whole(app_url):
             assert metric.inner_text() in {format_duration_ms(v["latency_ms"] + d) for d in (-0.01, 0, 0.01)}
             cut = metric.evaluate("e => [e, ...e.querySelectorAll('*')].some(n => n.scrollWidth > n.clientWidth + 1)")
             assert not cut, f"the latency of v{version} is cut: {metric.inner_text()!r}"
-        # on the CPU the demo detector takes seconds: the long case is the one shown
-        assert max(v1["latency_ms"], v2["latency_ms"]) >= 1000, (v1["latency_ms"], v2["latency_ms"])
+            # the unit follows the value: seconds from one second on (a loaded 2-core machine takes
+            # seconds here: "6.98 s", "10.92 s"; an idle one 0.4 to 0.7 s), never a cut "10,76..."
+            unit = " s" if v["latency_ms"] >= 999.995 else " ms"
+            assert metric.inner_text().endswith(unit), (metric.inner_text(), v["latency_ms"])
         page.locator(".st-key-detect_result_0_v1").scroll_into_view_if_needed()
         page.screenshot(path=str(SCREENSHOT_DIR / "detect_latency_metrics.png"))
