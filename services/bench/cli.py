@@ -33,7 +33,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 EXIT_CODES = {"completed": 0, "failed": 1, "partial": 3, "cancelled": 130}
 EXIT_USAGE = 2
@@ -296,6 +296,35 @@ def print_outcome(outcome: Any, out_paths: list[Path], as_json: bool) -> None:
 # --------------------------------------------------------------------------- main
 
 
+def prepare_run(args: argparse.Namespace, build: Callable[[argparse.Namespace], Any]) -> tuple | int:
+    """``(args, config, store, target)`` of a run (``build`` makes its config from the arguments), or
+    the exit code after saying why not: a usage mistake, or a server or data folder that failed."""
+    try:
+        args = sized_image_folder(args)
+        config = build(args)
+        from services.bench.store import RunStore
+
+        store = RunStore(args.data_dir)
+        target = build_target(args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:  # the embedded server could not start, the data folder is not writable...
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_CODES["failed"]
+    return args, config, store, target
+
+
+def follow_or_quit(handle: Any, args: argparse.Namespace, what: str) -> Any:
+    """The outcome of a started run or sweep, followed with a progress bar; None when the user quit."""
+    try:
+        return _follow(handle, show_bar=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"quit before the {what} finished: it will be marked partial when the store is next opened",
+              file=sys.stderr)
+        return None
+
+
 def _follow(handle: Any, show_bar: bool) -> Any:
     """Show progress until the run ends; Ctrl-C cancels it (a second one quits)."""
     from tqdm import tqdm
@@ -340,30 +369,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        args = sized_image_folder(args)
-        config = build_config(args)
-        from services.bench.store import RunStore
-
-        store = RunStore(args.data_dir)
-        target = build_target(args)
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except Exception as exc:  # the embedded server could not start, the data folder is not writable...
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_CODES["failed"]
+    prepared = prepare_run(args, build_config)
+    if isinstance(prepared, int):
+        return prepared
+    args, config, store, target = prepared
 
     from services.bench.runner import start_benchmark
 
     print(f"server: {target.label}, protocol {config.protocol or target.protocol}; database {store.path}",
           file=sys.stderr, flush=True)
-    handle = start_benchmark(config, store, target)
-    try:
-        outcome = _follow(handle, show_bar=not args.no_progress)
-    except KeyboardInterrupt:
-        print("quit before the run finished: it will be marked partial when the store is next opened",
-              file=sys.stderr)
+    outcome = follow_or_quit(start_benchmark(config, store, target), args, "run")
+    if outcome is None:
         return EXIT_CODES["cancelled"]
     paths: list[Path] = []
     if args.out and outcome.run_id is not None:

@@ -21,16 +21,14 @@ import sys
 from typing import Sequence
 
 from services.bench.cli import (
-    EXIT_CODES,
-    EXIT_USAGE,
-    HelpFormatter,
-    UsageError,
-    _follow,
     add_image_server_output_arguments,
     add_request_arguments,
     build_config,
-    build_target,
-    sized_image_folder,
+    EXIT_CODES,
+    follow_or_quit,
+    HelpFormatter,
+    prepare_run,
+    UsageError,
 )
 from services.bench.goodput import DEFAULT_TARGETS, LatencyTargets
 
@@ -129,32 +127,18 @@ def sweep_main(argv: Sequence[str]) -> int:
     args = build_sweep_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        args = sized_image_folder(args)
-        config = build_sweep_config(args)
-        price = _price(args)
-        from services.bench.store import RunStore
-
-        store = RunStore(args.data_dir)
-        target = build_target(args)
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except Exception as exc:  # the embedded server could not start, the data folder is not writable...
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_CODES["failed"]
+    prepared = prepare_run(args, lambda a: (build_sweep_config(a), _price(a)))
+    if isinstance(prepared, int):
+        return prepared
+    args, (config, price), store, target = prepared
 
     from services.bench.sweep import start_sweep
     from services.compare.recommendation import ACCURACY_TOLERANCE, decide_run
 
     print(f"server: {target.label}; sweep of {config.load} loop levels {list(config.levels)}; database {store.path}",
           file=sys.stderr, flush=True)
-    handle = start_sweep(config, store, target)
-    try:
-        outcome = _follow(handle, show_bar=not args.no_progress)
-    except KeyboardInterrupt:
-        print("quit before the sweep finished: it will be marked partial when the store is next opened",
-              file=sys.stderr)
+    outcome = follow_or_quit(start_sweep(config, store, target), args, "sweep")
+    if outcome is None:
         return EXIT_CODES["cancelled"]
     if args.out and outcome.run_id is not None:
         try:
