@@ -121,17 +121,45 @@ def test_levels_are_stored_alternated_and_goodput_and_capacity_equal_a_recomputa
         assert out["versions"][v]["capacity_rps"] == pytest.approx(max(goodputs), rel=1e-3, abs=1e-4)
 
 
-def test_transformers_engine_capacity_does_not_grow_with_concurrency(cli_sweep):
+@pytest.fixture(scope="module")
+def demo_transformers_server(tmp_path_factory):
+    """The demo detector on the transformers engine: its engine time (about 0.4 s for 48 tokens on
+    these CPUs), not the per-request overhead around it, sets the pace, as a real model's does. On
+    the tiny checkpoint the overhead dominates (a 48-token answer takes a few ms of engine time), and
+    concurrency then hides the overhead: 2.6x the throughput at 4 than at 1, measured, which says
+    nothing about batching."""
+    demo = settings.PROJECT_ROOT / "models" / "demo-detector"
+    if not (demo / "model.safetensors").exists():
+        pytest.skip(f"the demo detector is missing ({demo})")
+    from services.serving.embedded_triton import start_embedded_triton
+
+    server = start_embedded_triton(demo, workdir=tmp_path_factory.mktemp("demo-transformers"),
+                                   ports={"http": None, "grpc": None, "metrics": None}, engine="transformers")
+    yield server
+    server.stop()
+
+
+@pytest.mark.server
+def test_transformers_engine_capacity_does_not_grow_with_concurrency(demo_transformers_server, tmp_path):
     """One request at a time per version: at concurrency 4 the requests queue (latency grows), the
-    throughput stays about that of concurrency 1 (it would be about 4x with batching)."""
-    out, _ = cli_sweep
-    for v in ("1", "2"):
-        by_value = {lv["value"]: lv for lv in out["versions"][v]["levels"] if lv["status"] != "cut short"}
-        top = max(by_value)
-        if top < 4:
-            pytest.skip(f"version {v} saturated before concurrency 4 on this machine: {by_value}")
-        assert by_value[top]["throughput_rps"] < 2.0 * by_value[1.0]["throughput_rps"]
-        assert by_value[top]["p50_ms"] > 2.0 * by_value[1.0]["p50_ms"]
+    throughput stays about that of concurrency 1 (it would be about 4x with batching; the vLLM
+    engine's test below finds it grow)."""
+    from services.bench.sweep import run_sweep
+
+    bench = BenchmarkConfig(versions=("1",), image_set=ImageSetSpec(kind="generated", count=8, seed=3),
+                            requests=8, warmup=1, max_tokens=SWEEP_TOKENS, extra_sampling=dict(EXACT),
+                            timeout_s=120.0)
+    sweep = SweepConfig(bench=bench, levels=(1, 4), targets=LatencyTargets(ttft_ms=120000.0, tpot_ms=10000.0,
+                                                                            e2e_ms=240000.0))
+    with RunStore(tmp_path / "db") as store:
+        outcome = run_sweep(sweep, store, target_of(demo_transformers_server, "http"))
+        assert outcome.status == "completed", outcome.reason
+        result = sweep_result(store, outcome.run_id)
+    by_value = {lv.value: lv.stats for lv in result.versions["1"].levels}
+    print(f"\ntransformers v1 sweep: {by_value[1.0].throughput_rps:.2f} images/s at concurrency 1, "
+          f"{by_value[4.0].throughput_rps:.2f} at 4; p50 {by_value[1.0].p50_ms:.0f} -> {by_value[4.0].p50_ms:.0f} ms")
+    assert by_value[4.0].throughput_rps < 1.5 * by_value[1.0].throughput_rps
+    assert by_value[4.0].p50_ms > 2.0 * by_value[1.0].p50_ms
 
 
 def _sweep(levels=(1, 2, 4, 8), requests=6, **kw) -> SweepConfig:
