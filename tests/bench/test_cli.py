@@ -8,7 +8,6 @@ import json
 import os
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from PIL import Image
 from services.bench.cli import main
 from services.bench.stats import mean_min_max
 from services.bench.store import STALE_REASON, RunStore
+from tests.ports import closed_port
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(240)
@@ -134,18 +134,12 @@ def test_a_short_run_prints_the_summary_and_writes_exports_matching_the_database
     assert (out / f"run_{run_id}.json").is_file() and (out / f"run_{run_id}_requests.csv").is_file()
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_bad_url_gives_a_clear_error_and_a_failing_exit_code(image_files, tmp_path, capsys) -> None:
     code = main(["--url", "ftp://somewhere:8000", *run_args(image_files, tmp_path / "db"), "--no-progress"])
     assert code == 2
     assert "error: bad server URL" in capsys.readouterr().err
 
-    port = _closed_port()
+    port = closed_port()
     t0 = time.monotonic()
     code = main(["--url", f"127.0.0.1:{port}", "--metrics-url", f"http://127.0.0.1:{port}/metrics",
                  *run_args(image_files, tmp_path / "db"), "--no-progress"])

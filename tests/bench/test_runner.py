@@ -14,7 +14,6 @@ import io
 import json
 import os
 import signal
-import socket
 import sqlite3
 import threading
 import time
@@ -39,6 +38,7 @@ from services.core.boxes import Box
 from services.bench.sampler import get_shared_sampler, stop_shared_sampler
 from services.bench.store import RunStore
 from services.client.server_target import ServerTarget
+from tests.ports import closed_port
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -67,12 +67,6 @@ def config(**kw) -> BenchmarkConfig:
                 requests=4, warmup=1, max_tokens=MAX_TOKENS, extra_sampling=dict(EXACT), timeout_s=60.0)
     base.update(kw)
     return BenchmarkConfig(**base)
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def db_rows(store: RunStore, run_id: int, sql: str = "SELECT count(*) FROM requests WHERE run_id = ?") -> int:

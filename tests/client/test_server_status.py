@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import re
-import socket
 
 import pytest
 
 from services.client.server_status import check_server
 from services.client.triton_client import TritonClient
+from tests.ports import closed_port
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def closed_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import os
 import signal
-import socket
 import threading
 import time
 import uuid
@@ -32,6 +31,7 @@ from services.client.errors import (
 )
 from services.client.results import Completion
 from services.client.triton_client import TritonClient, parse_url
+from tests.ports import closed_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -43,13 +43,6 @@ TRANSPORTS = {
 }
 VERSIONS = ("1", "2")
 EXACT = {"ignore_eos": True}  # forces exactly max_tokens tokens, so counts can be asserted exactly
-
-
-def closed_port() -> int:
-    """A port nothing listens on (bound, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import socket
 
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
@@ -44,12 +43,6 @@ from services.client.triton_client import TritonClient
 pytestmark = pytest.mark.timeout(180)
 
 FAST = dict(max_tokens=4)  # the tiny model on CPU: a few tokens keep each request well under a second
-
-
-def closed_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

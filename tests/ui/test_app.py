@@ -9,7 +9,6 @@ real (a closed port, a file that is no image, a checkpoint the embedded server c
 from __future__ import annotations
 
 import json
-import socket
 import time
 
 import pytest
@@ -17,18 +16,13 @@ from streamlit.testing.v1 import AppTest
 
 from services.core import settings
 from services.detect.detection import batch_to_json
+from tests.ports import closed_port
 
 pytestmark = pytest.mark.timeout(300)
 
 APP = str(settings.PROJECT_ROOT / "app.py")
 DETECT = "pages/1_Detect.py"
 RUN_TIMEOUT = 120  # seconds for one script run that sends detection requests
-
-
-def closed_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

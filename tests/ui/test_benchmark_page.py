@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 
 import pytest
@@ -20,18 +19,13 @@ from services.core import settings
 from services.bench.figures import HISTORY_COLUMNS, SUMMARY_COLUMNS
 from services.bench.stats import RequestRecord
 from services.bench.store import RunStore
+from tests.ports import closed_port
 
 pytestmark = pytest.mark.timeout(300)
 
 APP = str(settings.PROJECT_ROOT / "app.py")
 BENCH = "pages/2_Benchmark.py"
 RUN_WAIT_S = 90  # the longest a short run may take on a busy machine
-
-
-def closed_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def bench_page() -> AppTest:

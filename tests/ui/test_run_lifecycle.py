@@ -8,7 +8,6 @@ folder (``QWEN_DATA_DIR``); the server URL goes in ``QWEN_TRITON_URL`` as a user
 
 from __future__ import annotations
 
-import socket
 import time
 
 import pytest
@@ -18,6 +17,7 @@ from services.bench.runner import BenchmarkConfig
 from services.image_sets.image_set import ImageSetSpec
 from services.bench.store import RunStore
 from ui.run_lifecycle import LiveRun, RunEnd
+from tests.ports import closed_port
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -48,12 +48,6 @@ def lifecycle_page() -> None:
             run_lifecycle.cancel_run(live)
 
     run_lifecycle.live_fragment(key, draw)
-
-
-def closed_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def config(requests: int = 4, versions: tuple[str, ...] = ("1", "2")) -> BenchmarkConfig:
