@@ -62,8 +62,7 @@ class VariantClients:
     def detect(self, key: str, image_b64: str | None, prompt: str | None, **kwargs: Any) -> Any:
         """``detect`` of the variant ``key``: its version on Triton, its model on an OpenAI server."""
         variant = self.variants[key]
-        if variant.kind == "triton":
-            kwargs["version"] = remote_version(variant)
+        kwargs["version"] = remote_version(variant) if variant.kind == "triton" else key  # OpenAI: labels the result
         return self._by_key[key].detect(image_b64, prompt, **kwargs)
 
     def close(self) -> None:
@@ -90,8 +89,11 @@ def _preflight(variant: Variant, client: Any) -> tuple[dict[str, Any], str | Non
         info = client.server_info()
         entry["server"] = {"name": getattr(info, "name", ""), "version": getattr(info, "version", ""),
                            "live": getattr(info, "live", None), "ready": getattr(info, "ready", None)}
-        ready = bool(client.is_model_ready(remote_version(variant)) if variant.kind == "triton"
-                     else client.is_model_ready())
+        if variant.kind == "triton":
+            ready, reason = bool(client.is_model_ready(remote_version(variant))), ""
+        else:  # one entry: the model, READY when the server lists it, else why not (what it serves)
+            state = client.versions()[0]
+            ready, reason = bool(state.ready), state.reason
     except TritonClientError as exc:  # the OpenAI client's errors share the base class
         entry["error"] = str(exc)
         return entry, f"variant {variant.label}: {exc}"
@@ -102,7 +104,8 @@ def _preflight(variant: Variant, client: Any) -> tuple[dict[str, Any], str | Non
     if not ready:
         what = f"version {variant.version} of model '{variant.model}'" if variant.kind == "triton" \
             else f"model '{variant.model}'"
-        return entry, f"variant {variant.label}: {what} is not served ready at {variant.url or 'the run server'}"
+        return entry, (f"variant {variant.label}: {what} is not served ready at {variant.url or 'the run server'}"
+                       + (f": {reason}" if reason else ""))
     return entry, None
 
 

@@ -100,9 +100,9 @@ def make_variant(fields: Mapping[str, Any], where: str = "variant") -> Variant:
         if "://" in url and not url.lower().startswith(("http://", "https://")):
             raise ValueError(f"{where}: an OpenAI-compatible server's url is http://host:port, not {url!r}")
         model = values["model"]
-        label = label or model
-    if "," in label or "=" in label:
-        raise ValueError(f"{where}: a label may not hold ',' or '=': {label!r}")
+        label = label or model.rstrip("/").rsplit("/", 1)[-1]  # Qwen/Qwen2-VL-7B -> Qwen2-VL-7B
+    if any(c in label for c in ",=/\\") or label != label.strip():
+        raise ValueError(f"{where}: a label may not hold ',', '=', '/' or '\\' (it names files): {label!r}")
     return Variant(kind=kind, url=url, model=model, version=version, label=label, protocol=protocol,
                    grpc_url=values.get("grpc_url") or None, metrics_url=values.get("metrics_url") or None)
 
@@ -229,7 +229,8 @@ def client_for(variant: Variant, target: "ServerTarget | None" = None, timeout_s
     if variant.kind == "openai":
         from services.client.openai_chat import OpenAIChatClient
 
-        return OpenAIChatClient(variant.url, variant.model, timeout_s=timeout_s)
+        return OpenAIChatClient(variant.url, variant.model, timeout_s=timeout_s, version=variant.key or variant.label,
+                                max_streams=max_streams)
     from services.client.server_target import current_target
     from services.client.triton_client import TritonClient
 

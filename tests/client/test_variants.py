@@ -51,7 +51,7 @@ def test_field_specs_of_an_openai_and_a_triton_variant() -> None:
     t = parse_variant_spec("kind=triton,url=grpc://gpu-host:8001,version=1,protocol=grpc,metrics_url=http://m:9/metrics")
     assert (t.url, t.version, t.label, t.protocol, t.metrics_url) == \
         ("grpc://gpu-host:8001", "1", VERSION_LABELS["1"], "grpc", "http://m:9/metrics")
-    assert parse_variant_spec("kind=openai,url=http://h:8000,model=Qwen/Qwen2-VL-7B").label == "Qwen/Qwen2-VL-7B"
+    assert parse_variant_spec("kind=openai,url=http://h:8000,model=Qwen/Qwen2-VL-7B").label == "Qwen2-VL-7B"
 
 
 @pytest.mark.parametrize("spec, words", [
@@ -68,6 +68,7 @@ def test_field_specs_of_an_openai_and_a_triton_variant() -> None:
     ("version=1,colour=blue", "unknown field"),
     ("version=1,version=2", "twice"),
     ("version=1,label", "not field=value"),
+    ("version=1,label=a/b", "names files"),
 ])
 def test_a_bad_spec_says_what_is_wrong(spec, words) -> None:
     with pytest.raises(ValueError, match=words):
