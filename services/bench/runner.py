@@ -18,7 +18,7 @@ closed loop at a concurrency, or open loop at a request rate with Poisson arriva
 How a run goes (all of it in the caller's thread for ``run_benchmark``, in a daemon thread for
 ``start_benchmark``):
 
-1. Preflight and manifest (:func:`services.bench.variant_clients.variants_manifest`): server metadata, the
+1. Preflight and manifest (:func:`services.bench.variant_manifest.variants_manifest`): server metadata, the
    model's versions and their states, the model config as served, quantization as served, GPU,
    client libraries, git commit. The images are loaded (``load_image_set``). Then the run is
    created in the store with its config (stored once) and manifest. An unreachable server, a
@@ -84,9 +84,9 @@ from services.bench.stats import (
 )
 from services.bench.store import RunStore
 from services.client.errors import ServerUnreachable, TritonClientError, VersionNotReady
-from services.bench.variant_clients import VariantClients, variants_manifest
+from services.bench.variant_manifest import variants_manifest
 from services.client.triton_client import TritonClient
-from services.client.variants import Variant, default_variants, resolve_variants
+from services.client.variants import Variant, VariantClients, default_variants, resolve_variants
 from services.core.boxes import match_boxes, parse_answer
 from services.image_sets.image_set import IMAGE_SET_KINDS, BenchImage, ImageSetSpec, load_image_set
 from services.image_sets.unseen_images import UnseenImages, workload_manifest
@@ -382,7 +382,7 @@ class _Runner:
         error: BaseException | None = None
         try:
             done = self._client.detect(  # type: ignore[union-attr]
-                item.version, image_b64, cfg.prompt, max_tokens=cfg.max_tokens,
+                image_b64, cfg.prompt, version=item.version, max_tokens=cfg.max_tokens,
                 temperature=cfg.temperature, stream=cfg.stream, extra_sampling=extra,
                 request_id=f"run{self._run_id}-{item.seq}")
             try:

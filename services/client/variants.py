@@ -28,6 +28,7 @@ through :mod:`services.client.server_target` and :func:`client_for` makes its cl
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
@@ -242,3 +243,73 @@ def client_for(variant: Variant, target: "ServerTarget | None" = None, timeout_s
 def remote_version(variant: Variant) -> str:
     """The version a request to this variant addresses (empty for an OpenAI server)."""
     return variant.version if variant.kind == "triton" else ""
+
+
+def _server_key(variant: Variant, target: "ServerTarget") -> tuple:
+    return (variant.kind, target.url(), target.protocol, variant.model)
+
+
+class VariantClients:
+    """The clients of several variants (resolved: keys set), one per server and model, closed together.
+
+    It stands where one ``TritonClient`` stood for the versions of one model: ``detect(...,
+    version=key)`` asks the variant ``key`` (a run's requests, a Detect batch).
+    """
+
+    def __init__(self, variants: Sequence[Variant], default_target: "ServerTarget", timeout_s: float,
+                 max_streams: int = 64) -> None:
+        self.variants = {v.key: v for v in variants}
+        self.targets = {v.key: variant_target(v, default_target) for v in variants}
+        self._clients: dict[tuple, Any] = {}
+        self._by_key: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        try:
+            for v in variants:
+                server = _server_key(v, self.targets[v.key])
+                if server not in self._clients:
+                    self._clients[server] = client_for(v, default_target, timeout_s=timeout_s, max_streams=max_streams)
+                self._by_key[v.key] = self._clients[server]
+        except Exception:
+            self.close()
+            raise
+
+    @property
+    def primary(self) -> Variant:
+        """The variant whose server the run's memory and metrics follow: the first Triton one, else the first."""
+        return next((v for v in self.variants.values() if v.kind == "triton"), next(iter(self.variants.values())))
+
+    def client(self, key: str) -> Any:
+        return self._by_key[key]
+
+    @property
+    def url(self) -> str:
+        """The primary variant's server (what a Detect batch records)."""
+        return str(self._by_key[self.primary.key].url)
+
+    @property
+    def model(self) -> str:
+        return ", ".join(dict.fromkeys(v.model for v in self.variants.values()))
+
+    def detect(self, image_b64: str | None, prompt: str | None = None, version: str = "", **kwargs: Any) -> Any:
+        """``TritonClient.detect`` with ``version`` naming a variant by its key: its version on Triton,
+        its model on an OpenAI server (the key then labels the result)."""
+        variant = self.variants.get(str(version))
+        if variant is None:
+            raise ValueError(f"no variant {version!r} here (variants: {', '.join(self.variants)})")
+        remote = remote_version(variant) if variant.kind == "triton" else variant.key
+        return self._by_key[variant.key].detect(image_b64, prompt, version=remote, **kwargs)
+
+    def __enter__(self) -> "VariantClients":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            clients, self._clients, self._by_key = list(self._clients.values()), {}, {}
+        for c in clients:
+            try:
+                c.close()
+            except Exception:
+                pass

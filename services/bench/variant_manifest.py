@@ -1,8 +1,4 @@
-"""A run's clients, one per server of its variants, and the manifest entries that name the variants.
-
-:class:`VariantClients` sends a request to the variant a run's key names (``services.client.variants``):
-a Triton variant's version on its server, or an OpenAI-compatible server's model. Variants on the
-same server share one client.
+"""The manifest of a run on variants (``services.client.variants``): what each variant is and whether it answered.
 
 :func:`variants_manifest` is the preflight of a run on variants: the Triton manifest of the run's
 main server as before (:func:`services.bench.manifest.collect_manifest`, on the versions of the
@@ -15,64 +11,14 @@ not answer ends the run before its first request, with its reason.
 from __future__ import annotations
 
 import dataclasses
-import threading
 from typing import TYPE_CHECKING, Any, Sequence
 
 from services.bench.manifest import MANIFEST_SCHEMA, client_versions, collect_manifest, gpu_info, target_dict
 from services.client.errors import TritonClientError
-from services.client.variants import Variant, client_for, is_default_set, remote_version, variant_target
+from services.client.variants import Variant, VariantClients, is_default_set, remote_version
 
 if TYPE_CHECKING:
     from services.bench.runner import BenchmarkConfig
-    from services.client.server_target import ServerTarget
-
-
-def _server_key(variant: Variant, target: "ServerTarget") -> tuple:
-    return (variant.kind, target.url(), target.protocol, variant.model)
-
-
-class VariantClients:
-    """The clients of a run's variants (``variants`` resolved, keys set), closed together."""
-
-    def __init__(self, variants: Sequence[Variant], default_target: "ServerTarget", timeout_s: float,
-                 max_streams: int = 64) -> None:
-        self.variants = {v.key: v for v in variants}
-        self.targets = {v.key: variant_target(v, default_target) for v in variants}
-        self._clients: dict[tuple, Any] = {}
-        self._by_key: dict[str, Any] = {}
-        self._lock = threading.Lock()
-        try:
-            for v in variants:
-                server = _server_key(v, self.targets[v.key])
-                if server not in self._clients:
-                    self._clients[server] = client_for(v, default_target, timeout_s=timeout_s, max_streams=max_streams)
-                self._by_key[v.key] = self._clients[server]
-        except Exception:
-            self.close()
-            raise
-
-    @property
-    def primary(self) -> Variant:
-        """The variant whose server the run's memory and metrics follow: the first Triton one, else the first."""
-        return next((v for v in self.variants.values() if v.kind == "triton"), next(iter(self.variants.values())))
-
-    def client(self, key: str) -> Any:
-        return self._by_key[key]
-
-    def detect(self, key: str, image_b64: str | None, prompt: str | None, **kwargs: Any) -> Any:
-        """``detect`` of the variant ``key``: its version on Triton, its model on an OpenAI server."""
-        variant = self.variants[key]
-        kwargs["version"] = remote_version(variant) if variant.kind == "triton" else key  # OpenAI: labels the result
-        return self._by_key[key].detect(image_b64, prompt, **kwargs)
-
-    def close(self) -> None:
-        with self._lock:
-            clients, self._clients, self._by_key = list(self._clients.values()), {}, {}
-        for c in clients:
-            try:
-                c.close()
-            except Exception:
-                pass
 
 
 def _rekey(entries: Any, keys: dict[str, str]) -> Any:

@@ -1,0 +1,70 @@
+"""AppTest tests of the sidebar's target kind: two OpenAI-compatible variants, each shown and checked.
+
+Without a vLLM server: the checks meet a real Triton server (which is no OpenAI-compatible server)
+and a closed port, and each variant says why it cannot be used; Detect is then disabled. The
+variants against a real ``vllm serve`` are in tests/ui/test_variant_sidebar_vllm.py (marker vllm).
+"""
+
+from __future__ import annotations
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from services.core import settings
+from tests.ports import closed_port
+
+pytestmark = pytest.mark.timeout(300)
+
+APP = str(settings.PROJECT_ROOT / "app.py")
+DETECT = "pages/1_Detect.py"
+
+
+def texts(elements) -> list[str]:
+    return [e.value for e in elements]
+
+
+def choose_variants(at: AppTest, *variants: tuple[str, str, str]) -> AppTest:
+    """Switch the sidebar to OpenAI-compatible variants and fill in (label, url, model) of each."""
+    at.sidebar.radio(key="target_kind").set_value("openai").run()
+    for slot, (label, url, model) in zip("AB", variants):
+        at.sidebar.text_input(key=f"variant_{slot}_label").set_value(label)
+        at.sidebar.text_input(key=f"variant_{slot}_url").set_value(url)
+        at.sidebar.text_input(key=f"variant_{slot}_model").set_value(model)
+    return at.run()
+
+
+def test_the_target_kind_defaults_to_triton_and_switches_to_two_variants(triton_server, monkeypatch):
+    monkeypatch.setenv("QWEN_TRITON_URL", triton_server.http_url)
+    at = AppTest.from_file(APP, default_timeout=30).run()
+    assert at.sidebar.radio(key="target_kind").value == "triton"
+    assert at.sidebar.text_input(key="server_url").value == triton_server.http_url
+    at.switch_page(DETECT).run()
+    # Triton: the versions, as always
+    assert at.radio(key="detect_versions").options == ["bf16 (v1)", "fp8 (v2)", "both (bf16 (v1) and fp8 (v2))"]
+    choose_variants(at, ("", "", ""), ("", "", ""))
+    assert not at.exception, at.exception
+    assert not [w for w in at.sidebar.text_input if w.key == "server_url"]  # the Triton settings are gone
+    (error,) = texts(at.sidebar.error)
+    assert error == "variant A: an OpenAI-compatible variant needs url= (e.g. url=http://127.0.0.1:8100)"
+    assert at.button(key="detect_run").disabled
+
+
+def test_each_variant_is_checked_and_says_why_it_cannot_be_used(triton_server, monkeypatch):
+    monkeypatch.setenv("QWEN_TRITON_URL", triton_server.http_url)
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.switch_page(DETECT).run()
+    port = closed_port()
+    choose_variants(at, ("triton-port", f"http://{triton_server.http_url}", "demo"),
+                    ("nobody", f"http://127.0.0.1:{port}", "demo"))
+    assert not at.exception, at.exception
+    errors = texts(at.sidebar.error)
+    assert len(errors) == 2, errors
+    assert errors[0].startswith("triton-port: UNREACHABLE — ") and "not an OpenAI-compatible" in errors[0], errors[0]
+    assert errors[1].startswith("nobody: UNREACHABLE — ") and "not reachable" in errors[1], errors[1]
+    # Detect offers the two variants by label, and is disabled: neither answers
+    assert at.radio(key="detect_versions").options == ["triton-port", "nobody", "both (triton-port and nobody)"]
+    assert at.button(key="detect_run").disabled
+    # two variants with one label cannot be told apart: said, not raised
+    choose_variants(at, ("same", f"http://127.0.0.1:{port}", "a"), ("same", f"http://127.0.0.1:{port}", "b"))
+    assert texts(at.sidebar.error) == ["each variant needs its own label; same is given to several "
+                                       "(add label=... to tell them apart)"]
