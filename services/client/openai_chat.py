@@ -303,7 +303,8 @@ class OpenAIChatClient:
 
         ``version`` only labels the result; ``extra_sampling`` adds body keys (``top_p``, ``seed``...).
         Token counts come from the server's ``usage``; a stream without one (a server that ignores
-        ``stream_options``) counts its content chunks as output tokens and leaves the input unknown.
+        ``stream_options``) counts its content chunks as output tokens and leaves the input unknown;
+        a streamed request answered with one JSON body (a server that does not stream) is read as one.
 
         Raises ``ServerUnreachable``, ``NotOpenAIServer``, ``ModelNotServed``, ``RequestTimeout``,
         ``BadRequest``, ``InferenceError`` or ``StreamError`` (all ``TritonClientError``).
@@ -332,7 +333,7 @@ class OpenAIChatClient:
         try:
             if response.status != 200:
                 raise self._error_answer(response.status, response.read(), response.headers, version)
-            if stream:
+            if stream and "event-stream" in response.headers.get("Content-Type", ""):
                 recv_ns = self._read_stream(response, collector, version, deadline)
             else:
                 content = response.read()
