@@ -1,5 +1,8 @@
 """Benchmark runs: the same requests sent to one or both versions, every request and sample recorded.
 
+"Versions" are the keys of the run's variants (:mod:`services.client.variants`; ``config.variants``):
+Triton's versions "1" and "2" by default, a variant's label for other servers (``vllm serve``).
+
 CONTRACT (the Benchmark page and the command-line entry build on exactly these names):
 
     config = BenchmarkConfig(versions=("1", "2"), image_set=ImageSetSpec(kind="samples"), requests=20, ...)

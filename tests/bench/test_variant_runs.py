@@ -15,27 +15,14 @@ import pytest
 
 from services.bench.cli import main
 from services.bench.runner import BenchmarkConfig, run_benchmark
-from services.bench.sampler import stop_shared_sampler
 from services.bench.store import RunStore
 from services.client.variants import parse_variant_spec, resolve_variants
 from services.compare.comparison import compare_run
 from tests.bench.test_runner import EXACT, IMAGES, MAX_TOKENS, target_of
+from tests.bench.test_runner import _stop_sampler_after_module, store  # noqa: F401 (fixtures)
 from services.image_sets.image_set import ImageSetSpec
 
 pytestmark = pytest.mark.timeout(240)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _stop_sampler_after_module():
-    yield
-    stop_shared_sampler()
-
-
-@pytest.fixture
-def store(tmp_path) -> RunStore:
-    s = RunStore(tmp_path / "db")
-    yield s
-    s.close()
 
 
 def two_variants(server) -> tuple:
