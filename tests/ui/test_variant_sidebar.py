@@ -7,9 +7,12 @@ variants against a real ``vllm serve`` are in tests/ui/test_variant_sidebar_vllm
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from services.bench.store import RunStore
 from services.core import settings
 from tests.ports import closed_port
 
@@ -68,3 +71,30 @@ def test_each_variant_is_checked_and_says_why_it_cannot_be_used(triton_server, m
     choose_variants(at, ("same", f"http://127.0.0.1:{port}", "a"), ("same", f"http://127.0.0.1:{port}", "b"))
     assert texts(at.sidebar.error) == ["each variant needs its own label; same is given to several "
                                        "(add label=... to tell them apart)"]
+
+
+def test_the_benchmark_page_offers_the_variants_and_a_run_on_them_fails_with_their_reason(triton_server, monkeypatch,
+                                                                                       tmp_path):
+    monkeypatch.setenv("QWEN_TRITON_URL", triton_server.http_url)
+    monkeypatch.setenv("QWEN_DATA_DIR", str(tmp_path))
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.switch_page("pages/2_Benchmark.py").run()
+    assert at.multiselect(key="bench_versions").value == ["1", "2"]  # Triton: the versions
+    port = closed_port()
+    choose_variants(at, ("left", f"http://127.0.0.1:{port}", "m"), ("right", f"http://127.0.0.1:{port}", "m"))
+    assert not at.exception, at.exception
+    assert at.multiselect(key="bench_variants").options == ["left", "right"]
+    assert at.multiselect(key="bench_variants").value == ["left", "right"]
+    # a run on them: refused at its preflight, stored with the variants named and the reason
+    at.number_input(key="bench_requests").set_value(2)
+    at.button(key="bench_start").click().run()
+    deadline = time.monotonic() + 60
+    while "bench_job" in at.session_state and time.monotonic() < deadline:
+        time.sleep(0.5)
+        at.run()
+    assert not at.exception, at.exception
+    with RunStore(tmp_path) as store:
+        (run,) = store.list_runs()
+        assert run.status == "failed" and run.reason.startswith("variant left: "), run.reason
+        assert "not reachable" in run.reason
+        assert [v["key"] for v in store.get_run(run.id).manifest["variants"]] == ["left", "right"]
