@@ -233,11 +233,13 @@ def variant_fields() -> list[dict[str, Any]]:
 
 
 def with_variants(config: Any, conn: Connection) -> Any:
-    """A run's config (``BenchmarkConfig`` or ``SweepConfig``) on the session's OpenAI variants, those chosen."""
+    """A run's config (``BenchmarkConfig`` or ``SweepConfig``) on the session's OpenAI variants: those whose
+    keys it chose, else all of them; a Triton session's config as it is."""
     if conn.kind != "openai":
         return config
     sweep = hasattr(config, "bench")
     bench = config.bench if sweep else config
-    chosen = tuple(v for v in conn.variants if v.key in set(bench.versions))
+    # a form that knows only Triton's versions (Compare's fresh paired run) asks every variant
+    chosen = tuple(v for v in conn.variants if v.key in set(bench.versions)) or conn.variants
     bench = dataclasses.replace(bench, variants=chosen, versions=tuple(v.key for v in chosen))
     return dataclasses.replace(config, bench=bench) if sweep else bench

@@ -18,6 +18,7 @@ from services.bench.runner import BenchmarkConfig, run_benchmark
 from services.bench.store import RunStore
 from services.client.variants import parse_variant_spec, resolve_variants
 from services.compare.comparison import compare_run
+from services.compare.report import main as report_main
 from tests.bench.test_runner import EXACT, IMAGES, MAX_TOKENS, target_of
 from tests.bench.test_runner import _stop_sampler_after_module, store  # noqa: F401 (fixtures)
 from services.image_sets.image_set import ImageSetSpec
@@ -57,6 +58,20 @@ def test_a_paired_run_on_two_variants_is_stored_named_and_compared_by_label(trit
     assert (c.a.label, c.b.label) == ("bf16-run-server", "fp8-by-url")
     assert c.paired and c.interleaved and (c.measured_a, c.measured_b) == (3, 3)
     assert c.metric("latency_ms").dist_a.count == 3
+
+
+def test_the_report_of_a_run_on_two_variants_names_them_by_label(triton_server, tmp_path, capsys) -> None:
+    variants = two_variants(triton_server)
+    with RunStore(tmp_path / "db") as store:
+        cfg = BenchmarkConfig(variants=variants, image_set=ImageSetSpec(kind="uploaded", images=IMAGES, max_side=160),
+                              requests=2, warmup=0, max_tokens=MAX_TOKENS, extra_sampling=dict(EXACT), timeout_s=60.0)
+        run_id = run_benchmark(cfg, store, target_of(triton_server, "http")).run_id
+    assert report_main(["--run", str(run_id), "--data-dir", str(tmp_path / "db"), "--out", str(tmp_path / "r")]) == 0
+    html = next((tmp_path / "r").glob("*.html")).read_text()
+    assert "bf16-run-server" in html and "fp8-by-url" in html
+    data = json.loads(next((tmp_path / "r").glob("*.json")).read_text())
+    assert json.dumps(data).count("fp8-by-url") >= 2
+    assert "fp8-by-url" in capsys.readouterr().out  # the verdict's lines name the variants
 
 
 def test_a_variant_whose_version_is_missing_fails_the_run_before_its_first_request(triton_server, store) -> None:

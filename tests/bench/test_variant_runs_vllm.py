@@ -29,9 +29,9 @@ def triton_and_vllm(openai_server, model: str | None = None) -> tuple:
 
 
 def config(variants, **kw) -> BenchmarkConfig:
-    return BenchmarkConfig(variants=variants, image_set=ImageSetSpec(kind="uploaded", images=IMAGES, max_side=160),
-                           requests=3, warmup=1, max_tokens=TOKENS, extra_sampling={"ignore_eos": True},
-                           timeout_s=120.0, **kw)
+    base = dict(variants=variants, image_set=ImageSetSpec(kind="uploaded", images=IMAGES, max_side=160),
+                requests=3, warmup=1, max_tokens=TOKENS, extra_sampling={"ignore_eos": True}, timeout_s=120.0)
+    return BenchmarkConfig(**{**base, **kw})
 
 
 def test_detect_asks_both_variants_side_by_side(triton_server, openai_server) -> None:

@@ -98,3 +98,20 @@ def test_the_benchmark_page_offers_the_variants_and_a_run_on_them_fails_with_the
         assert run.status == "failed" and run.reason.startswith("variant left: "), run.reason
         assert "not reachable" in run.reason
         assert [v["key"] for v in store.get_run(run.id).manifest["variants"]] == ["left", "right"]
+
+
+def test_a_run_config_takes_the_session_variants_it_chose_else_all_of_them():
+    from services.bench.runner import BenchmarkConfig
+    from services.bench.sweep import SweepConfig
+    from services.client.variants import parse_variant_spec, resolve_variants
+    from ui.state import Connection, with_variants
+
+    variants = resolve_variants([parse_variant_spec("kind=openai,url=http://h:1,model=m,label=a"),
+                                 parse_variant_spec("kind=openai,url=http://h:2,model=m,label=b")])
+    conn = Connection(url_setting="", protocol="http", timeout_s=9.0, kind="openai", variants=variants)
+    one = with_variants(BenchmarkConfig(versions=("b",)), conn)
+    assert one.versions == ("b",) and [v.url for v in one.variants] == ["http://h:2"]
+    both = with_variants(SweepConfig(bench=BenchmarkConfig(versions=("1", "2"))), conn)  # Compare's fresh run
+    assert both.bench.versions == ("a", "b") and both.bench.variants == variants
+    triton = Connection(url_setting="", protocol="http", timeout_s=9.0)
+    assert with_variants(BenchmarkConfig(), triton) == BenchmarkConfig()
