@@ -75,14 +75,14 @@ def _show(box: Any, kind: str, text: str) -> None:
     getattr(box, kind)(text)
 
 
-def health_line(status: ServerStatus) -> tuple[str, str]:
-    """(kind, text) saying whether the server is live and ready."""
+def health_line(status: ServerStatus, server: str = "Triton") -> tuple[str, str]:
+    """(kind, text) saying whether the server is live and ready (``server``: what its version is of)."""
     if status.error:
         return "error", status.error
     if status.live and status.ready:
-        return "success", f"Server live and ready (Triton {status.server_version or '?'})"
+        return "success", f"Server live and ready ({server} {status.server_version or '?'})"
     if status.live:
-        return "warning", f"Server live but not ready (Triton {status.server_version or '?'})"
+        return "warning", f"Server live but not ready ({server} {status.server_version or '?'})"
     return "error", "Server not live"
 
 
@@ -136,7 +136,7 @@ def variant_lines(conn: Connection) -> list[tuple[str, str]]:
     for variant, status in conn.variant_status:
         state = status.version(variant.key)
         if state.ready:
-            server = f" ({status.server_version})" if status.server_version else ""
+            server = f" (server version {status.server_version})" if status.server_version else ""
             out.append(("success", f"{variant.label}: serves `{variant.model}` at {variant.url}{server}"))
         else:
             out.append(("error", f"{variant.label}: {state.state}" + (f" — {state.reason}" if state.reason else "")))

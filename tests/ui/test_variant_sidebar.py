@@ -73,6 +73,18 @@ def test_each_variant_is_checked_and_says_why_it_cannot_be_used(triton_server, m
                                        "(add label=... to tell them apart)"]
 
 
+def test_the_home_page_names_the_variants(triton_server, monkeypatch):
+    monkeypatch.setenv("QWEN_TRITON_URL", triton_server.http_url)
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    port = closed_port()
+    choose_variants(at, ("left", f"http://127.0.0.1:{port}", "demo"), ("right", f"http://127.0.0.1:{port}", "demo"))
+    assert not at.exception, at.exception
+    assert [m.label for m in at.metric] == ["Server", "Server version", "left", "right"]
+    assert at.caption[0].value == (f"OpenAI-compatible variants: left: `demo` at `http://127.0.0.1:{port}`; "
+                                   f"right: `demo` at `http://127.0.0.1:{port}`")
+    assert at.error[0].value.startswith("left: The OpenAI-compatible server at")  # neither answers
+
+
 def test_the_benchmark_page_offers_the_variants_and_a_run_on_them_fails_with_their_reason(triton_server, monkeypatch,
                                                                                        tmp_path):
     monkeypatch.setenv("QWEN_TRITON_URL", triton_server.http_url)
