@@ -73,6 +73,13 @@ class Variant:
         return f"{self.label} ({self.model} on OpenAI-compatible {where})"
 
 
+def default_label(version: str) -> str:
+    """A Triton version's name: ``QWEN_VERSION_LABELS`` (``1=bf16,2=fp8``), else the dashboard's (bf16, fp8)."""
+    from services.bench.version_labels import labels_setting  # reads the setting; imports only core
+
+    return labels_setting().get(version) or VERSION_LABELS.get(version) or f"v{version}"
+
+
 def make_variant(fields: Mapping[str, Any], where: str = "variant") -> Variant:
     """A variant from its fields (a parsed spec or a config file entry), checked; ValueError says what is wrong."""
     unknown = sorted(set(fields) - set(FIELDS))
@@ -90,7 +97,7 @@ def make_variant(fields: Mapping[str, Any], where: str = "variant") -> Variant:
         if protocol not in (None, "http", "grpc"):
             raise ValueError(f"{where}: protocol must be 'http' or 'grpc', not {protocol!r}")
         model = values.get("model") or settings.MODEL_NAME
-        label = label or VERSION_LABELS.get(version) or f"v{version}"
+        label = label or default_label(version)
     else:
         if not url:
             raise ValueError(f"{where}: an OpenAI-compatible variant needs url= (e.g. url=http://127.0.0.1:8100)")

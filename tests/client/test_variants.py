@@ -39,6 +39,13 @@ def test_the_default_pair_is_todays_two_versions_keyed_by_version() -> None:
     assert [v.key for v in variants_from_options(None, None, ["2"])] == ["2"]
 
 
+def test_the_default_labels_follow_the_version_labels_setting(monkeypatch) -> None:
+    monkeypatch.setenv("QWEN_VERSION_LABELS", "1=fp16,2=int8")
+    assert [v.label for v in default_variants()] == ["fp16", "int8"]
+    assert [v.key for v in default_variants()] == ["1", "2"]
+    assert parse_variant_spec("3").label == "v3"
+
+
 def test_a_bare_number_is_that_triton_version_on_the_run_server() -> None:
     v = parse_variant_spec(" 2 ")
     assert (v.kind, v.url, v.version, v.label) == ("triton", "", "2", VERSION_LABELS["2"])
