@@ -233,13 +233,15 @@ def build_target(args: argparse.Namespace, variants: Sequence[Any] = ()):
     from services.core import settings
     from services.client.server_target import current_target, external_target
     from services.client.triton_client import parse_url
-    from services.client.variants import variant_target
+    from services.client.variants import own_target
 
-    if variants and all(v.url for v in variants) and not args.url:
+    if variants and not args.url:
         try:
-            return variant_target(variants[0], None)  # type: ignore[arg-type]
+            own = own_target(variants)
         except ValueError as exc:
             raise UsageError(f"bad server URL of variant {variants[0].label}: {exc}") from exc
+        if own is not None:
+            return own
     url = args.url or settings.triton_url()
     if url:
         try:

@@ -89,7 +89,7 @@ from services.bench.store import RunStore
 from services.client.errors import ServerUnreachable, TritonClientError, VersionNotReady
 from services.bench.variant_manifest import variants_manifest
 from services.client.triton_client import TritonClient
-from services.client.variants import Variant, VariantClients, default_variants, resolve_variants
+from services.client.variants import Variant, VariantClients, default_variants, own_target, resolve_variants
 from services.core.boxes import match_boxes, parse_answer
 from services.image_sets.image_set import IMAGE_SET_KINDS, BenchImage, ImageSetSpec, load_image_set
 from services.image_sets.unseen_images import UnseenImages, workload_manifest
@@ -515,13 +515,13 @@ class _Runner:
 
     def _run(self) -> RunOutcome:
         cfg = self.config
+        variants = run_variants(cfg)
         if self.target is None:
             from services.client.server_target import current_target
 
-            self.target = current_target()
+            self.target = own_target(variants) or current_target()
         if cfg.protocol:
             self.target = dataclasses.replace(self.target, protocol=cfg.protocol)
-        variants = run_variants(cfg)
         workers = cfg.concurrency if cfg.load == "closed" else (
             cfg.max_in_flight or open_loop_workers(cfg.rate, cfg.timeout_s))
         # A private store on the same database for this run's threads: closing it at the end closes

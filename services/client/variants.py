@@ -228,6 +228,14 @@ def variant_target(variant: Variant, default: "ServerTarget") -> "ServerTarget":
     return target
 
 
+def own_target(variants: Sequence[Variant]) -> "ServerTarget | None":
+    """The run's server when every variant names its own (the first one's): nothing embedded need start.
+    None when some variant is a version on the run's server."""
+    if variants and all(v.url for v in variants):
+        return variant_target(variants[0], None)  # type: ignore[arg-type]
+    return None
+
+
 def client_for(variant: Variant, target: "ServerTarget | None" = None, timeout_s: float = 60.0,
                max_streams: int = 64) -> Any:
     """The client of a variant: ``TritonClient`` or ``OpenAIChatClient`` (same methods and results).

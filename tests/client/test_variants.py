@@ -168,3 +168,12 @@ def test_describe_names_the_variant_for_the_manifest() -> None:
     assert v.describe() == {"key": "b", "label": "b", "kind": "openai", "url": "http://h:1", "model": "demo",
                             "version": None, "protocol": None, "grpc_url": None, "metrics_url": None}
     assert isinstance(v, Variant) and "OpenAI-compatible" in v.title
+
+
+def test_a_run_whose_variants_all_name_their_server_needs_no_run_server() -> None:
+    from services.client.variants import own_target
+
+    both = resolve_variants([parse_variant_spec("kind=openai,url=http://127.0.0.1:8100,model=m,label=a"),
+                             parse_variant_spec("url=gpu:8000,version=1,label=b")])
+    assert own_target(both).label == "OpenAI-compatible server at http://127.0.0.1:8100"
+    assert own_target(default_variants()) is None  # versions on the run's server: it must be resolved
