@@ -127,3 +127,35 @@ def test_a_run_config_takes_the_session_variants_it_chose_else_all_of_them():
     assert both.bench.versions == ("a", "b") and both.bench.variants == variants
     triton = Connection(url_setting="", protocol="http", timeout_s=9.0)
     assert with_variants(BenchmarkConfig(), triton) == BenchmarkConfig()
+
+
+def test_the_compare_page_compares_a_stored_run_on_two_variants_by_label(triton_server, monkeypatch, tmp_path):
+    from services.bench.runner import BenchmarkConfig, run_benchmark
+    from services.bench.sampler import stop_shared_sampler
+    from services.client.variants import parse_variant_spec, resolve_variants
+    from services.compare.comparison import compare_run
+    from services.image_sets.image_set import ImageSetSpec
+    from tests.bench.test_runner import target_of
+
+    monkeypatch.setenv("QWEN_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("QWEN_TRITON_URL", triton_server.http_url)
+    # labels that sort the other way round: the page keeps the run's order (zeta is side A)
+    variants = resolve_variants([parse_variant_spec("version=2,label=zeta"),
+                                 parse_variant_spec(f"url={triton_server.http_url},version=1,label=alpha")])
+    config = BenchmarkConfig(variants=variants, image_set=ImageSetSpec(kind="generated", seed=4, count=2, max_side=160),
+                             requests=3, warmup=0, max_tokens=4, extra_sampling={"ignore_eos": True}, timeout_s=60.0)
+    with RunStore(tmp_path) as store:
+        outcome = run_benchmark(config, store=store, target=target_of(triton_server, "http"))
+        stop_shared_sampler()
+        assert outcome.status == "completed", outcome.reason
+        expected = compare_run(store, outcome.run_id)
+    assert (expected.a.version, expected.b.version) == ("zeta", "alpha")
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.switch_page("pages/3_Compare.py").run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="cmp_run").value == outcome.run_id
+    assert "zeta + alpha" in at.selectbox(key="cmp_run").format_func(outcome.run_id)  # type: ignore[attr-defined]
+    memory = next(t.value for t in at.table if "zeta" in t.value.columns)
+    assert list(memory.columns)[:2] == ["zeta", "alpha"]
+    at.radio(key="cmp_source").set_value("two").run()
+    assert (at.selectbox(key="cmp_a_version").value, at.selectbox(key="cmp_b_version").value) == ("zeta", "alpha")
