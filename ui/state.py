@@ -23,8 +23,15 @@ from services.client.address_check import AddressCheck, check_addresses
 from services.client.server_status import ServerStatus, check_server
 from services.client.results import VersionState
 from services.client.server_target import ServerTarget, current_target, server_target
-from services.client.variants import Variant, VariantClients, client_for, default_variants, make_variant, \
-    resolve_variants, variant_target
+from services.client.variants import (
+    Variant,
+    VariantClients,
+    client_for,
+    default_variants,
+    make_variant,
+    resolve_variants,
+    variant_target,
+)
 from services.core.versions import VERSION_LABELS
 from services.serving.embedded_triton import EmbeddedTriton
 from services.serving.supervisor import Snapshot, Supervisor

@@ -64,7 +64,6 @@ dict}, "memory": [MemorySeriesSummary as a dict], "requests": {...}, "open_loop"
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -88,8 +87,14 @@ from services.bench.stats import (
 from services.bench.store import RunStore
 from services.client.errors import ServerUnreachable, TritonClientError, VersionNotReady
 from services.bench.variant_manifest import variants_manifest
-from services.client.triton_client import TritonClient
-from services.client.variants import Variant, VariantClients, default_variants, own_target, resolve_variants
+from services.client.variants import (
+    Variant,
+    VariantClients,
+    client_for,
+    default_variants,
+    own_target,
+    resolve_variants,
+)
 from services.core.boxes import match_boxes, parse_answer
 from services.image_sets.image_set import IMAGE_SET_KINDS, BenchImage, ImageSetSpec, load_image_set
 from services.image_sets.unseen_images import UnseenImages, workload_manifest
@@ -539,7 +544,8 @@ class _Runner:
             target = self._client.targets[primary.key]
             protocol, url, model = target.protocol, (target.url() if primary.kind == "triton" else primary.url), \
                 primary.model
-            with contextlib.closing(self._admin(primary, target)) as admin:
+            # the preflight asks the primary variant's server with a short timeout
+            with client_for(primary, target, timeout_s=min(cfg.timeout_s, PREFLIGHT_TIMEOUT_S)) as admin:
                 manifest, error = variants_manifest(self._client, admin, cfg)
         if error is None:
             try:
@@ -584,16 +590,6 @@ class _Runner:
             except Exception:
                 log.exception("could not write the last memory samples of run %s", self._run_id)
         return self._conclude(t_attach, t_end)
-
-    def _admin(self, primary: Variant, target: "ServerTarget") -> Any:
-        """A client of the primary variant's server with the preflight's short timeout."""
-        timeout = min(self.config.timeout_s, PREFLIGHT_TIMEOUT_S)
-        if primary.kind == "triton":
-            return TritonClient(target.url(), protocol=target.protocol, model=primary.model,  # type: ignore[arg-type]
-                                timeout_s=timeout)
-        from services.client.variants import client_for
-
-        return client_for(primary, target, timeout_s=timeout)
 
     def _send_requests(self, workers: int) -> None:
         """Warm-up, then the measured requests (a sweep sends its levels instead: ``services.bench.sweep``)."""
