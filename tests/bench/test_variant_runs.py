@@ -103,6 +103,18 @@ def test_the_command_line_takes_variants_and_prints_them_by_label(triton_server,
         assert [r.version for r in store.get_requests(run_id)] == ["first", "second"] * 2
 
 
+def test_a_fresh_report_on_two_variants(triton_server, tmp_path, capsys) -> None:
+    assert report_main(["--fresh", "--url", triton_server.http_url, "--variant", "version=2,label=second",
+                        "--variant", f"url={triton_server.http_url},version=1,label=first", "--image-set", "generated",
+                        "--count", "2", "--requests", "2", "--warmup", "0", "--max-tokens", "2", "--max-side", "160",
+                        "--data-dir", str(tmp_path / "db"), "--out", str(tmp_path / "r")]) == 0
+    html = next((tmp_path / "r").glob("*.html")).read_text()
+    assert "<title>first vs second: comparison report</title>" in html  # B vs A: side A is the first variant given
+    with pytest.raises(SystemExit) as exc:
+        report_main(["--fresh", "--variant", "kind=openai", "--out", str(tmp_path / "r2")])
+    assert exc.value.code == 2 and "needs url" in capsys.readouterr().err
+
+
 def test_versions_and_variants_together_are_a_usage_error(tmp_path, capsys) -> None:
     assert main(["--versions", "1", "--variant", "2", "--data-dir", str(tmp_path)]) == 2
     assert "either --versions or --variant" in capsys.readouterr().err
