@@ -49,6 +49,7 @@ from services.serving.embedded_triton import (
     resolve_checkpoint,
     vllm_engine_args,
 )
+from services.serving.w8a8_checkpoint import W8A8BuildError
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +251,7 @@ def wait_ready(server: OpenAIServer, ready_timeout: float = READY_TIMEOUT_S,
         raise
     finally:
         http.clear()
-    server.ready_s = time.monotonic() - t0
+    server.ready_s = time.time() - server.started_at  # from launch: servers launched together load together
     server.engine_procs = [p for p in process_tree(server.pid) if p.pid != server.pid]
     log.info("vllm serve %s ready on %s in %.0f s", server.model_name, server.base_url, server.ready_s)
     return server
@@ -301,17 +302,26 @@ def describe(server: OpenAIServer) -> str:
 def serve_main(checkpoint: str | None, precisions: tuple[str, ...], port: int) -> int:
     """``qwen-serve --openai``: start the servers, print where they are, run until SIGTERM / Ctrl-C."""
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    last = [0.0]
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        return _serve(checkpoint, precisions, port, stop)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _serve(checkpoint: str | None, precisions: tuple[str, ...], port: int, stop: threading.Event) -> int:
+    last: dict[str, float] = {}
 
     def progress(server: OpenAIServer, elapsed: float) -> None:
-        if elapsed - last[0] >= 15:
-            last[0] = elapsed
+        if stop.is_set():  # SIGTERM while loading: start_openai_servers stops them all
+            raise KeyboardInterrupt
+        if elapsed - last.setdefault(server.model_name, 0.0) >= 15:
+            last[server.model_name] = elapsed
             print(f"waiting for vllm serve {server.model_name} ({elapsed:.0f} s)...", flush=True)
 
     try:
         servers = start_openai_servers(precisions, checkpoint, port, on_wait=progress)
-    except (OpenAIServerError, ValueError, FileNotFoundError) as exc:
+    except (OpenAIServerError, W8A8BuildError, ValueError, FileNotFoundError) as exc:
         print(f"qwen-serve --openai: {exc}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:

@@ -23,6 +23,7 @@ from services.client.errors import (
     VersionNotReady,
 )
 from services.client.openai_chat import OpenAIChatClient, chat_messages, normalize_base_url
+from services.compare.capacity import kv_max_concurrency
 from services.client.openai_metrics import MetricsUnreadable, read_vllm_metrics, vllm_metrics_from_series
 from services.core.prompt import SYSTEM_PROMPT, USER_PROMPT, build_prompt
 from services.detect.detection import DetectionOptions, detect_image, sample_inputs
@@ -180,6 +181,9 @@ def test_metrics_give_the_kv_room_and_see_a_request_running(openai_server, image
     assert idle.num_gpu_blocks > 0 and idle.block_size > 0
     assert idle.kv_tokens == idle.num_gpu_blocks * idle.block_size
     assert f'kv_cache_size_tokens="{idle.kv_tokens}"' in config  # vLLM's own product agrees
+    assert idle.max_concurrency > 0
+    tokens, how = kv_max_concurrency({"quantization": {"1": idle.cache_facts()}}, "1", 500.0)
+    assert tokens == idle.kv_tokens / 500.0 and "(run manifest)" in how  # what capacity would show
     errors: list[BaseException] = []
 
     def long_request() -> None:
