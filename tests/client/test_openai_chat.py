@@ -17,8 +17,10 @@ import pytest
 
 from services.bench.sampler import Sampler
 from services.client.errors import (
+    BadRequest,
     ModelNotServed,
     NotOpenAIServer,
+    RequestTimeout,
     ServerUnreachable,
     TritonClientError,
     VersionNotReady,
@@ -213,3 +215,16 @@ def test_metrics_give_the_kv_room_and_see_a_request_running(openai_server, image
     assert not errors, errors
     assert any(r.requests_running == 1 and r.kv_cache_usage > 0 and r.kv_tokens_used > 0 for r in seen), \
         [(r.requests_running, r.kv_cache_usage) for r in seen]
+
+
+@pytest.mark.vllm
+@pytest.mark.timeout(1200)
+def test_a_request_too_long_for_the_model_or_the_timeout_is_typed(openai_server, image_b64):
+    with openai_server.client() as client:
+        with pytest.raises(BadRequest, match="rejected the request to model 'demo-detector-bf16' as malformed") as caught:
+            client.detect(image_b64, max_tokens=10_000)  # beyond max_model_len 4096
+        assert caught.value.status == 400 and caught.value.server_message
+    with openai_server.client(timeout_s=0.3) as client:
+        for stream in (False, True):
+            with pytest.raises(RequestTimeout, match=r"took longer than 0.3 s"):
+                client.detect(image_b64, max_tokens=3000, stream=stream, extra_sampling={"ignore_eos": True})
