@@ -6,7 +6,12 @@
   (``vllm:gpu_cache_usage_perc`` in vLLM before 0.10, read where the new name is absent);
 * ``vllm:num_requests_running`` / ``vllm:num_requests_waiting``: the engine's batch and queue;
 * ``vllm:cache_config_info``: a gauge of value 1 whose labels carry the cache configuration,
-  ``num_gpu_blocks`` (the KV blocks allocated, on the CPU too) and ``block_size`` (tokens per block).
+  ``num_gpu_blocks`` (the KV blocks allocated, on the CPU too), ``block_size`` (tokens per block)
+  and ``kv_cache_max_concurrency`` (how many requests of ``max_model_len`` tokens fit).
+
+The benchmark's sampler keeps every ``vllm:*`` series of whatever metrics URL it is given, so a
+``Sample.metrics`` of a vLLM server's page reads the same way (``vllm_metrics_from_series``);
+``cache_facts`` gives the KV room under the keys Compare's capacity reads from a run manifest.
 
 ``read_vllm_metrics`` fetches the page and parses it with the benchmark's helpers
 (services.bench.triton_metrics: prometheus_client's parser, proxies bypassed) into a
@@ -45,6 +50,7 @@ class VllmServerMetrics:
     requests_waiting: float | None = None
     num_gpu_blocks: int | None = None  # KV-cache blocks (on the CPU too: vLLM's name)
     block_size: int | None = None  # tokens per block
+    max_concurrency: float | None = None  # vLLM's own bound: requests of max_model_len the KV cache holds
     series: dict[str, float] = field(default_factory=dict, repr=False)  # every vllm:* series read
 
     @property
@@ -53,6 +59,13 @@ class VllmServerMetrics:
         if self.num_gpu_blocks is None or self.block_size is None:
             return None
         return self.num_gpu_blocks * self.block_size
+
+    def cache_facts(self) -> dict[str, float | int]:
+        """The KV-cache room under the keys Compare's capacity reads from a run manifest's version
+        entry (``services.compare.capacity.KV_TOKENS_KEYS`` / ``KV_CONCURRENCY_KEYS``); unknown ones left out."""
+        facts = {"kv_cache_tokens": self.kv_tokens, "num_gpu_blocks": self.num_gpu_blocks,
+                 "block_size": self.block_size, "kv_cache_max_concurrency": self.max_concurrency}
+        return {k: v for k, v in facts.items() if v is not None}
 
     @property
     def kv_tokens_used(self) -> float | None:
@@ -70,11 +83,16 @@ def _matching(series: dict[str, float], name: str, model_name: str | None) -> li
     return found
 
 
-def _int_label(labels: dict[str, str], name: str) -> int | None:
+def _number_label(labels: dict[str, str], name: str) -> float | None:
     try:
-        return int(float(labels[name]))
-    except (KeyError, ValueError):
+        return float(labels[name])
+    except (KeyError, ValueError):  # absent, or "None"
         return None
+
+
+def _int_label(labels: dict[str, str], name: str) -> int | None:
+    value = _number_label(labels, name)
+    return None if value is None else int(value)
 
 
 def vllm_metrics_from_series(series: dict[str, float], url: str = "",
@@ -94,6 +112,9 @@ def vllm_metrics_from_series(series: dict[str, float], url: str = "",
         out.num_gpu_blocks = sum(b for b in blocks if b is not None)
     if len(sizes) == 1:
         out.block_size = sizes.pop()
+    bounds = [_number_label(c, "kv_cache_max_concurrency") for c in configs]
+    if configs and None not in bounds:
+        out.max_concurrency = sum(b for b in bounds if b is not None)
     for name in KV_USAGE_NAMES:
         usage = _matching(series, name, model_name)
         if usage:

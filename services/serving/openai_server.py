@@ -10,7 +10,8 @@ server's (``embedded_triton.vllm_engine_args``: eager mode on the CPU, one image
 int8 W8A8 stand-in checkpoint for fp8 where there is no GPU, built and cached on first use by
 ``w8a8_checkpoint``) turned into command-line options, and its KV cache on the CPU is the embedded
 engine's ``VLLM_CPU_KVCACHE_SPACE`` (1 GiB unless set). ``OpenAIServer.stop`` ends the whole process
-tree (the API server, its EngineCore) and removes the shared-memory files they mapped.
+tree (the API server, its EngineCore) and removes the shared-memory files they mapped (and the
+folder of its log, unless the caller gave one).
 
 The served model name says what is served: ``<checkpoint>-bf16``, ``<checkpoint>-fp8`` on a GPU,
 ``<checkpoint>-int8-w8a8`` on the CPU (version 2's stand-in; never called fp8 there).
@@ -28,6 +29,7 @@ import atexit
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,6 +43,7 @@ from typing import Callable
 from services.core import settings
 from services.serving.embedded_triton import (
     VLLM_CPU_KVCACHE_GIB,
+    _error_lines,
     _mapped_shm_files,
     _wait_gone,
     free_port,
@@ -49,6 +52,7 @@ from services.serving.embedded_triton import (
     resolve_checkpoint,
     vllm_engine_args,
 )
+from services.serving.w8a8_checkpoint import W8A8BuildError
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +114,7 @@ class OpenAIServer:
     started_at: float = field(default_factory=time.time)
     ready_s: float | None = None
     engine_procs: list = field(default_factory=list, repr=False)  # its tree once ready (psutil): see stop
+    owns_workdir: bool = False  # a folder made here (<data>/openai_servers/vllm-serve-*): removed by stop()
     _stopped: bool = False
 
     @property
@@ -177,6 +182,8 @@ class OpenAIServer:
                 Path(path).unlink()
             except OSError:
                 pass
+        if self.owns_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
         _RUNNING.discard(self)
 
     def __enter__(self) -> "OpenAIServer":
@@ -214,7 +221,8 @@ def launch_openai_server(checkpoint: str | Path | None = None, precision: str = 
     with open(work / "vllm-serve.log", "wb") as log_file:
         process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=server_environment(),
                                    start_new_session=True, cwd=work)
-    server = OpenAIServer(process, port, name, precision, Path(engine_args["model"]), work, engine_args)
+    server = OpenAIServer(process, port, name, precision, Path(engine_args["model"]), work, engine_args,
+                          owns_workdir=not workdir)
     _RUNNING.add(server)
     return server
 
@@ -225,8 +233,6 @@ def wait_ready(server: OpenAIServer, ready_timeout: float = READY_TIMEOUT_S,
     raise ``OpenAIServerError`` (with its log's errors) if it exits or the time runs out.
     ``on_wait(server, elapsed_s)`` is called about twice a second meanwhile (progress)."""
     import urllib3
-
-    from services.serving.embedded_triton import _error_lines
 
     http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=2.0, read=5.0))
     t0 = time.monotonic()
@@ -250,7 +256,7 @@ def wait_ready(server: OpenAIServer, ready_timeout: float = READY_TIMEOUT_S,
         raise
     finally:
         http.clear()
-    server.ready_s = time.monotonic() - t0
+    server.ready_s = time.time() - server.started_at  # from launch: servers launched together load together
     server.engine_procs = [p for p in process_tree(server.pid) if p.pid != server.pid]
     log.info("vllm serve %s ready on %s in %.0f s", server.model_name, server.base_url, server.ready_s)
     return server
@@ -301,17 +307,26 @@ def describe(server: OpenAIServer) -> str:
 def serve_main(checkpoint: str | None, precisions: tuple[str, ...], port: int) -> int:
     """``qwen-serve --openai``: start the servers, print where they are, run until SIGTERM / Ctrl-C."""
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    last = [0.0]
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        return _serve(checkpoint, precisions, port, stop)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _serve(checkpoint: str | None, precisions: tuple[str, ...], port: int, stop: threading.Event) -> int:
+    last: dict[str, float] = {}
 
     def progress(server: OpenAIServer, elapsed: float) -> None:
-        if elapsed - last[0] >= 15:
-            last[0] = elapsed
+        if stop.is_set():  # SIGTERM while loading: start_openai_servers stops them all
+            raise KeyboardInterrupt
+        if elapsed - last.setdefault(server.model_name, 0.0) >= 15:
+            last[server.model_name] = elapsed
             print(f"waiting for vllm serve {server.model_name} ({elapsed:.0f} s)...", flush=True)
 
     try:
         servers = start_openai_servers(precisions, checkpoint, port, on_wait=progress)
-    except (OpenAIServerError, ValueError, FileNotFoundError) as exc:
+    except (OpenAIServerError, W8A8BuildError, ValueError, FileNotFoundError) as exc:
         print(f"qwen-serve --openai: {exc}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:

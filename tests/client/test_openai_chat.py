@@ -15,14 +15,18 @@ from pathlib import Path
 import jinja2
 import pytest
 
+from services.bench.sampler import Sampler
 from services.client.errors import (
+    BadRequest,
     ModelNotServed,
     NotOpenAIServer,
+    RequestTimeout,
     ServerUnreachable,
     TritonClientError,
     VersionNotReady,
 )
 from services.client.openai_chat import OpenAIChatClient, chat_messages, normalize_base_url
+from services.compare.capacity import kv_max_concurrency
 from services.client.openai_metrics import MetricsUnreadable, read_vllm_metrics, vllm_metrics_from_series
 from services.core.prompt import SYSTEM_PROMPT, USER_PROMPT, build_prompt
 from services.detect.detection import DetectionOptions, detect_image, sample_inputs
@@ -180,12 +184,21 @@ def test_metrics_give_the_kv_room_and_see_a_request_running(openai_server, image
     assert idle.num_gpu_blocks > 0 and idle.block_size > 0
     assert idle.kv_tokens == idle.num_gpu_blocks * idle.block_size
     assert f'kv_cache_size_tokens="{idle.kv_tokens}"' in config  # vLLM's own product agrees
+    assert idle.max_concurrency > 0
+    tokens, how = kv_max_concurrency({"quantization": {"1": idle.cache_facts()}}, "1", 500.0)
+    assert tokens == idle.kv_tokens / 500.0 and "(run manifest)" in how  # what capacity would show
+    # the benchmark's sampler, pointed at the server, keeps the same series and the server's memory
+    sample = Sampler(metrics_url=openai_server.metrics_url, root_pid=openai_server.pid, nvml=False).sample_once()
+    assert vllm_metrics_from_series(sample.metrics, model_name=openai_server.model_name).kv_tokens == idle.kv_tokens
+    measured = {p.pid for p in sample.processes if p.kind == "host" and p.memory_bytes > 0}
+    tree = {p.pid for p in openai_server.engine_procs} | {openai_server.pid}
+    assert openai_server.pid in measured and len(measured & tree) >= 2  # the API server and its EngineCore
     errors: list[BaseException] = []
 
     def long_request() -> None:
         try:
             with openai_server.client() as client:
-                client.detect(image_b64, max_tokens=400, stream=True, extra_sampling={"ignore_eos": True})
+                client.detect(image_b64, max_tokens=3000, stream=True, extra_sampling={"ignore_eos": True})
         except TritonClientError as exc:
             errors.append(exc)
 
@@ -196,8 +209,22 @@ def test_metrics_give_the_kv_room_and_see_a_request_running(openai_server, image
     while worker.is_alive() and time.monotonic() < deadline:
         reading = read_vllm_metrics(openai_server.metrics_url, model_name=openai_server.model_name)
         seen.append(reading)
-        time.sleep(0.2)
+        if reading.requests_running:
+            break  # seen generating: let it finish
     worker.join()
     assert not errors, errors
     assert any(r.requests_running == 1 and r.kv_cache_usage > 0 and r.kv_tokens_used > 0 for r in seen), \
         [(r.requests_running, r.kv_cache_usage) for r in seen]
+
+
+@pytest.mark.vllm
+@pytest.mark.timeout(1200)
+def test_a_request_too_long_for_the_model_or_the_timeout_is_typed(openai_server, image_b64):
+    with openai_server.client() as client:
+        with pytest.raises(BadRequest, match="rejected the request to model 'demo-detector-bf16' as malformed") as caught:
+            client.detect(image_b64, max_tokens=10_000)  # beyond max_model_len 4096
+        assert caught.value.status == 400 and caught.value.server_message
+    with openai_server.client(timeout_s=0.3) as client:
+        for stream in (False, True):
+            with pytest.raises(RequestTimeout, match=r"took longer than 0.3 s"):
+                client.detect(image_b64, max_tokens=3000, stream=stream, extra_sampling={"ignore_eos": True})

@@ -85,3 +85,11 @@ def test_a_server_killed_mid_stream_gives_a_stream_error_and_stop_leaves_nothing
         server.stop()
     assert not server.alive()
     assert not [p for p in engine if p.is_running() and p.status() != "zombie"], "an engine process outlived stop()"
+
+
+def test_qwen_serve_openai_says_why_it_cannot_start(tmp_path, capsys):
+    from services.serving.embedded_triton import main
+
+    assert main(["--openai", "--precision", "bf16", "--checkpoint", str(tmp_path / "nowhere")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("qwen-serve --openai: ") and "is not a checkpoint folder (no config.json)" in err
