@@ -149,3 +149,23 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason=reason)
     for item in gpu_items:
         item.add_marker(skip)
+
+
+# --------------------------------------------------------------------------- OpenAI-compatible server
+
+
+@pytest.fixture(scope="session")
+def openai_server(tmp_path_factory, demo_checkpoint):
+    """A real standalone ``vllm serve`` (OpenAI-compatible API) on the demo detector, bf16, on a free
+    port; one per test session (about a minute to be ready on an idle machine, minutes on a loaded one)."""
+    require_vllm()
+    from services.serving.openai_server import start_openai_server
+
+    started = time.monotonic()
+    server = start_openai_server(demo_checkpoint, "bf16", workdir=tmp_path_factory.mktemp("vllm-serve"))
+    print(f"\n[openai_server] {server.model_name} ready on {server.base_url} in {time.monotonic() - started:.0f} s")
+    yield server
+    server.stop()
+
+
+SERVER_FIXTURES.add("openai_server")

@@ -176,9 +176,11 @@ def classify_error(server_message: str, *, url: str, model: str, version: str | 
 _TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.I | re.S)
 
 
-def describe_answer(status: int | str | None, body: bytes | str, content_type: str = "") -> str:
+def describe_answer(status: int | str | None, body: bytes | str, content_type: str = "",
+                    whose: str = "Triton's") -> str:
     """A few words on an HTTP answer that is not Triton's (never the raw body): "HTTP 404 and an HTML page
-    titled '404 Not Found'", "HTTP 200 and JSON that is not Triton's (keys: status)"."""
+    titled '404 Not Found'", "HTTP 200 and JSON that is not Triton's (keys: status)". ``whose``: the
+    API that was expected ("the OpenAI API's" for an OpenAI-compatible target)."""
     text = (body.decode("utf-8", errors="replace") if isinstance(body, bytes) else str(body)).strip()
     head = text[:2000].lower()
     if "html" in content_type.lower() or head.startswith(("<!doctype", "<html")) or "<body" in head:
@@ -195,8 +197,8 @@ def describe_answer(status: int | str | None, body: bytes | str, content_type: s
             what = f"text that is not JSON ({snippet!r}{'...' if len(text) > 60 else ''})"
         else:
             keys = ", ".join(list(obj)[:5]) if isinstance(obj, dict) else ""
-            what = (f"JSON that is not Triton's (keys: {keys})" if keys
-                    else f"JSON that is not Triton's (a {type(obj).__name__})")
+            what = (f"JSON that is not {whose} (keys: {keys})" if keys
+                    else f"JSON that is not {whose} (a {type(obj).__name__})")
     return f"HTTP {status} and {what}" if status is not None else what
 
 
@@ -204,3 +206,26 @@ def not_triton(url: str, found: str) -> NotTritonServer:
     """The error for an address where something other than Triton answers; ``found`` says what."""
     return NotTritonServer(f"The server at {url} is not a Triton server: it answered {found}.", url=url,
                            server_message=found)
+
+
+# --------------------------------------------------------------------------- OpenAI-compatible servers
+
+
+class NotOpenAIServer(TritonClientError):
+    """Something answers at the address, but not the OpenAI chat API (``/v1/chat/completions``,
+    ``/v1/models``): another web server, a Triton port, a wrong port."""
+
+
+class ModelNotServed(VersionNotReady):
+    """The OpenAI-compatible server does not serve the model name asked for; ``served`` lists the
+    names it does serve (``GET /v1/models``; empty when they could not be read)."""
+
+    def __init__(self, message: str, *, served: list[str] | None = None, **kwargs) -> None:
+        super().__init__(message, **kwargs)
+        self.served = list(served or [])
+
+
+def not_openai(url: str, found: str) -> NotOpenAIServer:
+    """The error for an address where something other than an OpenAI-compatible server answers."""
+    return NotOpenAIServer(f"The server at {url} is not an OpenAI-compatible server: it answered {found}.",
+                           url=url, server_message=found)

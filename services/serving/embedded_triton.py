@@ -639,8 +639,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engine", choices=settings.ENGINES, default=None,
                         help="transformers (one request at a time) or vllm (the real vLLM engine, continuous "
                              f"batching; scripts/setup.sh --vllm). Default: QWEN_ENGINE, else {settings.DEFAULT_ENGINE}")
+    parser.add_argument("--openai", action="store_true",
+                        help="start standalone `vllm serve` (OpenAI-compatible API) instead of Triton: one "
+                             "server per --precision, from --openai-port on (services.serving.openai_server)")
+    parser.add_argument("--precision", action="append", choices=("bf16", "fp8"),
+                        help="with --openai: bf16 and/or fp8 (the int8 W8A8 stand-in on the CPU); default both")
+    parser.add_argument("--openai-port", type=int, default=8100, help="with --openai: the first server's port")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.openai:
+        from services.serving.openai_server import serve_main
+
+        return serve_main(args.checkpoint, tuple(dict.fromkeys(args.precision or ("bf16", "fp8"))), args.openai_port)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())  # before anything can announce readiness
     server = start_embedded_triton(args.checkpoint, device=args.device, engine=args.engine,
