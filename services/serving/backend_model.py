@@ -42,7 +42,15 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from services.serving.engine import Engine, EngineError, SamplingParams, decode_image
-from services.serving.model_interface import RETURN_FLAGS, VersionModel, bool_input, build_response, prompt_input
+from services.serving.model_interface import (
+    RETURN_FLAGS,
+    RequestInputError,
+    VersionModel,
+    bool_input,
+    build_response,
+    prompt_input,
+    request_options,
+)
 
 ENGINE_ARGS_FILE = "model.json"
 ENGINE_REPORT_FILE = "engine_report.json"
@@ -215,7 +223,7 @@ class TritonPythonModel(VersionModel):
         try:
             self._handle(request, sender, trace)
         except Exception as exc:  # every failure becomes a final error response
-            if not isinstance(exc, EngineError):
+            if not isinstance(exc, (EngineError, RequestInputError)):
                 self.logger.log_error(f"[qwen] error: {traceback.format_exc()}")
             self._send_error(sender, "Request was cancelled" if _cancelled(sender)
                              else f"Error generating stream: {exc}")
@@ -269,13 +277,7 @@ class TritonPythonModel(VersionModel):
         t_images = time.perf_counter_ns()
         images = [decode_image(b) for b in image_tensor.as_numpy().reshape(-1)] if image_tensor is not None else []
         trace["image_decode_ns"] = time.perf_counter_ns() - t_images
-        stream = bool(bool_input(inputs, "stream"))
-        exclude = bool_input(inputs, "exclude_input_in_output")
-        prepend_input = (not exclude) if exclude is not None else not stream
-        if prepend_input and stream:
-            raise EngineError("When streaming, `exclude_input_in_output` = False is not allowed.")
-        params_tensor = inputs.get("sampling_parameters")
-        raw_params = params_tensor.as_numpy().reshape(-1)[0] if params_tensor is not None else request.parameters()
+        stream, prepend_input, raw_params = request_options(inputs, request)
         params = SamplingParams.from_json(raw_params)
         flags = {name: bool(bool_input(inputs, name)) for name in RETURN_FLAGS}
         want_cum = flags["return_cumulative_logprob"]
