@@ -146,8 +146,12 @@ class TritonPythonModel(VersionModel):
             precision="fp8" if quantization == "fp8" else "bf16",
             device=engine_args.get("device"),
             max_model_len=int(engine_args.get("max_model_len", 4096)),
+            limit_mm_per_prompt=engine_args.get("limit_mm_per_prompt"),
+            mm_processor_kwargs=engine_args.get("mm_processor_kwargs"),
         )
         report = self.engine.quantization.as_dict()
+        report.update(engine="transformers", image_limit=self.engine.image_limit, image_size=self.engine.image_size,
+                      ignored_mm_processor_kwargs=self.engine.ignored_mm_processor_kwargs)
         report.update(checkpoint=str(self.engine.checkpoint), load_seconds=round(self.engine.load_seconds, 3))
         # torch's CUDA counters once the engine is loaded (null on the CPU, where there are none).
         report["torch_memory_after_load"] = torch_memory(self.engine.device)
