@@ -170,9 +170,11 @@ def _kv_and_rest(manifest: Mapping[str, Any], version: str, weights: int | float
     rest: float | None = None
     if kv_direct is not None:
         kv, kv_note = kv_direct, "stated by the engine at load (recorded in the run manifest)"
-        if weights is not None and peak is not None and source != "unknown":
+        if weights is not None and peak is not None and source != "unknown" and peak >= weights + kv:
             rest = peak - weights - kv
             rest_note = "peak minus weights minus KV room"
+        elif weights is not None and peak is not None and source != "unknown":
+            rest_note = "unknown: the peak is below weights plus KV room (part of them is not resident)"
         else:
             rest_note = ("unknown: the engine stated no weight memory" if weights is None
                          else "unknown: no memory samples of the serving processes")
