@@ -42,15 +42,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from services.serving.engine import Engine, EngineError, SamplingParams, decode_image
-from services.serving.model_interface import (
-    RETURN_FLAGS,
-    RequestInputError,
-    VersionModel,
-    bool_input,
-    build_response,
-    prompt_input,
-    request_options,
-)
+from services.serving.model_interface import RETURN_FLAGS, RequestInputError, VersionModel, bool_input
+from services.serving.model_interface import build_response, prompt_input, request_options
 
 ENGINE_ARGS_FILE = "model.json"
 ENGINE_REPORT_FILE = "engine_report.json"
