@@ -17,7 +17,7 @@ from services.bench.version_labels import label_caveats
 from services.compare.accuracy import AccuracyComparison, Agreement
 from services.compare.decode_floor import DecodeFloor
 from services.compare.differences import Difference
-from services.compare.memory import MemoryComparison
+from services.compare.memory import MemoryComparison, split_text
 from services.compare.pairing import Side
 from services.compare.request_boxes import FOUND_IOU
 from services.compare.speed import MetricComparison, metric_named
@@ -39,9 +39,10 @@ def _ci_words(d: Difference, fmt: Callable[[float], str]) -> str:
 
 def memory_sentence(m: MemoryComparison, a: Side, b: Side) -> str:
     """Memory saved by B (binary units: :func:`services.core.units.format_bytes`) and %, on the weights when known."""
+    split = f" Split: {b.label} {split_text(m.b)}; {a.label} {split_text(m.a)}."
     if m.saved_bytes is None:
         return ("Memory: unknown. Neither the weight bytes of both versions nor comparable memory samples "
-                "were recorded.")
+                "were recorded." + split)
     what = "weights" if m.basis == "weights" else "peak memory of the serving processes"
     ref_a = m.a.weights_bytes if m.basis == "weights" else m.a.peak_bytes
     ref_b = m.b.weights_bytes if m.basis == "weights" else m.b.peak_bytes
@@ -49,9 +50,7 @@ def memory_sentence(m: MemoryComparison, a: Side, b: Side) -> str:
     pct = f" ({abs(m.saved_pct):.1f}%)" if m.saved_pct is not None else ""
     core = (f"Memory: {b.label} {verb} {format_bytes(abs(m.saved_bytes))}{pct} of {what} "
             f"({format_bytes(ref_b)} vs {format_bytes(ref_a)} for {a.label}).")  # type: ignore[arg-type]
-    if m.basis == "weights" and m.a.kv_room_bytes is not None and m.b.kv_room_bytes is not None:
-        core += f" KV-cache room: {format_bytes(m.b.kv_room_bytes)} vs {format_bytes(m.a.kv_room_bytes)}."
-    return core
+    return core + split
 
 
 def latency_sentence(mc: MetricComparison, a: Side, b: Side) -> str:

@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from services.serving.multimodal_args import image_limit, image_processor_size, too_many_images
+
 log = logging.getLogger(__name__)
 
 IMAGE_PAD = "<|image_pad|>"
@@ -292,7 +294,11 @@ class Engine:
         compile_decode: bool | None = None,
         fp8_backend: str | None = None,
         decode_kernels: bool | None = None,
+        limit_mm_per_prompt: dict[str, Any] | None = None,
+        mm_processor_kwargs: dict[str, Any] | None = None,
     ) -> None:
+        """``limit_mm_per_prompt`` and ``mm_processor_kwargs``: the model.json engine arguments of
+        that name, honoured as vLLM honours them (:mod:`services.serving.multimodal_args`)."""
         import torch
         from transformers import AutoTokenizer, Qwen2VLForConditionalGeneration
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
@@ -313,6 +319,9 @@ class Engine:
         t0 = time.perf_counter()
         self.tokenizer = AutoTokenizer.from_pretrained(self.checkpoint)
         self.image_processor = Qwen2VLImageProcessorPil.from_pretrained(self.checkpoint)
+        self.image_limit = image_limit(limit_mm_per_prompt)
+        self.image_size, self.ignored_mm_processor_kwargs = image_processor_size(mm_processor_kwargs,
+                                                                                 self.image_processor.size)
         self.model = Qwen2VLForConditionalGeneration.from_pretrained(self.checkpoint, dtype=torch.bfloat16)
         self.model.to(self.device).eval()
         self.load_seconds = time.perf_counter() - t0
@@ -420,6 +429,9 @@ class Engine:
         """Tokenize ``prompt``, expanding each ``<|image_pad|>`` to its image's visual tokens."""
         import torch
 
+        refusal = too_many_images(len(images), self.image_limit)
+        if refusal:
+            raise EngineError(refusal)
         n_pads = prompt.count(IMAGE_PAD)
         if n_pads != len(images):
             raise EngineError(
@@ -428,7 +440,8 @@ class Engine:
         inputs: dict[str, Any] = {}
         text = prompt
         if images:
-            processed = self.image_processor(images=images, return_tensors="pt")
+            size = {"size": self.image_size} if self.image_size is not None else {}
+            processed = self.image_processor(images=images, return_tensors="pt", **size)
             grid = processed["image_grid_thw"]
             text = expand_image_placeholders(prompt, grid, self.merge_size)
             inputs["pixel_values"] = processed["pixel_values"].to(self.device, torch.bfloat16)
