@@ -74,10 +74,12 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 from services.bench.manifest import address_error_manifest, collect_manifest, prefix_caching
 from services.bench.memory_scope import memory_scope
 from services.bench.request_plan import PlannedRequest, poisson_offsets, request_plan
+from services.bench.server_timings import record_server_timings, settled_reading
 from services.bench.stats import (
     MemorySeriesSummary,
     RequestRecord,
     VersionSummary,
+    arrived_in_bursts,
     memory_summary,
     summarize_version,
 )
@@ -301,6 +303,8 @@ class _Runner:
         self._client: TritonClient | None = None
         self._writer: RunStore | None = None
         self._run_id: int | None = None
+        self._metric_marks: list[float] = []  # vllm:* readings at the measured window's edges (t_mono)
+        self._timings: dict[str, Any] | None = None  # the server-side timings' summary
         self.outcome: RunOutcome | None = None
 
     # ------------------------------------------------------------------ state
@@ -381,7 +385,9 @@ class _Runner:
                 seq=item.seq, version=item.version, send_ns=done.send_ns, recv_ns=done.recv_ns,
                 first_token_ns=done.first_token_ns, input_tokens=done.num_input_tokens,
                 output_tokens=done.num_output_tokens, status="ok", warmup=item.warmup, image_id=image.id,
-                answer=done.text, box=box, iou=iou, chunk_ns=list(done.chunk_ns) or None, level=item.level)
+                answer=done.text, box=box, iou=iou, chunk_ns=list(done.chunk_ns) or None, level=item.level,
+                chunk_tokens=list(done.chunk_tokens) or None)
+            record.bursty = arrived_in_bursts(record)  # judged again against the server's TPOT at the end
         except Exception as exc:  # TritonClientError, or anything unexpected: a failed request either way
             error = exc
             kind = type(exc).__name__
@@ -576,11 +582,23 @@ class _Runner:
             self._set_status("warmup")
             self._closed_loop(warm, cfg.concurrency)
         if not self._stopping():
+            self._mark_metrics()
             self._set_status("running")
             if cfg.load == "closed":
                 self._closed_loop(measured, cfg.concurrency)
             else:
                 self._open_loop(measured, cfg.rate, cfg.seed, workers)
+            self._mark_metrics()
+
+    def _mark_metrics(self) -> None:
+        """Store a settled reading of the vllm:* series: the edges of the server-side timings' window."""
+        try:
+            reading = settled_reading(self.target.metrics_url if self.target is not None else None)
+            if reading is not None:
+                self._writer.add_samples(self._run_id, [reading])  # type: ignore[union-attr, arg-type]
+                self._metric_marks.append(reading.t_mono)
+        except Exception:  # the server timings become unknown; the run goes on
+            log.exception("could not record the vllm:* metrics of run %s", self._run_id)
 
     def _stored_config(self) -> dict[str, Any]:
         """The run's config as stored (a sweep adds its levels and targets)."""
@@ -612,6 +630,7 @@ class _Runner:
         samples = self._writer.get_samples(self._run_id)  # type: ignore[union-attr, arg-type]
         first = self._first_send_ns / 1e9 if self._first_send_ns is not None else None
         memory = memory_summary(samples, t0=t_attach, t1=t_end, first_request_t=first)
+        self._timings = record_server_timings(self._writer, self._run_id, records, self._metric_marks)  # type: ignore[arg-type]
         return self._finish(status, reason, records, memory, (t_attach, t_end))
 
     def _finish(self, status: str, reason: str | None, records: list[RequestRecord],
@@ -629,6 +648,7 @@ class _Runner:
                           if cfg.load == "open" else None),
             "sample_window": None if window is None else {"t0": window[0], "t1": window[1]},
             "duration_s": time.perf_counter() - self._t0,
+            "server_timings": self._timings,
             **self._summary_extra(records),
         }
         self._writer.finish_run(self._run_id, status, reason, summary=summary)  # type: ignore[union-attr, arg-type]
