@@ -304,6 +304,7 @@ class _Runner:
         self._writer: RunStore | None = None
         self._run_id: int | None = None
         self._metric_marks: list[float] = []  # vllm:* readings at the measured window's edges (t_mono)
+        self._metric_error: str | None = None  # why a reading at an edge failed
         self._timings: dict[str, Any] | None = None  # the server-side timings' summary
         self.outcome: RunOutcome | None = None
 
@@ -597,8 +598,9 @@ class _Runner:
             if reading is not None:
                 self._writer.add_samples(self._run_id, [reading])  # type: ignore[union-attr, arg-type]
                 self._metric_marks.append(reading.t_mono)
-        except Exception:  # the server timings become unknown; the run goes on
-            log.exception("could not record the vllm:* metrics of run %s", self._run_id)
+        except Exception as exc:  # the server timings become unknown; the run goes on
+            self._metric_error = f"{type(exc).__name__}: {exc}"
+            log.warning("could not record the vllm:* metrics of run %s: %s", self._run_id, self._metric_error)
 
     def _stored_config(self) -> dict[str, Any]:
         """The run's config as stored (a sweep adds its levels and targets)."""
@@ -630,7 +632,8 @@ class _Runner:
         samples = self._writer.get_samples(self._run_id)  # type: ignore[union-attr, arg-type]
         first = self._first_send_ns / 1e9 if self._first_send_ns is not None else None
         memory = memory_summary(samples, t0=t_attach, t1=t_end, first_request_t=first)
-        self._timings = record_server_timings(self._writer, self._run_id, records, self._metric_marks)  # type: ignore[arg-type]
+        self._timings = record_server_timings(self._writer, self._run_id, records,  # type: ignore[arg-type]
+                                             self._metric_marks, self._metric_error)
         return self._finish(status, reason, records, memory, (t_attach, t_end))
 
     def _finish(self, status: str, reason: str | None, records: list[RequestRecord],

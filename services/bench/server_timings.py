@@ -299,19 +299,17 @@ def _vllm_only(metrics: dict[str, float]) -> dict[str, float]:
 def settled_reading(metrics_url: str | None, timeout_s: float = 2.0, interval_s: float = SETTLE_INTERVAL_S,
                     max_wait_s: float = SETTLE_MAX_S) -> Sample | None:
     """A reading of the ``vllm:*`` series once they stop changing (two reads ``interval_s`` apart
-    agree, at most ``max_wait_s``), as a :class:`Sample` stamped with the last read; None when the
-    page cannot be read or holds no ``vllm:*`` series."""
+    agree, at most ``max_wait_s``), as a :class:`Sample` stamped with the last read; None when there
+    is no metrics address or the page holds no ``vllm:*`` series. Raises OSError or ValueError when
+    the page cannot be read."""
     if not metrics_url:
         return None
     opener = metrics_opener()
     deadline = time.perf_counter() + max_wait_s
     previous: dict[str, float] | None = None
     while True:
-        try:
-            now, wall = time.perf_counter(), time.time()
-            metrics = _vllm_only(parse_metrics(read_metrics_text(opener, metrics_url, timeout_s)))
-        except (OSError, ValueError):
-            return None
+        now, wall = time.perf_counter(), time.time()
+        metrics = _vllm_only(parse_metrics(read_metrics_text(opener, metrics_url, timeout_s)))
         if not metrics:
             return None
         if metrics == previous or now >= deadline:
@@ -321,14 +319,14 @@ def settled_reading(metrics_url: str | None, timeout_s: float = 2.0, interval_s:
 
 
 def record_server_timings(store: Any, run_id: int, records: Sequence[RequestRecord],
-                          marks: Sequence[float]) -> dict[str, Any]:
+                          marks: Sequence[float], error: str | None = None) -> dict[str, Any]:
     """A run's server timings over its measured window (``marks``: the ``t_mono`` of the readings
     at its edges), stored in ``store`` (a ``RunStore``); each successful measured request's burst
     flag judged again against its version's server TPOT (``records`` updated, and the store).
-    Returns :func:`timings_summary` (with the window) for the run's summary."""
+    ``error``: why a reading at an edge failed. Returns :func:`timings_summary` for the run's summary."""
     if len(marks) < 2:
-        result = ServerTimingsResult(reason="unknown (the metrics page held no vllm:* histograms at the "
-                                            "measured window's edges)")
+        result = ServerTimingsResult(reason=f"unknown (the metrics page could not be read: {error})" if error
+                                     else NO_HISTOGRAMS)
     else:
         t0, t1 = marks[0], marks[-1]
         result = server_timings(store.get_samples(run_id, t0, t1), t0, t1)
