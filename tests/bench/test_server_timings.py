@@ -100,14 +100,21 @@ def test_no_vllm_series_is_unknown_with_the_reason() -> None:
     assert result.versions == {} and result.reason == NO_HISTOGRAMS
 
 
-def test_the_interval_of_a_quantile_difference() -> None:
+def test_the_interval_of_a_quantile_difference_is_at_the_buckets_resolution() -> None:
     same = Histogram(((0.001, 0), (0.005, 30), (0.01, 60), (math.inf, 60)), 60, 0.3)
     diff, lo, hi = bootstrap_quantile_difference(same, same)
     assert diff == 0 and lo < 0 < hi  # identical histograms: the interval straddles 0
-    a = Histogram(((0.005, 30), (0.01, 60), (0.02, 60), (math.inf, 60)), 60, 0.3)
-    b = Histogram(((0.005, 0), (0.01, 30), (0.02, 60), (math.inf, 60)), 60, 0.8)
+    # medians in neighbouring buckets (4.9 ms against 5.1 ms would read so): interpolated 2.5 vs 5 ms
+    # apart, but nothing says they are not both at the 5 ms bound: not significant
+    a = Histogram(((0.005, 50), (0.01, 60), (0.02, 60), (0.04, 60), (math.inf, 60)), 60, 0.2)
+    b = Histogram(((0.005, 10), (0.01, 60), (0.02, 60), (0.04, 60), (math.inf, 60)), 60, 0.4)
     diff, lo, hi = bootstrap_quantile_difference(a, b)
-    assert diff == pytest.approx(0.01 - 0.005) and lo > 0  # clearly slower: the interval excludes 0
+    assert diff == pytest.approx(0.005 + 0.005 * 20 / 50 - 0.005 * 30 / 50)
+    assert lo == 0.0 and hi == pytest.approx(0.01)  # B's lower edge - A's upper edge .. B's upper - A's lower
+    # a whole bucket apart: the interval excludes 0
+    c = Histogram(((0.005, 0), (0.01, 10), (0.02, 60), (0.04, 60), (math.inf, 60)), 60, 0.8)
+    diff, lo, hi = bootstrap_quantile_difference(a, c)
+    assert lo == pytest.approx(0.01 - 0.005) and hi == pytest.approx(0.02)
     assert bootstrap_quantile_difference(a, Histogram(((0.005, 0), (math.inf, 0)), 0, 0.0)) is None
 
 

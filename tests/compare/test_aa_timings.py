@@ -59,11 +59,16 @@ def test_two_versions_of_one_bf16_engine_differ_in_nothing_significant(tmp_path,
                 if max(r.chunk_tokens) > 1:
                     assert r.bursty
             bursts = sum(1 for r in requests if r.bursty)
+            for (v, m), r in sorted(rows.items()):
+                print(f"[A/A] server v{v} {m}: n {r['count']}, mean {r['mean_ms']:.2f} ms, p50 {r['p50_ms']:.2f}, "
+                      f"p90 {r['p90_ms']:.2f}, p99 {r['p99_ms']:.2f}")
             c = compare_run(store, run)
         print(f"[A/A] {bursts} of {len(requests)} requests arrived in bursts; "
               f"client unreliable: {c.server.client_unreliable}")
         for line in c.verdict.lines[1:4]:
             print("[A/A]", line)
+        for m in c.latency:
+            print(f"[A/A] client {m.metric}: {m.difference}")
         assert c.server.reason is None
         for metric in ("latency_ms", "ttft_ms", "tpot_ms"):
             d = judged_difference(c.metric(metric), c.server)

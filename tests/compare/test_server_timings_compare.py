@@ -12,7 +12,7 @@ from services.compare.report import report_html, server_notes, server_rows
 from services.compare.verdict import judged_difference
 from tests.compare.support import store_paired_run, truth_of
 
-BOUNDS = (0.005, 0.01, 0.02, float("inf"))
+BOUNDS = (0.005, 0.01, 0.02, 0.04, float("inf"))
 
 
 def histogram_rows(t: float, version: str, name: str, cumulative: tuple[int, ...], total: float) -> list[SampleRow]:
@@ -32,7 +32,7 @@ def add_server_readings(store, run: int, after: dict[str, tuple[int, ...]]) -> N
     for v, cum in after.items():
         for name in ("vllm:time_to_first_token_seconds", "vllm:time_per_output_token_seconds",
                      "vllm:e2e_request_latency_seconds"):
-            rows += histogram_rows(10.0, v, name, (0, 0, 0, 0), 0.0)
+            rows += histogram_rows(10.0, v, name, (0, 0, 0, 0, 0), 0.0)
             rows += histogram_rows(20.0, v, name, cum, 0.01 * cum[-1])
     store.add_samples(run, rows)
     store.set_server_timings(run, timing_rows(server_timings(store.get_samples(run, 10.0, 20.0), 10.0, 20.0)))
@@ -46,7 +46,7 @@ def mark_bursts(store, run: int, share: float) -> None:
 def test_bursts_make_the_verdict_judge_ttft_and_tpot_on_the_server(store):
     run = store_paired_run(store)  # the client says v2's TTFT is 5 ms faster on every pair: significant
     mark_bursts(store, run, 0.5)
-    add_server_readings(store, run, {"1": (10, 40, 40, 40), "2": (10, 40, 40, 40)})  # the server: the same
+    add_server_readings(store, run, {"1": (10, 40, 40, 40, 40), "2": (10, 40, 40, 40, 40)})  # the server: the same
     c = compare_run(store, run, truth=truth_of)
     assert c.metric("ttft_ms").difference.significant is True
     assert c.server.client_unreliable and c.server.reason is None
@@ -69,7 +69,7 @@ def test_bursts_make_the_verdict_judge_ttft_and_tpot_on_the_server(store):
 def test_without_bursts_the_client_judges_and_the_server_stands_beside(store):
     run = store_paired_run(store)
     mark_bursts(store, run, 0.0)
-    add_server_readings(store, run, {"1": (0, 0, 40, 40), "2": (0, 40, 40, 40)})  # v2 faster in the server too
+    add_server_readings(store, run, {"1": (0, 0, 0, 40, 40), "2": (0, 40, 40, 40, 40)})  # v2 faster in the server too, buckets apart
     c = compare_run(store, run, truth=truth_of)
     assert not c.server.client_unreliable
     assert judged_difference(c.metric("ttft_ms"), c.server) is c.metric("ttft_ms").difference
