@@ -36,9 +36,12 @@ How a run goes (all of it in the caller's thread for ``run_benchmark``, in a dae
    enough that requests do not wait for a thread: see ``open_loop_workers``; sends that still
    started late are counted in the summary).
 5. Every request is written to the store as soon as it is answered (or failed): send and receive
-   times, latency, TTFT, tokens, streamed chunk times, status and error text, the raw answer, the
+   times, latency, TTFT, tokens, streamed chunk times and token counts, status and error text, the raw answer, the
    parsed box and its IoU with the ground truth (``answer_box``).
-6. The end: summaries per version from the stored rows (``services.bench.stats.summarize``),
+6. The end: the server's own timings over the measured window (``vllm:*`` histograms read, once
+   settled, when the warm-up is done and when the measured requests are: ``services.bench.server_timings``),
+   stored; each request's burst flag judged against its version's server TPOT;
+   summaries per version from the stored rows (``services.bench.stats.summarize``),
    memory baseline/peak/delta over the run's window (``services.bench.stats.memory_summary``), the
    final status.
 
@@ -56,7 +59,7 @@ Final status:
 
 The stored summary (``RunStore.get_run(id).summary``) is ``{"versions": {v: VersionSummary as a
 dict}, "memory": [MemorySeriesSummary as a dict], "requests": {...}, "open_loop": {...} or None,
-"duration_s": ...}``.
+"server_timings": {"reason", "versions"}, "duration_s": ...}``.
 """
 
 from __future__ import annotations

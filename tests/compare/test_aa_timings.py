@@ -8,12 +8,15 @@ import time
 
 import pytest
 
+from services.bench import server_figures
 from services.bench.runner import BenchmarkConfig, run_benchmark
 from services.bench.server_timings import HISTOGRAM_METRICS
 from services.bench.store import RunStore
 from services.client.server_target import ServerTarget
 from services.compare.comparison import compare_run
+from services.compare.report import report_html
 from services.compare.verdict import judged_difference
+from services.core.versions import version_label
 from services.image_sets.image_set import ImageSetSpec
 from tests.conftest import FREE_PORTS, require_vllm
 
@@ -59,6 +62,13 @@ def test_two_versions_of_one_bf16_engine_differ_in_nothing_significant(tmp_path,
                 if max(r.chunk_tokens) > 1:
                     assert r.bursty
             bursts = sum(1 for r in requests if r.bursty)
+            # the Benchmark page's charts of the stored vllm:* series: tokens/s and percentiles per version
+            samples = store.samples_frame(run)
+            rate = server_figures.generation_rate_figure(samples)
+            assert {t.name for t in rate.data} == {version_label("1"), version_label("2")}
+            assert all(max(t.y) > 0 for t in rate.data)
+            pct = server_figures.server_percentile_figure(samples)
+            assert {t.name for t in pct.data} >= {f"{version_label(v)} p50" for v in ("1", "2")}
             for (v, m), r in sorted(rows.items()):
                 print(f"[A/A] server v{v} {m}: n {r['count']}, mean {r['mean_ms']:.2f} ms, p50 {r['p50_ms']:.2f}, "
                       f"p90 {r['p90_ms']:.2f}, p99 {r['p99_ms']:.2f}")
@@ -70,6 +80,7 @@ def test_two_versions_of_one_bf16_engine_differ_in_nothing_significant(tmp_path,
         for m in c.latency:
             print(f"[A/A] client {m.metric}: {m.difference}")
         assert c.server.reason is None
+        assert "id='server-timings'" in report_html(c)
         for metric in ("latency_ms", "ttft_ms", "tpot_ms"):
             d = judged_difference(c.metric(metric), c.server)
             assert d.significant is False, f"{metric}: {d}"
