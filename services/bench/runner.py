@@ -308,6 +308,7 @@ class _Runner:
         self._run_id: int | None = None
         self._metric_marks: list[float] = []  # vllm:* readings at the measured window's edges (t_mono)
         self._metric_error: str | None = None  # why a reading at an edge failed
+        self._metric_reads = 0  # readings of the edges attempted
         self._timings: dict[str, Any] | None = None  # the server-side timings' summary
         self.outcome: RunOutcome | None = None
 
@@ -596,6 +597,7 @@ class _Runner:
 
     def _mark_metrics(self) -> None:
         """Store a settled reading of the vllm:* series: the edges of the server-side timings' window."""
+        self._metric_reads += 1
         try:
             reading = settled_reading(self.target.metrics_url if self.target is not None else None)
             if reading is not None:
@@ -636,7 +638,7 @@ class _Runner:
         first = self._first_send_ns / 1e9 if self._first_send_ns is not None else None
         memory = memory_summary(samples, t0=t_attach, t1=t_end, first_request_t=first)
         self._timings = record_server_timings(self._writer, self._run_id, records,  # type: ignore[arg-type]
-                                             self._metric_marks, self._metric_error)
+                                             self._metric_marks, self._metric_error, self._metric_reads > 0)
         return self._finish(status, reason, records, memory, (t_attach, t_end))
 
     def _finish(self, status: str, reason: str | None, records: list[RequestRecord],

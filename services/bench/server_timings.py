@@ -51,6 +51,8 @@ HISTOGRAM_METRICS = {
 }
 GENERATION_TOKENS = "vllm:generation_tokens_total"
 NO_HISTOGRAMS = "unknown (the server publishes no vllm:* histograms)"
+NOT_MEASURED = ("unknown (not measured: the run had no single measured window after a warm-up, as in a sweep, "
+                "or it ended before its measured requests)")
 SETTLE_INTERVAL_S = 0.3
 SETTLE_MAX_S = 5.0
 
@@ -336,12 +338,15 @@ def settled_reading(metrics_url: str | None, timeout_s: float = 2.0, interval_s:
 
 
 def record_server_timings(store: Any, run_id: int, records: Sequence[RequestRecord],
-                          marks: Sequence[float], error: str | None = None) -> dict[str, Any]:
+                          marks: Sequence[float], error: str | None = None, attempted: bool = True) -> dict[str, Any]:
     """A run's server timings over its measured window (``marks``: the ``t_mono`` of the readings
     at its edges), stored in ``store`` (a ``RunStore``); each successful measured request's burst
     flag judged again against its version's server TPOT (``records`` updated, and the store).
-    ``error``: why a reading at an edge failed. Returns :func:`timings_summary` for the run's summary."""
-    if len(marks) < 2:
+    ``error``: why a reading at an edge failed; ``attempted``: whether the edges were read at all.
+    Returns :func:`timings_summary` for the run's summary."""
+    if not attempted:
+        result = ServerTimingsResult(reason=NOT_MEASURED)
+    elif len(marks) < 2:
         result = ServerTimingsResult(reason=f"unknown (the metrics page could not be read: {error})" if error
                                      else NO_HISTOGRAMS)
     else:
