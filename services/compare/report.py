@@ -159,7 +159,7 @@ def server_notes(c: Comparison) -> list[str]:
 
 
 LATENCY_COLUMNS = ["metric (ms)", "n A", "n B", "A p50 / p90 / p99", "B p50 / p90 / p99", "A mean", "B mean",
-                   "median B−A", "95% CI", "significant"]
+                   "median B−A", "98.3% CI (Bonferroni over the 3 timings)", "significant"]
 
 
 def accuracy_rows(c: Comparison) -> list[list[str]]:

@@ -2,7 +2,8 @@
 
 Memory saved (GiB or MiB, and %, on the weights when known), the median change of latency, TTFT and TPOT,
 the change of accuracy, the agreement between the versions and decode against the floor; each
-difference is said to be significant (its 95 % interval excludes 0), not significant, or of unknown
+difference is said to be significant (its interval excludes 0: 95 %, or 98.3 % for each of the three
+timings, see :data:`services.compare.speed.TIMING_CONFIDENCE`), not significant, or of unknown
 significance. The caveats say what limits the numbers (runs not completed, failures, few requests).
 
 Timings: the client's latency, TTFT and TPOT, with the server's median (``vllm:*`` histograms) beside
@@ -37,7 +38,7 @@ def _fmt_ms(v: float) -> str:
 def _ci_words(d: Difference, fmt: Callable[[float], str]) -> str:
     if d.significant is None:
         return f"significance unknown ({d.note or 'no interval'})"
-    where = f"{int(d.confidence * 100)}% CI of the difference [{fmt(d.lo)}, {fmt(d.hi)}]"  # type: ignore[arg-type]
+    where = f"{d.confidence * 100:.3g}% CI of the difference [{fmt(d.lo)}, {fmt(d.hi)}]"  # type: ignore[arg-type]
     if d.significant:
         return f"significant: the {where} excludes 0"
     return f"not significant: the {where} includes 0"

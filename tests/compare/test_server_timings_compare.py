@@ -74,7 +74,7 @@ def test_without_bursts_the_client_judges_and_the_server_stands_beside(store):
     assert not c.server.client_unreliable
     assert judged_difference(c.metric("ttft_ms"), c.server) is c.metric("ttft_ms").difference
     assert c.verdict.ttft.startswith("Median time to first token (TTFT): fp8 (v2) 15.0 ms vs bf16 (v1) 20.0 ms")
-    assert "as the server measured it" in c.verdict.ttft and "significant: the 95% CI" in c.verdict.ttft
+    assert "as the server measured it" in c.verdict.ttft and "significant: the 98.3% CI" in c.verdict.ttft
     assert c.server.metric("ttft").difference.diff < 0 and c.server.metric("ttft").difference.significant
 
 
