@@ -463,7 +463,18 @@ def decode_table(part: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def section_smoke_tests(smoke: Mapping[str, Any] | None, junit: Mapping[str, Any] | None) -> list[str]:
+def tests_stage_note(stages: list[tuple[str, str, str]]) -> str:
+    """What ``stages.tsv`` says of the tests stage when it did not pass: junit.xml holds only the
+    tests that finished, so a stage cut off at its deadline must not read as a clean run."""
+    for name, verdict, seconds in stages:
+        if name == "tests" and verdict != "PASS":
+            return (f" The tests stage ended {verdict} after {seconds}: the tests below are those that finished; "
+                    "the rest of the collected GPU tests did not run.")
+    return ""
+
+
+def section_smoke_tests(smoke: Mapping[str, Any] | None, junit: Mapping[str, Any] | None,
+                        stage_note: str = "") -> list[str]:
     lines = ["## Smoke run and GPU tests", ""]
     if smoke:
         lines.append(f"Embedded Triton on `{Path(str(smoke.get('checkpoint'))).name}` ({smoke.get('device')}), "
@@ -483,7 +494,7 @@ def section_smoke_tests(smoke: Mapping[str, Any] | None, junit: Mapping[str, Any
         lines += ["Smoke stage not run in this call.", ""]
     if junit:
         lines.append(f"`pytest -m gpu`: {junit['tests']} tests, {junit['failures']} failed, {junit['errors']} errors, "
-                     f"{junit['skipped']} skipped.")
+                     f"{junit['skipped']} skipped." + stage_note)
         lines += [""] + table(["test", "outcome", "seconds", "message"],
                               [(c["name"], c["outcome"], f"{c['seconds']:.1f}", plain(c["message"]))
                                for c in junit["cases"]]) + [""]
@@ -492,7 +503,8 @@ def section_smoke_tests(smoke: Mapping[str, Any] | None, junit: Mapping[str, Any
     return lines
 
 
-def build_page(results: Path, decode_path: Path | None = None) -> str:
+def build_page(results: Path, decode_path: Path | None = None, earlier: str | None = None) -> str:
+    """The page; ``earlier`` names an earlier page that holds the stages this call did not run."""
     env = read_json(results / "env.json")
     headline = read_json(results / "headline" / "headline.json")
     run_file = first_file(results / "headline" / "bench", "run_*.json")
@@ -508,6 +520,9 @@ def build_page(results: Path, decode_path: Path | None = None) -> str:
         f"(recorded {get(manifest, 'created_at', default=get(env, 'recorded_at', default='at an unknown time'))}). "
         "Every figure below is copied from those outputs; none is typed by hand.", "",
     ]
+    if earlier:
+        lines += [f"The stages this call did not run (said below where they are missing) were last run in an "
+                  f"earlier call, on the code of that time: see [{Path(earlier).name}]({Path(earlier).name}).", ""]
     lines += section_environment(env, manifest)
     lines += section_checkpoint(read_json(results / "build7b" / "build7b.json"))
     lines += section_headline(comparison, run, headline)
@@ -515,9 +530,10 @@ def build_page(results: Path, decode_path: Path | None = None) -> str:
                              ("After the benchmark (with the report's figures)",
                               read_json(results / "headline" / "memory_after_bench.json"))])
     lines += section_decode(decode)
+    stages = stages_table(results / "stages.tsv")
     lines += section_smoke_tests(read_json(results / "smoke" / "smoke.json"),
-                                 junit_summary(results / "tests" / "junit.xml"))
-    lines += section_commands(headline, stages_table(results / "stages.tsv"))
+                                 junit_summary(results / "tests" / "junit.xml"), tests_stage_note(stages))
+    lines += section_commands(headline, stages)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -526,11 +542,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--results", required=True, type=Path, help="the results folder of scripts/gpu_run.sh")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "gpu-results.md")
     p.add_argument("--decode", type=Path, help="decode.json from another call (default: RESULTS/decode/decode.json)")
+    p.add_argument("--earlier", help="an earlier results page (kept beside --out) with the stages this call did not run")
     args = p.parse_args(argv)
     if not args.results.is_dir():
         print(f"error: {args.results} is not a folder", file=sys.stderr)
         return 2
-    page = build_page(args.results, args.decode)
+    page = build_page(args.results, args.decode, args.earlier)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(page)
     print(f"wrote {args.out} ({len(page.splitlines())} lines)")

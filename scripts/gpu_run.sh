@@ -46,6 +46,7 @@
 # HEADLINE_ARGS (extra arguments for `gpu_stages.py headline`, e.g. "--requests 16"), DECODE_ARGS (extra
 # arguments for bench_decode.py, e.g. "--images 2 --profile --variants bf16-before bf16-kernels fp8-before fp8-kernels"; profile
 # tables go to decode/profiles/), DECODE_DEMO=0 (decode stage: the 7B only), KERNELS_ARGS (bench_fp8_linear.py),
+# GPU_TESTS (tests stage: the test files or node ids to run instead of every tests/**/test_gpu_*.py),
 # OVERHEAD_ARGS (extra arguments for bench_triton_overhead.py, e.g. "--requests 100"), OVERHEAD_DEVICES
 # (overhead stage: "cuda cpu"), QWEN_GPU_ENV_SCRIPT
 # (another file to source instead of scripts/gpu_env.sh: a dry run on CPU with the project's .venv).
@@ -61,7 +62,7 @@ DEVICE=${QWEN_GPU_DEVICE:-cuda}
 declare -A NEED_S=([smoke]=60 [tests]=60 [build7b]=45 [decode]=90 [headline]=360 [overhead]=90 [kernels]=60)
 VERDICTS=()
 
-usage() { sed -n '2,51p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,52p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 STAGES=()
 for a in "$@"; do
     case "$a" in
@@ -126,8 +127,12 @@ stage_smoke() {
 stage_tests() {
     mkdir -p "$RESULTS/tests"
     local files
-    mapfile -t files < <(find tests -name 'test_gpu_*.py' -not -name 'test_gpu_results_page.py' \
-        -not -name 'test_gpu_scripts.py' | sort)
+    if [ -n "${GPU_TESTS:-}" ]; then
+        read -r -a files <<< "$GPU_TESTS"
+    else
+        mapfile -t files < <(find tests -name 'test_gpu_*.py' -not -name 'test_gpu_results_page.py' \
+            -not -name 'test_gpu_scripts.py' | sort)
+    fi
     export QWEN_TEST_DATA_DIR=$ROOT/test-data  # the tests' own servers live under our root too
     log "pytest -m gpu on ${files[*]}"
     bounded "$PYTHON" -m pytest -m gpu -v -rA -p no:cacheprovider --junitxml="$RESULTS/tests/junit.xml" "${files[@]}"

@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from services.bench import figures as bf
+from services.bench import server_figures as sf
 from services.bench.stats import summarize
 from services.bench.store import RunInfo, RunStore
 from ui.benchmark_live import PLOTLY_CONFIG
@@ -40,6 +41,7 @@ def _summary(store: RunStore, run_id: int, frames: tuple[pd.DataFrame, pd.DataFr
     st.dataframe(bf.summary_frame(summaries), hide_index=True, key="bench_summary")
     for note in bf.summary_notes(summaries):
         st.caption(f"Note: {note}.")
+    _server_timings(store, run_id, summaries)
     memory = bf.version_memory(samples, store.versions(run_id), bf.first_request_t(requests))
     if memory:
         st.dataframe(bf.memory_frame(memory), hide_index=True, key="bench_summary_memory")
@@ -47,6 +49,28 @@ def _summary(store: RunStore, run_id: int, frames: tuple[pd.DataFrame, pd.DataFr
         st.caption(f"Open loop at {open_loop.get('rate')} requests/s (seed {open_loop.get('seed')}): "
                    f"{open_loop.get('late_sends', 0)} sends started more than "
                    f"{open_loop.get('late_threshold_ms')} ms late (the most: {open_loop.get('max_lag_ms')} ms).")
+
+
+def _server_timings(store: RunStore, run_id: int, summaries: dict) -> None:
+    """The server's own TTFT / TPOT / end-to-end beside the client's, and when to trust which."""
+    rows = store.get_server_timings(run_id)
+    run = store.get_run(run_id)
+    st.markdown("**Server-side timings** (vllm:* histograms over the measured window; percentiles "
+                "interpolated in the buckets as Prometheus' histogram_quantile does)")
+    if rows:
+        st.dataframe(sf.server_timings_frame(rows, summaries), hide_index=True, key="bench_server_timings")
+    for note in sf.server_timing_notes(rows, summaries, run.summary if run else None):
+        (st.warning if "unreliable" in note else st.caption)(note)
+
+
+def _server_charts(samples: pd.DataFrame, t0: float | None) -> None:
+    """Generated tokens/s and the server's TTFT / TPOT percentiles over time (where vllm:* series exist)."""
+    if samples.empty or "value" not in samples or not samples["value"].notna().any():
+        return
+    left, right = st.columns([1, 2])
+    left.plotly_chart(sf.generation_rate_figure(samples, t0=t0), key="bench_result_tokens", config=PLOTLY_CONFIG)
+    right.plotly_chart(sf.server_percentile_figure(samples, t0=t0), key="bench_result_server_pct",
+                       config=PLOTLY_CONFIG)
 
 
 def no_chart_reason(run: RunInfo, what: str) -> str:
@@ -76,6 +100,7 @@ def _charts(run: RunInfo, requests: pd.DataFrame, samples: pd.DataFrame) -> None
         right.plotly_chart(bf.latency_figure(requests, t0=t0), key="bench_result_latency", config=PLOTLY_CONFIG)
         st.plotly_chart(bf.throughput_figure(requests, t0=t0), key="bench_result_throughput",
                         config=PLOTLY_CONFIG)
+        _server_charts(samples, t0)
 
 
 def _exports(store: RunStore, run_id: int) -> None:

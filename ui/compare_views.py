@@ -58,6 +58,11 @@ def render_measurements(c: Comparison) -> None:
     for col, metric in zip(cols, ("latency_ms", "ttft_ms", "tpot_ms")):
         with col:
             st.plotly_chart(cf.cdf_figure(c, metric), key=f"cmp_fig_{metric}", config=PLOTLY_CONFIG)
+    st.subheader("As the server measured it")
+    if cr.server_rows(c):
+        table(cr.LATENCY_COLUMNS, cr.server_rows(c), "cmp_server_table")
+    for note in cr.server_notes(c):
+        (st.warning if "unreliable" in note else st.caption)(note)
 
     st.header("Throughput")
     for note in c.throughput.notes:

@@ -243,9 +243,11 @@ def _version_files(target: "ServerTarget", model: str, version: str) -> tuple[di
 
 def prefix_caching(target: "ServerTarget", versions: Sequence[str], manifest: dict[str, Any]) -> dict[str, Any]:
     """The engine's prefix / image caching per version, where known: ``{"enabled": bool | None,
-    "source": ...}``. From the version's ``model.json`` (``enable_prefix_caching``); else vLLM's
-    default (on, in the V1 engine) where the backend or engine is vLLM; else off for the embedded
-    transformers engine, which keeps nothing between requests; else unknown."""
+    "source": ...}``. From what the engine configured (the embedded vLLM engine's report:
+    ``enable_prefix_caching`` of its ``cache_config``); else the version's ``model.json``
+    (``enable_prefix_caching``); else vLLM's default (on, in the V1 engine) where the backend or
+    engine is vLLM; else off for the embedded transformers engine, which keeps nothing between
+    requests; else unknown."""
     model = str((manifest.get("model") or {}).get("name") or settings.MODEL_NAME)
     config = (manifest.get("model") or {}).get("config")
     backend = config.get("backend") if isinstance(config, dict) else None
@@ -253,7 +255,10 @@ def prefix_caching(target: "ServerTarget", versions: Sequence[str], manifest: di
     for v in versions:
         args, report = _version_files(target, model, v)
         engine = (report or {}).get("engine")
-        if args is not None and "enable_prefix_caching" in args:
+        if engine == "vllm" and isinstance((report or {}).get("enable_prefix_caching"), bool):
+            out[v] = {"enabled": report["enable_prefix_caching"],
+                      "source": "the engine's report (vLLM's cache_config.enable_prefix_caching)"}
+        elif args is not None and "enable_prefix_caching" in args:
             out[v] = {"enabled": bool(args["enable_prefix_caching"]), "source": "model.json enable_prefix_caching"}
         elif backend == "vllm" or engine == "vllm":
             out[v] = {"enabled": True, "source": "vLLM's default (the V1 engine caches prefixes and images "

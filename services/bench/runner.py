@@ -39,9 +39,12 @@ How a run goes (all of it in the caller's thread for ``run_benchmark``, in a dae
    enough that requests do not wait for a thread: see ``open_loop_workers``; sends that still
    started late are counted in the summary).
 5. Every request is written to the store as soon as it is answered (or failed): send and receive
-   times, latency, TTFT, tokens, streamed chunk times, status and error text, the raw answer, the
+   times, latency, TTFT, tokens, streamed chunk times and token counts, status and error text, the raw answer, the
    parsed box and its IoU with the ground truth (``answer_box``).
-6. The end: summaries per version from the stored rows (``services.bench.stats.summarize``),
+6. The end: the server's own timings over the measured window (``vllm:*`` histograms read, once
+   settled, when the warm-up is done and when the measured requests are: ``services.bench.server_timings``),
+   stored; each request's burst flag judged against its version's server TPOT;
+   summaries per version from the stored rows (``services.bench.stats.summarize``),
    memory baseline/peak/delta over the run's window (``services.bench.stats.memory_summary``), the
    final status.
 
@@ -59,7 +62,7 @@ Final status:
 
 The stored summary (``RunStore.get_run(id).summary``) is ``{"versions": {v: VersionSummary as a
 dict}, "memory": [MemorySeriesSummary as a dict], "requests": {...}, "open_loop": {...} or None,
-"duration_s": ...}``.
+"server_timings": {"reason", "versions"}, "duration_s": ...}``.
 """
 
 from __future__ import annotations
@@ -77,10 +80,12 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 from services.bench.manifest import address_error_manifest, prefix_caching
 from services.bench.memory_scope import memory_scope
 from services.bench.request_plan import PlannedRequest, poisson_offsets, request_plan
+from services.bench.server_timings import record_server_timings, settled_reading
 from services.bench.stats import (
     MemorySeriesSummary,
     RequestRecord,
     VersionSummary,
+    arrived_in_bursts,
     memory_summary,
     summarize_version,
 )
@@ -322,6 +327,10 @@ class _Runner:
         self._client: VariantClients | None = None
         self._writer: RunStore | None = None
         self._run_id: int | None = None
+        self._metric_marks: list[float] = []  # vllm:* readings at the measured window's edges (t_mono)
+        self._metric_error: str | None = None  # why a reading at an edge failed
+        self._metric_reads = 0  # readings of the edges attempted
+        self._timings: dict[str, Any] | None = None  # the server-side timings' summary
         self.outcome: RunOutcome | None = None
 
     # ------------------------------------------------------------------ state
@@ -402,7 +411,9 @@ class _Runner:
                 seq=item.seq, version=item.version, send_ns=done.send_ns, recv_ns=done.recv_ns,
                 first_token_ns=done.first_token_ns, input_tokens=done.num_input_tokens,
                 output_tokens=done.num_output_tokens, status="ok", warmup=item.warmup, image_id=image.id,
-                answer=done.text, box=box, iou=iou, chunk_ns=list(done.chunk_ns) or None, level=item.level)
+                answer=done.text, box=box, iou=iou, chunk_ns=list(done.chunk_ns) or None, level=item.level,
+                chunk_tokens=list(done.chunk_tokens) or None)
+            record.bursty = arrived_in_bursts(record)  # judged again against the server's TPOT at the end
         except Exception as exc:  # TritonClientError, or anything unexpected: a failed request either way
             error = exc
             kind = type(exc).__name__
@@ -601,11 +612,25 @@ class _Runner:
             self._set_status("warmup")
             self._closed_loop(warm, cfg.concurrency)
         if not self._stopping():
+            self._mark_metrics()
             self._set_status("running")
             if cfg.load == "closed":
                 self._closed_loop(measured, cfg.concurrency)
             else:
                 self._open_loop(measured, cfg.rate, cfg.seed, workers)
+            self._mark_metrics()
+
+    def _mark_metrics(self) -> None:
+        """Store a settled reading of the vllm:* series: the edges of the server-side timings' window."""
+        self._metric_reads += 1
+        try:
+            reading = settled_reading(self.target.metrics_url if self.target is not None else None)
+            if reading is not None:
+                self._writer.add_samples(self._run_id, [reading])  # type: ignore[union-attr, arg-type]
+                self._metric_marks.append(reading.t_mono)
+        except Exception as exc:  # the server timings become unknown; the run goes on
+            self._metric_error = f"{type(exc).__name__}: {exc}"
+            log.warning("could not record the vllm:* metrics of run %s: %s", self._run_id, self._metric_error)
 
     def _stored_config(self) -> dict[str, Any]:
         """The run's config as stored (a sweep adds its levels and targets)."""
@@ -637,6 +662,8 @@ class _Runner:
         samples = self._writer.get_samples(self._run_id)  # type: ignore[union-attr, arg-type]
         first = self._first_send_ns / 1e9 if self._first_send_ns is not None else None
         memory = memory_summary(samples, t0=t_attach, t1=t_end, first_request_t=first)
+        self._timings = record_server_timings(self._writer, self._run_id, records,  # type: ignore[arg-type]
+                                             self._metric_marks, self._metric_error, self._metric_reads > 0)
         return self._finish(status, reason, records, memory, (t_attach, t_end))
 
     def _finish(self, status: str, reason: str | None, records: list[RequestRecord],
@@ -654,6 +681,7 @@ class _Runner:
                           if cfg.load == "open" else None),
             "sample_window": None if window is None else {"t0": window[0], "t1": window[1]},
             "duration_s": time.perf_counter() - self._t0,
+            "server_timings": self._timings,
             **self._summary_extra(records),
         }
         self._writer.finish_run(self._run_id, status, reason, summary=summary)  # type: ignore[union-attr, arg-type]

@@ -75,7 +75,9 @@ class SampleRow:
     ``kind``: ``"device"`` (a GPU's total used memory), ``"gpu"`` (one process's GPU memory),
     ``"host"`` (one process's resident memory, shared pages counted once: its PSS), or a ``qwen_*_bytes`` gauge exported by the
     server, as its series key without the model/version/gpu_uuid labels (e.g.
-    ``"qwen_weight_bytes"``, ``'qwen_engine_weight_bytes{part="model",precision="fp8"}'``). ``gpu`` is the GPU index as text for NVML, the
+    ``"qwen_weight_bytes"``, ``'qwen_engine_weight_bytes{part="model",precision="fp8"}'``), or a ``vllm:*``
+    series of the metrics page the same way (``'vllm:time_to_first_token_seconds_bucket{le="0.1"}'``),
+    its reading in ``value`` and no memory. ``gpu`` is the GPU index as text for NVML, the
     ``gpu_uuid`` label for Triton. ``utilization`` is in percent (Triton's 0..1 is scaled).
     """
 
@@ -89,12 +91,12 @@ class SampleRow:
     version: str | None = None
     utilization: float | None = None
     pid: int | None = None
-
+    value: float | None = None  # a ``vllm:*`` series' value (its kind: the series key, less model/version)
 
 
 def sample_rows(sample: Sample, carried: bool = False) -> list[SampleRow]:
-    """A sample as memory rows (see :class:`SampleRow`): GPUs, processes, Triton's GPU memory
-    and ``qwen_*_bytes`` gauges.
+    """A sample as rows (see :class:`SampleRow`): GPUs, processes, Triton's GPU memory,
+    ``qwen_*_bytes`` gauges and ``vllm:*`` series.
 
     The metrics rows come from the tick that read them (:attr:`Sample.metrics_fresh`): a tick that
     carries an earlier reading gives none (so that a reading is stored once), unless ``carried``,
@@ -140,6 +142,11 @@ def sample_rows(sample: Sample, carried: bool = False) -> list[SampleRow]:
                               memory_bytes=int(value), gpu=labels.get("gpu_uuid"),
                               model=labels.get("model"), version=labels.get("version"))
                 )
+            elif name.startswith("vllm:"):
+                extra = {k: v for k, v in labels.items() if k not in _ROW_LABELS}
+                rows.append(SampleRow(t_wall=tw, t_mono=tm, source="triton", kind=series_key(name, extra),
+                                      memory_bytes=None, model=labels.get("model"),
+                                      version=labels.get("version"), value=float(value)))
     return rows
 
 

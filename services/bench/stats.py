@@ -14,6 +14,12 @@ Definitions (see docs/benchmark-definitions.md):
 - Percentiles: ``numpy.percentile`` with linear interpolation between closest ranks (numpy's default,
   ``method="linear"``, the same as vLLM's bench). With fewer than 100 values p99 lies between the
   two largest values: it is the maximum in disguise, and summaries say so.
+- Bursts (:func:`arrived_in_bursts`): a streamed request whose tokens did not arrive one by one as the
+  server made them: a chunk carried more than one token (fewer chunks than output tokens), or at
+  least ``BURST_GAP_SHARE`` of its inter-chunk gaps are shorter than ``BURST_GAP_FRACTION`` of the
+  server's own median time per output token (``vllm:time_per_output_token_seconds``, when known).
+  Its client-side TTFT and TPOT do not describe the server; where a meaningful share of a version's
+  requests (``BURST_UNRELIABLE_SHARE``) arrived in bursts, the client's TTFT/TPOT are unreliable.
 
 Only successful (``status == "ok"``), non-warm-up requests enter latency statistics; failures are
 counted and reported, never dropped silently.
@@ -30,6 +36,9 @@ import pandas as pd
 
 QUANTILES = (50.0, 90.0, 99.0)
 STATUSES = ("ok", "error")
+BURST_GAP_FRACTION = 0.1  # a gap shorter than this share of the server's median TPOT is no real token gap
+BURST_GAP_SHARE = 0.2  # ... and a request with at least this share of such gaps arrived in bursts
+BURST_UNRELIABLE_SHARE = 0.1  # bursts on this share of requests make the client's TTFT/TPOT unreliable
 
 
 @dataclass
@@ -38,7 +47,9 @@ class RequestRecord:
 
     Times in ``*_ns`` are ``time.perf_counter_ns()``; ``latency_ms``/``ttft_ms`` may be given
     directly instead (then they win). ``box`` is any JSON-serialisable value (or a dataclass such as
-    ``services.core.boxes.Box``); ``chunk_ns`` is the arrival time of each streamed chunk carrying text.
+    ``services.core.boxes.Box``); ``chunk_ns`` is the arrival time of each streamed chunk carrying text,
+    ``chunk_tokens`` its token count (the server's, None where it sent none); ``bursty``: whether
+    its tokens arrived in bursts (:func:`arrived_in_bursts`; None: not streamed, or not judged).
     """
 
     seq: int
@@ -60,6 +71,8 @@ class RequestRecord:
     chunk_ns: list[int] | None = None
     run_id: int | None = None
     level: int | None = None  # a sweep's level (``services.bench.sweep``); None outside sweeps
+    chunk_tokens: list[int | None] | None = None
+    bursty: bool | None = None
 
     def __post_init__(self) -> None:
         self.version = str(self.version)
@@ -197,6 +210,34 @@ def itls_ms(requests: Iterable[RequestRecord]) -> list[float]:
     return [g for r in successful(requests) for g in itl_ms(r)]
 
 
+def arrived_in_bursts(request: RequestRecord, server_tpot_ms: float | None = None) -> bool | None:
+    """Whether a streamed request's tokens arrived in bursts (see the module docstring); None when
+    it cannot be told: not streamed (no chunks), failed, or fewer than two output tokens."""
+    chunks = request.chunk_ns or []
+    n = request.output_tokens
+    if not chunks or not request.ok or n is None or n < 2:
+        return None
+    counts = request.chunk_tokens or []
+    if len(chunks) < n or any(c is not None and c > 1 for c in counts):
+        return True  # several tokens in one chunk
+    if server_tpot_ms is None or server_tpot_ms <= 0:
+        return False
+    gaps = itl_ms(request)
+    short = sum(1 for g in gaps if g < BURST_GAP_FRACTION * server_tpot_ms)
+    return bool(gaps) and short >= BURST_GAP_SHARE * len(gaps)
+
+
+def burst_counts(requests: Iterable[RequestRecord]) -> tuple[int, int]:
+    """``(bursty, judged)``: successful measured requests flagged bursty, and those judged at all."""
+    flags = [r.bursty for r in successful(requests) if r.bursty is not None]
+    return sum(1 for f in flags if f), len(flags)
+
+
+def bursts_unreliable(bursty: int, judged: int) -> bool:
+    """Whether bursts on ``bursty`` of ``judged`` requests make client-side TTFT/TPOT unreliable."""
+    return judged > 0 and bursty >= max(1, BURST_UNRELIABLE_SHARE * judged)
+
+
 def measured_window_s(requests: Iterable[RequestRecord]) -> float | None:
     """Seconds from the first send to the last receive over the non-warm-up requests."""
     rs = [r for r in measured(requests) if r.send_ns is not None and r.recv_ns is not None]
@@ -250,6 +291,13 @@ class VersionSummary:
     output_tokens: int
     p99_is_max: bool
     notes: list[str] = field(default_factory=list)
+    bursty: int = 0  # successful measured requests whose tokens arrived in bursts
+    burst_judged: int = 0  # ... of this many that could be judged (streamed, 2+ tokens)
+
+    @property
+    def client_timings_unreliable(self) -> bool:
+        """Whether bursts make this version's client-side TTFT/TPOT unreliable."""
+        return bursts_unreliable(self.bursty, self.burst_judged)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -288,6 +336,9 @@ def summarize_version(requests: Iterable[RequestRecord], version: str | None = N
         notes.append(f"{warm} warm-up request(s) excluded")
     if ok and not tpot:
         notes.append("no TPOT: no request had both a TTFT and 2 or more output tokens")
+    bursty, judged = burst_counts(rs)
+    if judged:
+        notes.append(burst_note(bursty, judged))
     return VersionSummary(
         version=str(version),
         count=lat.count,
@@ -312,7 +363,17 @@ def summarize_version(requests: Iterable[RequestRecord], version: str | None = N
         output_tokens=sum(r.output_tokens or 0 for r in ok),
         p99_is_max=p99_is_max,
         notes=notes,
+        bursty=bursty,
+        burst_judged=judged,
     )
+
+
+def burst_note(bursty: int, judged: int) -> str:
+    """``"n of N requests arrived in bursts"``, and what follows for the client's TTFT/TPOT."""
+    text = f"{bursty} of {judged} requests arrived in bursts"
+    if bursts_unreliable(bursty, judged):
+        text += ": the client-side TTFT and TPOT are unreliable; judge on the server's (vllm:* histograms)"
+    return text
 
 
 def summarize(requests: Iterable[RequestRecord]) -> dict[str, VersionSummary]:

@@ -16,8 +16,10 @@ create time and host name, so that :meth:`RunStore.mark_stale_runs` can tell a k
 live one), ``requests`` (one row per request, see ``services.bench.stats.RequestRecord``; ``chunk_ns`` keeps
 streamed chunk times for ITL; ``level`` the sweep level it belongs to), ``samples`` (one memory reading
 per row, see ``services.bench.sample_series.SampleRow``; ``pid`` is the process a reading belongs to)
-and ``sweep_levels`` (one row per load level of a sweep, :class:`LevelRow`, written as each level
-ends, so that a sweep cut short keeps its finished levels). Opening a database of an older schema
+(with the ``vllm:*`` series in ``value``), ``sweep_levels`` (one row per load level of a sweep,
+:class:`LevelRow`, written as each level ends, so that a sweep cut short keeps its finished levels)
+and ``server_timings`` (per version and metric, the server's TTFT / TPOT / end-to-end over the
+measured window, from the ``vllm:*`` histograms: :mod:`services.bench.server_timings`). Opening a database of an older schema
 adds what it lacks (:meth:`RunStore._migrate`); its runs read as before.
 
 Exports per run (:meth:`RunStore.export_files`, :meth:`RunStore.export_run`):
@@ -99,7 +101,9 @@ CREATE TABLE IF NOT EXISTS requests (
     box TEXT,
     iou REAL,
     chunk_ns TEXT,
-    level INTEGER
+    level INTEGER,
+    chunk_tokens TEXT,
+    bursty INTEGER CHECK (bursty IN (0, 1))
 );
 CREATE INDEX IF NOT EXISTS requests_by_run ON requests(run_id, seq);
 CREATE TABLE IF NOT EXISTS sweep_levels (
@@ -126,23 +130,43 @@ CREATE TABLE IF NOT EXISTS samples (
     kind TEXT NOT NULL,
     memory_bytes INTEGER,
     utilization REAL,
-    pid INTEGER
+    pid INTEGER,
+    value REAL
 );
 CREATE INDEX IF NOT EXISTS samples_by_run ON samples(run_id, t_mono);
+CREATE TABLE IF NOT EXISTS server_timings (
+    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    version TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    mean_ms REAL,
+    p50_ms REAL,
+    p90_ms REAL,
+    p99_ms REAL,
+    t0 REAL NOT NULL,
+    t1 REAL NOT NULL,
+    PRIMARY KEY (run_id, version, metric)
+);
 """
-SCHEMA_VERSION = 3  # 1: the run's config also inside its manifest (``manifest["config"]``); 2: once;
-# 3: sweeps: ``requests.level`` and the ``sweep_levels`` table (older databases gain both, empty)
+SCHEMA_VERSION = 4  # 1: the run's config also inside its manifest (``manifest["config"]``); 2: once;
+# 3: sweeps: ``requests.level`` and the ``sweep_levels`` table (older databases gain both, empty);
+# 4: timings: ``requests.chunk_tokens`` and ``bursty``, ``samples.value`` (the ``vllm:*`` series) and
+# the ``server_timings`` table (older databases gain them, empty: their runs read as before)
+_ADDED_COLUMNS = {"requests": (("level", "INTEGER"), ("chunk_tokens", "TEXT"),
+                               ("bursty", "INTEGER CHECK (bursty IN (0, 1))")),
+                  "samples": (("value", "REAL"),)}
 LEVEL_STATUSES = ("completed", "saturated", "cut short")
 
 REQUEST_COLUMNS = [
     "seq", "version", "image_id", "warmup", "send_ns", "first_token_ns", "recv_ns", "latency_ms",
     "ttft_ms", "input_tokens", "output_tokens", "status", "error", "answer", "box", "iou",
-    "chunk_ns", "level",
+    "chunk_ns", "level", "chunk_tokens", "bursty",
 ]
 SAMPLE_COLUMNS = [
     "t_wall", "t_mono", "source", "gpu", "model", "version", "kind", "memory_bytes",
-    "utilization", "pid",
+    "utilization", "pid", "value",
 ]
+TIMING_COLUMNS = ["count", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "t0", "t1"]
 
 
 @dataclass
@@ -251,10 +275,12 @@ class RunStore:
         conn = self._conn()
         if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
             return
-        columns = {r["name"] for r in conn.execute("PRAGMA table_info(requests)")}
-        if "level" not in columns:  # schema 3: sweeps (the sweep_levels table is made by SCHEMA)
+        for table, added in _ADDED_COLUMNS.items():  # schemas 3 and 4 (their tables are made by SCHEMA)
+            columns = {r["name"] for r in conn.execute(f"PRAGMA table_info({table})")}
             with conn:
-                conn.execute("ALTER TABLE requests ADD COLUMN level INTEGER")
+                for name, decl in added:
+                    if name not in columns:
+                        conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
         with conn:
             rows = conn.execute("SELECT id, config, manifest FROM runs WHERE manifest LIKE '%\"config\"%'").fetchall()
             for r in rows:
@@ -421,6 +447,8 @@ class RunStore:
             r.input_tokens, r.output_tokens, r.status, r.error, r.answer,
             None if r.box is None else _dumps(r.box), r.iou,
             None if r.chunk_ns is None else _dumps(list(r.chunk_ns)), r.level,
+            None if r.chunk_tokens is None else _dumps(list(r.chunk_tokens)),
+            None if r.bursty is None else int(bool(r.bursty)),
         )
         with self._conn() as conn:
             cur = conn.execute(
@@ -447,8 +475,35 @@ class RunStore:
             d["warmup"] = bool(d["warmup"])
             d["box"] = _loads(d["box"])
             d["chunk_ns"] = _loads(d["chunk_ns"])
+            d["chunk_tokens"] = _loads(d["chunk_tokens"])
+            d["bursty"] = None if d["bursty"] is None else bool(d["bursty"])
             out.append(RequestRecord(run_id=row["run_id"], **d))
         return out
+
+    def set_bursts(self, run_id: int, flags: dict[int, bool | None]) -> None:
+        """Set the ``bursty`` flag of the run's requests, by ``seq`` (judged again once the server's
+        TPOT is known: :func:`services.bench.stats.arrived_in_bursts`)."""
+        with self._conn() as conn:
+            conn.executemany("UPDATE requests SET bursty = ? WHERE run_id = ? AND seq = ?",
+                             [(None if f is None else int(bool(f)), run_id, seq) for seq, f in flags.items()])
+
+    # ------------------------------------------------------------------ server-side timings
+
+    def set_server_timings(self, run_id: int, rows: Iterable[dict[str, Any]]) -> None:
+        """Store the server-side timings of a run (rows with ``version``, ``metric`` and
+        :data:`TIMING_COLUMNS`: :func:`services.bench.server_timings.timing_rows`), replacing any."""
+        cols = ["version", "metric", *TIMING_COLUMNS]
+        with self._conn() as conn:
+            conn.execute("DELETE FROM server_timings WHERE run_id = ?", (run_id,))
+            conn.executemany(
+                f"INSERT INTO server_timings (run_id, {', '.join(cols)}) VALUES ({', '.join('?' * (len(cols) + 1))})",
+                [(run_id, *(str(r[c]) if c == "version" else r[c] for c in cols)) for r in rows])
+
+    def get_server_timings(self, run_id: int) -> list[dict[str, Any]]:
+        """The run's server-side timings as stored (empty: none recorded, or an older run)."""
+        rows = self._conn().execute("SELECT * FROM server_timings WHERE run_id = ? ORDER BY version, metric",
+                                    (run_id,))
+        return [{k: r[k] for k in ["version", "metric", *TIMING_COLUMNS]} for r in rows]
 
     def requests_frame(self, run_id: int) -> pd.DataFrame:
         """The run's requests as stored (one column per table column, JSON kept as text)."""

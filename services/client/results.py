@@ -41,7 +41,10 @@ class Completion:
 
     ``num_output_tokens`` is the sum of the per-response counts (the server's count for the whole
     answer when there is one response); ``token_responses`` counts the responses that carried
-    tokens or text, and ``chunk_ns`` holds their arrival times (for inter-token latency).
+    tokens or text, ``chunk_ns`` holds their arrival times (for inter-token latency) and
+    ``chunk_tokens`` the token count of each (the server's ``num_output_tokens`` of that response:
+    the stock vLLM backend and both of ours send the count of new tokens per streamed response;
+    None where the response carried no count).
     ``first_token_ns``/``ttft_ms`` are those of the first response carrying a token (counted by
     the server, or visible as text: a token that decodes to nothing yet, such as a special token
     or part of a multi-byte character, is still the first token), and ``None`` when the request
@@ -60,6 +63,7 @@ class Completion:
     recv_ns: int
     first_token_ns: int | None = None
     chunk_ns: list[int] = field(default_factory=list)
+    chunk_tokens: list[int | None] = field(default_factory=list)
     token_responses: int = 0
     responses: int = 0
 
@@ -97,6 +101,7 @@ class ResponseCollector:
         self.finish_reason: str | None = None
         self.first_token_ns: int | None = None
         self.chunk_ns: list[int] = []
+        self.chunk_tokens: list[int | None] = []
         self.token_responses = 0
         self.responses = 0
         self.version: str | None = None
@@ -117,6 +122,7 @@ class ResponseCollector:
                 self.first_token_ns = t_ns
             self.token_responses += 1
             self.chunk_ns.append(t_ns)
+            self.chunk_tokens.append(None if n_out is None else int(n_out))
         if finish_reason not in (None, "", "None"):
             self.finish_reason = finish_reason
 
@@ -135,6 +141,7 @@ class ResponseCollector:
             recv_ns=recv_ns,
             first_token_ns=self.first_token_ns if stream else None,
             chunk_ns=self.chunk_ns,
+            chunk_tokens=self.chunk_tokens,
             token_responses=self.token_responses,
             responses=self.responses,
         )

@@ -110,7 +110,8 @@ def kv_max_concurrency(manifest: Mapping[str, Any], version: str,
     request (``kv_cache_max_concurrency``, as vLLM logs it); else unknown. An engine that knows its
     KV cache publishes the gauge ``qwen_engine_kv_cache_tokens{version}`` (or
     ``qwen_engine_kv_cache_max_concurrency``) on the metrics port, or writes ``kv_cache_tokens`` into
-    its ``engine_report.json``: :func:`services.bench.manifest.served_quantization` records either.
+    its ``engine_report.json``: :func:`services.bench.manifest.served_quantization` records either
+    (the embedded vLLM engine publishes both: ``services.serving.vllm_backend_model.memory_split``).
     """
     entry = version_entry(manifest, version)
     tokens = first_number(*(entry.get(k) for k in KV_TOKENS_KEYS))

@@ -38,8 +38,10 @@ from services.compare.pairing import Side, pair_sides
 from services.compare.runs import describe_image_set, run_order, run_record
 from services.compare.speed import (
     MetricComparison,
+    ServerComparison,
     ThroughputComparison,
     compare_latency,
+    compare_server,
     compare_throughput,
     metric_named,
 )
@@ -72,6 +74,7 @@ class Comparison:
     floor_b: DecodeFloor
     verdict: Verdict
     notes: list[str] = field(default_factory=list)
+    server: ServerComparison | None = None  # the server's own timings (vllm:* histograms), bursts
 
     def metric(self, name: str) -> MetricComparison:
         return metric_named(self.latency, name)
@@ -149,16 +152,18 @@ def build_comparison(
                                memory.a.decoder_linear_bytes)
     floor_b = run_decode_floor(sb.run.manifest, sb.side.version, tpot.values_b, memory.b.weights_bytes,
                                memory.b.decoder_linear_bytes)
+    server = compare_server(store, sa.run, sa.side.version, sa.measured, sb.run, sb.side.version, sb.measured,
+                            n_boot=n_boot, seed=seed)
     caveats = run_caveats([sa.run, sb.run], [(sa.side, sa.measured), (sb.side, sb.measured)])
     verdict = build_verdict(sa.side, sb.side, latency=latency, memory=memory, accuracy=accuracy, agreement=agree,
-                            floor_a=floor_a, floor_b=floor_b, caveats=caveats)
+                            floor_a=floor_a, floor_b=floor_b, caveats=caveats, server=server)
     return Comparison(
         a=sa.side, b=sb.side, paired=pairing.paired, pairing=pairing.description,
         interleaved=pairing.interleaved, runs=[run_record(sa.run)] + ([] if same_run else [run_record(sb.run)]),
         image_set=_image_set(sa, sb, same_run), measured_a=len(sa.measured), measured_b=len(sb.measured),
         unpaired_a=pairing.unpaired_a, unpaired_b=pairing.unpaired_b, latency=latency, throughput=throughput,
         memory=memory, accuracy=accuracy, agreement=agree, floor_a=floor_a, floor_b=floor_b, verdict=verdict,
-        notes=pairing.notes + throughput.notes + accuracy.notes + memory.notes,
+        notes=pairing.notes + throughput.notes + accuracy.notes + memory.notes, server=server,
     )
 
 

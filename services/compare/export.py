@@ -72,6 +72,8 @@ def summary_rows(c: Comparison) -> list[dict[str, Any]]:
         for q in ("mean", "p50", "p90", "p99", "min", "max"):
             value_row("latency", f"{m.metric} {q}", getattr(m.dist_a, q), getattr(m.dist_b, q), "ms")
         value_row("latency", f"{m.metric} count", m.dist_a.count, m.dist_b.count, "requests")
+    for sm in c.server.metrics if c.server is not None else []:  # the server's own (vllm:* histograms)
+        diff_row("server timings", sm.difference)
     t = c.throughput
     diff_row("throughput", t.requests_per_s)
     value_row("throughput", "output_tokens_per_s", t.a.output_tokens_per_s, t.b.output_tokens_per_s, "tok/s",

@@ -90,14 +90,15 @@ def cdf_figure(c: Comparison, metric: str) -> go.Figure:
     d = mc.difference
     sub = None
     if d.diff is not None:
-        ci = f", 95% CI [{d.lo:+.2f}, {d.hi:+.2f}]" if d.lo is not None else ""
+        ci = f", {d.confidence * 100:.3g}% CI [{d.lo:+.2f}, {d.hi:+.2f}]" if d.lo is not None else ""
         sub = f"median B−A {d.diff:+.2f} ms{ci}"
     fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
     return _layout(fig, title, "ms", "share of requests", height=HEIGHT + 60, subtitle=sub)
 
 
 def change_figure(c: Comparison) -> go.Figure:
-    """Each latency and throughput difference as % of A with its 95 % interval (0 = no change)."""
+    """Each latency and throughput difference as % of A with its interval (0 = no change): 95 %, and
+    98.3 % for the three timings the verdict judges together (:data:`services.compare.speed.TIMING_CONFIDENCE`)."""
     rows: list[tuple[str, Difference]] = [(m.label, m.difference) for m in c.latency]
     rows.append(("single-stream output tokens/s", c.throughput.stream_tokens_per_s))
     fig = go.Figure()
@@ -113,7 +114,7 @@ def change_figure(c: Comparison) -> go.Figure:
         sig = d.significant
         colors.append("#2b8a3e" if sig else "#868e96")
         text.append(f"{rel:+.1f}% ({'significant' if sig else 'not significant' if sig is False else 'no CI'})")
-    title = f"Change of {c.b.label} vs {c.a.label} (% of A, 95% CI)"
+    title = f"Change of {c.b.label} vs {c.a.label} (% of A; timings: 98.3% CIs, Bonferroni; throughput: 95%)"
     if not names:
         return _layout(_empty(fig, "no differences could be computed"), title)
     fig.add_trace(go.Scatter(x=x, y=names, mode="markers+text", text=text, textposition="top center",
@@ -204,7 +205,7 @@ def throughput_figure(c: Comparison) -> go.Figure:
     d = t.stream_tokens_per_s
     sub = None
     if d.diff is not None:
-        ci = f", 95% CI [{d.lo:+.2f}, {d.hi:+.2f}]" if d.lo is not None else ""
+        ci = f", {d.confidence * 100:.3g}% CI [{d.lo:+.2f}, {d.hi:+.2f}]" if d.lo is not None else ""
         sub = f"tokens/s per stream B−A {d.diff:+.2f}{ci}"
     fig.update_annotations(font_size=12, yshift=6)
     _layout(fig, "Throughput", None, "per second", height=HEIGHT + 60, subtitle=sub)

@@ -3,8 +3,10 @@
 Per version: baseline, peak and delta of the memory of the processes serving it (GPU memory
 from NVML, else host resident memory on a CPU-only server), and the split into weights (the
 server's ``qwen_engine_weight_bytes{part="model"}`` gauge, else the run manifest), KV-cache room
-and the rest. KV room is known only where the server pre-allocates it and the manifest says how
-much (vLLM); otherwise it is reported as unknown or as not reserved, never invented.
+and the rest. KV room is known only where the server pre-allocates it and states how much (the
+embedded vLLM engine's ``qwen_engine_kv_cache_bytes`` gauge or ``kv_cache_bytes`` in its engine
+report, recorded in the manifest); otherwise it is reported as unknown or as not reserved, never
+invented. :func:`split_text` writes the split in words, "unknown" where not stated.
 """
 
 from __future__ import annotations
@@ -167,12 +169,15 @@ def _kv_and_rest(manifest: Mapping[str, Any], version: str, weights: int | float
     kv: float | None = None
     rest: float | None = None
     if kv_direct is not None:
-        kv, kv_note = kv_direct, "reported by the server (recorded in the run manifest)"
-        if weights is not None and peak is not None and source == "gpu-process":
+        kv, kv_note = kv_direct, "stated by the engine at load (recorded in the run manifest)"
+        if weights is not None and peak is not None and source != "unknown" and peak >= weights + kv:
             rest = peak - weights - kv
             rest_note = "peak minus weights minus KV room"
+        elif weights is not None and peak is not None and source != "unknown":
+            rest_note = "unknown: the peak is below weights plus KV room (part of them is not resident)"
         else:
-            rest_note = "unknown"
+            rest_note = ("unknown: the engine stated no weight memory" if weights is None
+                         else "unknown: no memory samples of the serving processes")
     elif server_backend(manifest) == "vllm" or util is not None:
         if util is not None and gpu_total is not None and weights is not None and rest_known is not None:
             kv = util * gpu_total - weights - rest_known
@@ -230,6 +235,17 @@ def memory_side(samples: pd.DataFrame, manifest: Mapping[str, Any], version: str
         kv_room_bytes=None if kv is None else int(kv), kv_note=kv_note,
         rest_bytes=None if rest is None else int(rest), rest_note=rest_note, notes=notes,
     )
+
+
+def split_text(side: MemorySide) -> str:
+    """``weights / KV cache / rest`` of one side, each "unknown" where not stated ("not reserved"
+    for an engine that keeps no KV room)."""
+    def fmt(v: int | None) -> str:
+        return "unknown" if v is None else format_bytes(v)
+
+    kv = "not reserved" if side.kv_room_bytes is None and side.kv_note.startswith("not reserved") \
+        else fmt(side.kv_room_bytes)
+    return f"weights {fmt(side.weights_bytes)} / KV cache {kv} / rest {fmt(side.rest_bytes)}"
 
 
 def compare_memory(a: MemorySide, b: MemorySide, device: list[MemorySeriesSummary]) -> MemoryComparison:

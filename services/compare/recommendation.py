@@ -13,7 +13,7 @@ Rules, in this order (B minus A for accuracy; capacities from :mod:`services.com
 5. Otherwise deploy the version with the higher capacity.
 
 The sentence follows the issue's form ("Deploy fp8: at your targets it serves N images/s per GPU
-against M, $X against $Y per 1,000 images, and finds the same tables: mean IoU change +0.001
+against M, $X against $Y per 1,000 images, and finds the same tables: mean IoU fp8 minus bf16 +0.001
 [-0.004, +0.006]"); ``decisive`` lists the numbers with their intervals, ``not_measured`` what the
 run could not say.
 """
@@ -55,12 +55,13 @@ def _name(version: str) -> str:
     return VERSION_LABELS.get(str(version), f"v{version}" if str(version).isdigit() else str(version))
 
 
-def _iou_change(d: Difference, sign: float) -> str:
-    """The mean IoU change of the named version against the other (``sign`` -1 flips B-A to A-B)."""
+def _iou_change(d: Difference, subject: str, other: str, b: str) -> str:
+    """``subject``'s mean IoU minus ``other``'s, with its interval (``d`` holds B minus A; ``b`` names B)."""
     def fmt(v: float) -> str:
         return f"{0.0 if abs(v) < 5e-4 else v:+.3f}"  # no "-0.000"
 
-    text = f"mean IoU change {fmt(sign * d.diff)}"  # type: ignore[operator]
+    sign = 1.0 if subject == b else -1.0
+    text = f"mean IoU {_name(subject)} minus {_name(other)} {fmt(sign * d.diff)}"  # type: ignore[operator]
     if d.lo is not None and d.hi is not None:
         lo, hi = sorted((sign * d.lo, sign * d.hi))
         text += f" [{fmt(lo)}, {fmt(hi)}]"
@@ -99,7 +100,7 @@ def _decisive(sweep: SweepResult | None, accuracy: AccuracyComparison | None, a:
         lines.append(f"Targets: {sweep.targets.describe()}.")
     if accuracy is not None and accuracy.known and accuracy.mean_iou.diff is not None:
         d = accuracy.mean_iou
-        lines.append(f"Accuracy: {_name(b)} vs {_name(a)} {_iou_change(d, 1.0)} (mean IoU {d.b:.3f} vs {d.a:.3f}).")
+        lines.append(f"Accuracy: {_iou_change(d, b, a, b)} (mean IoU {d.b:.3f} vs {d.a:.3f}).")
     return lines
 
 
@@ -155,7 +156,7 @@ def recommend(sweep: SweepResult | None, accuracy: AccuracyComparison | None, a:
         winner = a if loser == b else b
         d = accuracy.mean_iou  # type: ignore[union-attr]
         text = (f"Deploy {_name(winner)}: {_name(loser)} loses accuracy beyond the tolerance of {tolerance:.3f} "
-                f"({_iou_change(d, 1.0 if loser == b else -1.0)} for {_name(loser)}), which overrides speed")
+                f"({_iou_change(d, loser, winner, b)}), which overrides speed")
         if have_sweep:
             text += (f"; {_name(loser)} serves {_rps(sweep.versions[loser].capacity_rps)} images/s against "  # type: ignore[union-attr]
                      f"{_rps(sweep.versions[winner].capacity_rps)}")  # type: ignore[union-attr]
@@ -169,7 +170,7 @@ def recommend(sweep: SweepResult | None, accuracy: AccuracyComparison | None, a:
     other = a if winner == b else b
     text = f"Deploy {_name(winner)}: {_speed_clause(sweep.versions[winner], sweep.versions[other], sweep)}"  # type: ignore[union-attr]
     if accuracy is not None and accuracy.known and accuracy.mean_iou.diff is not None:
-        text += f", and finds the same tables: {_iou_change(accuracy.mean_iou, 1.0 if winner == b else -1.0)}"
+        text += f", and finds the same tables: {_iou_change(accuracy.mean_iou, winner, other, b)}"
     else:
         text += "; its accuracy was not measured (no ground truth)"
     return Recommendation("deploy", winner, text + ".", decisive, missing)

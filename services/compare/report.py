@@ -120,8 +120,46 @@ def latency_rows(c: Comparison) -> list[list[str]]:
     return rows
 
 
+def server_rows(c: Comparison) -> list[list[str]]:
+    """One row per server-side metric (vllm:* histograms): both sides' p50/p90/p99/mean, the median
+    difference and its interval (resampled histograms); empty when the server's timings are unknown."""
+    rows = []
+    for m in c.server.metrics if c.server is not None else []:
+        d = m.difference
+        ci = f"[{d.lo:+.2f}, {d.hi:+.2f}]" if d.lo is not None else (d.note or "no interval")
+
+        def pcts(t: Any) -> str:
+            return "unknown" if t is None else f"{_num(t.p50_ms)} / {_num(t.p90_ms)} / {_num(t.p99_ms)}"
+
+        rows.append([m.label, d.n_a, d.n_b, pcts(m.a), pcts(m.b), _num(m.a.mean_ms if m.a else None),
+                     _num(m.b.mean_ms if m.b else None), "unknown" if d.diff is None else f"{d.diff:+.2f}", ci,
+                     {True: "yes", False: "no", None: "unknown"}[d.significant]])
+    return rows
+
+
+def server_notes(c: Comparison) -> list[str]:
+    """What the server-side table rests on, why it is missing, and whether the client's TTFT/TPOT hold."""
+    s = c.server
+    if s is None:
+        return []
+    notes = ["The server's own timings: vllm:* histograms over each run's measured window (bucket counts at its "
+             "end minus those at its start); percentiles interpolated inside the buckets as Prometheus' "
+             "histogram_quantile does, so their precision is the buckets'; n counts observations (TPOT: one per "
+             "token after the first)."]
+    if s.reason:
+        notes.append(f"Server-side timings: {s.reason}.")
+    burst = s.burst_words(c.a.label, c.b.label)
+    if s.client_unreliable:
+        notes.append(f"The client's TTFT and TPOT are unreliable: {burst}; "
+                     + ("the verdict judges them on the server's numbers." if not s.reason else
+                        "the server's are unknown, so neither can be trusted."))
+    else:
+        notes.append(f"{burst[0].upper()}{burst[1:]}: the client's TTFT and TPOT hold.")
+    return notes
+
+
 LATENCY_COLUMNS = ["metric (ms)", "n A", "n B", "A p50 / p90 / p99", "B p50 / p90 / p99", "A mean", "B mean",
-                   "median B−A", "95% CI", "significant"]
+                   "median B−A", "98.3% CI (Bonferroni over the 3 timings)", "significant"]
 
 
 def accuracy_rows(c: Comparison) -> list[list[str]]:
@@ -243,6 +281,9 @@ def report_html(c: Comparison, items: Sequence[GalleryItem] | None = None,
         "<h2>Latency</h2>", _table(LATENCY_COLUMNS, latency_rows(c)),
         fig_html(figs["latency_cdf"], "fig-latency"), fig_html(figs["ttft_cdf"], "fig-ttft"),
         fig_html(figs["tpot_cdf"], "fig-tpot"),
+        "<h3 id='server-timings'>As the server measured it</h3>",
+        *([_table(LATENCY_COLUMNS, server_rows(c))] if server_rows(c) else []),
+        *(f"<p class='note'>{_esc(n)}</p>" for n in server_notes(c)),
         "<h2>Throughput</h2>", *(f"<p class='note'>{_esc(n)}</p>" for n in c.throughput.notes),
         fig_html(figs["throughput"], "fig-throughput"),
         "<h2>Accuracy</h2>", _table(ACCURACY_COLUMNS, accuracy_rows(c)),

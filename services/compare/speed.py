@@ -4,6 +4,14 @@ Latency: end-to-end latency, TTFT and TPOT (:data:`METRICS`) of every successful
 each side's distribution and the difference of medians (paired when the comparison is).
 Throughput: requests and output tokens per second over each side's measured window, and the
 single-stream rate (output tokens per second of request time) with a bootstrap interval.
+The server's own TTFT / TPOT / end-to-end (the ``vllm:*`` histograms over each run's measured window,
+:mod:`services.bench.server_timings`) beside them, and whether bursts make the client's unreliable
+(:func:`compare_server`).
+
+The verdict judges the three timings together ("no significant difference in TTFT, TPOT or
+latency" is one claim about three metrics), so each timing's interval is a Bonferroni interval at
+:data:`TIMING_CONFIDENCE` (98.3 % each), which keeps the chance of calling any of the three
+different when none is (an A/A comparison) at 5 % instead of about 14 %.
 """
 
 from __future__ import annotations
@@ -11,9 +19,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from services.bench.server_timings import (
+    HISTOGRAM_METRICS,
+    ServerTimings,
+    TimingStats,
+    bootstrap_quantile_difference,
+    server_timings,
+)
 from services.bench.stats import (
     Distribution,
     RequestRecord,
+    burst_counts,
+    bursts_unreliable,
     distribution,
     measured,
     measured_window_s,
@@ -21,7 +38,8 @@ from services.bench.stats import (
     request_throughput,
     tpot_ms,
 )
-from services.compare.differences import BOOT_SEED, N_BOOT, Difference, difference, ratio_difference
+from services.bench.store import RunInfo, RunStore
+from services.compare.differences import BOOT_SEED, CONFIDENCE, N_BOOT, Difference, difference, ratio_difference
 from services.compare.pairing import Pair
 
 
@@ -30,6 +48,7 @@ METRICS: dict[str, tuple[str, Callable[[RequestRecord], float | None]]] = {
     "ttft_ms": ("time to first token (TTFT)", lambda r: r.effective_ttft_ms),
     "tpot_ms": ("time per output token (TPOT)", tpot_ms),
 }
+TIMING_CONFIDENCE = 1.0 - (1.0 - CONFIDENCE) / len(METRICS)  # Bonferroni over the judged timings
 
 
 def metric_value(r: RequestRecord, metric: str) -> float | None:
@@ -63,10 +82,10 @@ def compare_metric(metric: str, ra: Sequence[RequestRecord], rb: Sequence[Reques
     if pairs is not None:
         d = difference(metric, [metric_value(p.a, metric) for p in pairs],
                        [metric_value(p.b, metric) for p in pairs], statistic="median", unit="ms",
-                       paired=True, n_boot=n_boot, seed=seed)
+                       paired=True, n_boot=n_boot, seed=seed, confidence=TIMING_CONFIDENCE)
     else:
         d = difference(metric, va, vb, statistic="median", unit="ms", paired=False,
-                       n_boot=n_boot, seed=seed)
+                       n_boot=n_boot, seed=seed, confidence=TIMING_CONFIDENCE)
     return MetricComparison(metric, METRICS[metric][0], "ms", va, vb, distribution(va),
                             distribution(vb), d)
 
@@ -165,3 +184,95 @@ def compare_throughput(ra: Sequence[RequestRecord], rb: Sequence[RequestRecord],
                      "requests per second over the window counts the other version's time too. "
                      "Compare the single-stream rates (tokens per second of request time).")
     return ThroughputComparison(a, b, reqs, stream, overlap, notes)
+
+
+# --------------------------------------------------------------------------- the server's own timings
+
+SERVER_TO_CLIENT = {"ttft": "ttft_ms", "tpot": "tpot_ms", "e2e": "latency_ms"}  # server metric -> client metric
+NOT_RECORDED = "unknown (no server-side timings were recorded with this run)"
+
+
+@dataclass
+class ServerMetricComparison:
+    """One server-side metric (:data:`services.bench.server_timings.HISTOGRAM_METRICS`) on both sides:
+    the window's histogram statistics and the difference of medians, its interval from resampling each
+    side's histogram (:func:`services.bench.server_timings.bootstrap_quantile_difference`; unpaired)."""
+
+    metric: str
+    label: str
+    a: TimingStats | None
+    b: TimingStats | None
+    difference: Difference
+
+
+@dataclass
+class ServerComparison:
+    """The server's timings of both sides, and whether the client's TTFT/TPOT can be trusted.
+
+    ``reason``: why the server's timings are unknown (None when known). ``bursts_a``/``bursts_b``:
+    ``(bursty, judged)`` measured requests; ``client_unreliable``: bursts on a meaningful share of
+    either side's requests (:func:`services.bench.stats.bursts_unreliable`): the client's TTFT and
+    TPOT do not describe the server, and the verdict judges on the server's.
+    """
+
+    metrics: list[ServerMetricComparison]
+    reason: str | None
+    bursts_a: tuple[int, int]
+    bursts_b: tuple[int, int]
+    client_unreliable: bool
+
+    def metric(self, key: str) -> ServerMetricComparison | None:
+        return next((m for m in self.metrics if m.metric == key), None)
+
+    def burst_words(self, a_label: str, b_label: str) -> str:
+        """``"3 of 10 requests of A and 0 of 10 of B arrived in bursts"``."""
+        (na, ja), (nb, jb) = self.bursts_a, self.bursts_b
+        return f"{na} of {ja} requests of {a_label} and {nb} of {jb} of {b_label} arrived in bursts"
+
+
+def side_server_timings(store: RunStore, run: RunInfo, version: str) -> tuple[ServerTimings | None, str | None]:
+    """One side's server timings, recomputed (with their histograms) from the run's stored ``vllm:*``
+    samples over the window stored in ``server_timings``; else None and why."""
+    rows = [r for r in store.get_server_timings(run.id) if r["version"] == str(version)]
+    if not rows:
+        recorded = ((run.summary or {}).get("server_timings") or {}).get("reason") if isinstance(run.summary, dict) else None
+        return None, recorded or NOT_RECORDED
+    t0, t1 = rows[0]["t0"], rows[0]["t1"]
+    result = server_timings(store.get_samples(run.id, t0, t1), t0, t1)
+    timings = result.versions.get(str(version))
+    return timings, None if timings is not None else (result.reason or NOT_RECORDED)
+
+
+def _server_difference(key: str, a: TimingStats | None, b: TimingStats | None, n_boot: int,
+                       seed: int | None) -> Difference:
+    note = None
+    ci = None
+    if a is None or b is None or a.histogram is None or b.histogram is None:
+        note = "no histogram on one side"
+    else:
+        ci = bootstrap_quantile_difference(a.histogram, b.histogram, 0.5, n=n_boot, seed=seed or 0,
+                                           confidence=TIMING_CONFIDENCE)
+        if ci is None:
+            note = "no observations on one side"
+    pa, pb = (a.p50_ms if a else None), (b.p50_ms if b else None)
+    diff = None if pa is None or pb is None else pb - pa
+    return Difference(f"server_{key}", "median (histogram)", "ms", pa, pb, diff,
+                      None if diff is None or not pa else diff / pa,
+                      None if ci is None else ci[1] * 1e3, None if ci is None else ci[2] * 1e3,
+                      a.count if a else 0, b.count if b else 0, False, n_boot=n_boot, note=note,
+                      confidence=TIMING_CONFIDENCE)
+
+
+def compare_server(store: RunStore, run_a: RunInfo, va: str, ra: Sequence[RequestRecord], run_b: RunInfo, vb: str,
+                   rb: Sequence[RequestRecord], *, n_boot: int = N_BOOT, seed: int | None = BOOT_SEED) -> ServerComparison:
+    """Both sides' server timings compared metric by metric, and the client's reliability."""
+    ta, why_a = side_server_timings(store, run_a, va)
+    tb, why_b = side_server_timings(store, run_b, vb)
+    bursts_a, bursts_b = burst_counts(ra), burst_counts(rb)
+    unreliable = bursts_unreliable(*bursts_a) or bursts_unreliable(*bursts_b)
+    if ta is None or tb is None:
+        return ServerComparison([], why_a or why_b, bursts_a, bursts_b, unreliable)
+    metrics = [ServerMetricComparison(key, label, ta.metric(key), tb.metric(key),
+                                      _server_difference(key, ta.metric(key), tb.metric(key), n_boot, seed))
+               for key, (_, label) in HISTOGRAM_METRICS.items()]
+    return ServerComparison(metrics, None, bursts_a, bursts_b, unreliable)

@@ -2,8 +2,15 @@
 
 Memory saved (GiB or MiB, and %, on the weights when known), the median change of latency, TTFT and TPOT,
 the change of accuracy, the agreement between the versions and decode against the floor; each
-difference is said to be significant (its 95 % interval excludes 0), not significant, or of unknown
+difference is said to be significant (its interval excludes 0: 95 %, or 98.3 % for each of the three
+timings, see :data:`services.compare.speed.TIMING_CONFIDENCE`), not significant, or of unknown
 significance. The caveats say what limits the numbers (runs not completed, failures, few requests).
+
+Timings: the client's latency, TTFT and TPOT, with the server's median (``vllm:*`` histograms) beside
+them where the server published them. Where the client's TTFT / TPOT are unreliable (tokens arrived in
+bursts on a meaningful share of requests: :class:`services.compare.speed.ServerComparison`), the
+sentence judges on the server's numbers and says why; where the server's are unknown too, it says
+that the client's are unreliable (:func:`judged_difference`, :func:`timing_sentence`).
 """
 
 from __future__ import annotations
@@ -17,10 +24,10 @@ from services.bench.version_labels import label_caveats
 from services.compare.accuracy import AccuracyComparison, Agreement
 from services.compare.decode_floor import DecodeFloor
 from services.compare.differences import Difference
-from services.compare.memory import MemoryComparison
+from services.compare.memory import MemoryComparison, split_text
 from services.compare.pairing import Side
 from services.compare.request_boxes import FOUND_IOU
-from services.compare.speed import MetricComparison, metric_named
+from services.compare.speed import MetricComparison, ServerComparison, ServerMetricComparison, metric_named
 from services.core.units import format_bytes
 
 
@@ -31,7 +38,7 @@ def _fmt_ms(v: float) -> str:
 def _ci_words(d: Difference, fmt: Callable[[float], str]) -> str:
     if d.significant is None:
         return f"significance unknown ({d.note or 'no interval'})"
-    where = f"{int(d.confidence * 100)}% CI of the difference [{fmt(d.lo)}, {fmt(d.hi)}]"  # type: ignore[arg-type]
+    where = f"{d.confidence * 100:.3g}% CI of the difference [{fmt(d.lo)}, {fmt(d.hi)}]"  # type: ignore[arg-type]
     if d.significant:
         return f"significant: the {where} excludes 0"
     return f"not significant: the {where} includes 0"
@@ -39,9 +46,10 @@ def _ci_words(d: Difference, fmt: Callable[[float], str]) -> str:
 
 def memory_sentence(m: MemoryComparison, a: Side, b: Side) -> str:
     """Memory saved by B (binary units: :func:`services.core.units.format_bytes`) and %, on the weights when known."""
+    split = f" Split: {b.label} {split_text(m.b)}; {a.label} {split_text(m.a)}."
     if m.saved_bytes is None:
         return ("Memory: unknown. Neither the weight bytes of both versions nor comparable memory samples "
-                "were recorded.")
+                "were recorded." + split)
     what = "weights" if m.basis == "weights" else "peak memory of the serving processes"
     ref_a = m.a.weights_bytes if m.basis == "weights" else m.a.peak_bytes
     ref_b = m.b.weights_bytes if m.basis == "weights" else m.b.peak_bytes
@@ -49,9 +57,7 @@ def memory_sentence(m: MemoryComparison, a: Side, b: Side) -> str:
     pct = f" ({abs(m.saved_pct):.1f}%)" if m.saved_pct is not None else ""
     core = (f"Memory: {b.label} {verb} {format_bytes(abs(m.saved_bytes))}{pct} of {what} "
             f"({format_bytes(ref_b)} vs {format_bytes(ref_a)} for {a.label}).")  # type: ignore[arg-type]
-    if m.basis == "weights" and m.a.kv_room_bytes is not None and m.b.kv_room_bytes is not None:
-        core += f" KV-cache room: {format_bytes(m.b.kv_room_bytes)} vs {format_bytes(m.a.kv_room_bytes)}."
-    return core
+    return core + split
 
 
 def latency_sentence(mc: MetricComparison, a: Side, b: Side) -> str:
@@ -66,6 +72,46 @@ def latency_sentence(mc: MetricComparison, a: Side, b: Side) -> str:
         change = f"{_fmt_ms(abs(d.diff))}{rel} {'faster' if d.diff < 0 else 'slower'}"
     return (f"Median {mc.label}: {b.label} {_fmt_ms(d.b)} vs {a.label} {_fmt_ms(d.a)}, {change}; "
             f"{_ci_words(d, _fmt_ms)}.")
+
+
+_SERVER_KEY = {"latency_ms": "e2e", "ttft_ms": "ttft", "tpot_ms": "tpot"}
+
+
+def _server_known(sm: ServerMetricComparison | None) -> bool:
+    return sm is not None and sm.difference.diff is not None
+
+
+def judged_difference(mc: MetricComparison, server: ServerComparison | None) -> Difference:
+    """The difference the verdict judges ``mc`` on: the server's where the client's TTFT/TPOT are
+    unreliable and the server's are known, else the client's."""
+    sm = None if server is None else server.metric(_SERVER_KEY[mc.metric])
+    if server is not None and server.client_unreliable and mc.metric != "latency_ms" and _server_known(sm):
+        return sm.difference  # type: ignore[union-attr]
+    return mc.difference
+
+
+def server_sentence(sm: ServerMetricComparison, a: Side, b: Side) -> str:
+    """Median change of one server-side metric, B vs A, and whether it is significant."""
+    d = sm.difference
+    rel = f" ({abs(d.rel) * 100:.1f}%)" if d.rel is not None and d.diff else ""
+    change = "unchanged" if not d.diff else f"{_fmt_ms(abs(d.diff))}{rel} {'faster' if d.diff < 0 else 'slower'}"  # type: ignore[arg-type]
+    return (f"Median {sm.label} as the server measured it (vllm:* histograms, {d.n_b} vs {d.n_a} observations): "
+            f"{b.label} {_fmt_ms(d.b)} vs {a.label} {_fmt_ms(d.a)}, {change}; {_ci_words(d, _fmt_ms)}.")  # type: ignore[arg-type]
+
+
+def timing_sentence(mc: MetricComparison, server: ServerComparison | None, a: Side, b: Side) -> str:
+    """The client's sentence with the server's beside it; on the server's where the client's is unreliable."""
+    client = latency_sentence(mc, a, b)
+    if server is None:
+        return client
+    sm = server.metric(_SERVER_KEY[mc.metric])
+    if server.client_unreliable and mc.metric != "latency_ms":
+        bursts = server.burst_words(a.label, b.label)
+        if _server_known(sm):
+            return (f"{server_sentence(sm, a, b)} Judged on the server's numbers: the client's "  # type: ignore[arg-type]
+                    f"{mc.label} is unreliable ({bursts}).")
+        return f"{client} Unreliable: {bursts}, and the server's {mc.label} is {server.reason or 'unknown'}."
+    return f"{client} {server_sentence(sm, a, b)}" if _server_known(sm) else client  # type: ignore[arg-type]
 
 
 def _pts(v: float) -> str:
@@ -173,13 +219,13 @@ def run_caveats(runs: Sequence[RunInfo], measured: Sequence[tuple[Side, Sequence
 
 def build_verdict(a: Side, b: Side, *, latency: Sequence[MetricComparison], memory: MemoryComparison,
                   accuracy: AccuracyComparison, agreement: Agreement, floor_a: DecodeFloor, floor_b: DecodeFloor,
-                  caveats: list[str]) -> Verdict:
-    """One sentence per question, B vs A."""
+                  caveats: list[str], server: ServerComparison | None = None) -> Verdict:
+    """One sentence per question, B vs A (timings: :func:`timing_sentence`)."""
     return Verdict(
         memory=memory_sentence(memory, a, b),
-        latency=latency_sentence(metric_named(latency, "latency_ms"), a, b),
-        ttft=latency_sentence(metric_named(latency, "ttft_ms"), a, b),
-        tpot=latency_sentence(metric_named(latency, "tpot_ms"), a, b),
+        latency=timing_sentence(metric_named(latency, "latency_ms"), server, a, b),
+        ttft=timing_sentence(metric_named(latency, "ttft_ms"), server, a, b),
+        tpot=timing_sentence(metric_named(latency, "tpot_ms"), server, a, b),
         accuracy=accuracy_sentence(accuracy, a, b),
         agreement=agreement_sentence(agreement, a, b),
         floor=floor_sentence(floor_a, floor_b, a, b),

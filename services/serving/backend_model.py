@@ -42,7 +42,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from services.serving.engine import Engine, EngineError, SamplingParams, decode_image
-from services.serving.model_interface import RETURN_FLAGS, VersionModel, bool_input, build_response, prompt_input
+from services.serving.model_interface import RETURN_FLAGS, RequestInputError, VersionModel, bool_input
+from services.serving.model_interface import build_response, prompt_input, request_options
 
 ENGINE_ARGS_FILE = "model.json"
 ENGINE_REPORT_FILE = "engine_report.json"
@@ -138,8 +139,12 @@ class TritonPythonModel(VersionModel):
             precision="fp8" if quantization == "fp8" else "bf16",
             device=engine_args.get("device"),
             max_model_len=int(engine_args.get("max_model_len", 4096)),
+            limit_mm_per_prompt=engine_args.get("limit_mm_per_prompt"),
+            mm_processor_kwargs=engine_args.get("mm_processor_kwargs"),
         )
         report = self.engine.quantization.as_dict()
+        report.update(engine="transformers", image_limit=self.engine.image_limit, image_size=self.engine.image_size,
+                      ignored_mm_processor_kwargs=self.engine.ignored_mm_processor_kwargs)
         report.update(checkpoint=str(self.engine.checkpoint), load_seconds=round(self.engine.load_seconds, 3))
         # torch's CUDA counters once the engine is loaded (null on the CPU, where there are none).
         report["torch_memory_after_load"] = torch_memory(self.engine.device)
@@ -215,7 +220,7 @@ class TritonPythonModel(VersionModel):
         try:
             self._handle(request, sender, trace)
         except Exception as exc:  # every failure becomes a final error response
-            if not isinstance(exc, EngineError):
+            if not isinstance(exc, (EngineError, RequestInputError)):
                 self.logger.log_error(f"[qwen] error: {traceback.format_exc()}")
             self._send_error(sender, "Request was cancelled" if _cancelled(sender)
                              else f"Error generating stream: {exc}")
@@ -269,13 +274,7 @@ class TritonPythonModel(VersionModel):
         t_images = time.perf_counter_ns()
         images = [decode_image(b) for b in image_tensor.as_numpy().reshape(-1)] if image_tensor is not None else []
         trace["image_decode_ns"] = time.perf_counter_ns() - t_images
-        stream = bool(bool_input(inputs, "stream"))
-        exclude = bool_input(inputs, "exclude_input_in_output")
-        prepend_input = (not exclude) if exclude is not None else not stream
-        if prepend_input and stream:
-            raise EngineError("When streaming, `exclude_input_in_output` = False is not allowed.")
-        params_tensor = inputs.get("sampling_parameters")
-        raw_params = params_tensor.as_numpy().reshape(-1)[0] if params_tensor is not None else request.parameters()
+        stream, prepend_input, raw_params = request_options(inputs, request)
         params = SamplingParams.from_json(raw_params)
         flags = {name: bool(bool_input(inputs, name)) for name in RETURN_FLAGS}
         want_cum = flags["return_cumulative_logprob"]

@@ -175,13 +175,15 @@ def vllm_engine_args(checkpoint: Path, precision: str, max_model_len: int = 4096
 
 def write_model_repository(repo: Path, checkpoint: Path, versions: dict[str, str] | None = None,
                            max_model_len: int = 4096, device: str | None = None,
-                           model_py: str | None = None, engine: str = "transformers") -> Path:
+                           model_py: str | None = None, engine: str = "transformers",
+                           extra_engine_args: dict | None = None) -> Path:
     """Write ``repo/qwen`` with one folder per version, each with its ``model.json`` as vLLM's has.
 
     ``engine``: ``transformers`` (this project's engine, ``services.serving.backend_model``) or
     ``vllm`` (``services.serving.vllm_backend_model``; ``model.json`` from ``vllm_engine_args``).
     ``model_py``: the source of each version's ``model.py`` instead. ``scripts/bench_triton_overhead.py``
     passes a model that only computes for a set time, to measure what Triton costs around any model.
+    ``extra_engine_args``: keys added to every version's ``model.json`` (e.g. ``limit_mm_per_prompt``).
     """
     if engine not in ENGINE_MODULES:
         raise ValueError(f"engine must be one of {', '.join(ENGINE_MODULES)}, not {engine!r}")
@@ -205,6 +207,7 @@ def write_model_repository(repo: Path, checkpoint: Path, versions: dict[str, str
                 engine_args["quantization"] = "fp8"
             if device:
                 engine_args["device"] = device
+        engine_args.update(extra_engine_args or {})
         (vdir / "model.json").write_text(json.dumps(engine_args, indent=2) + "\n")
     return repo
 
@@ -530,11 +533,13 @@ def start_embedded_triton(
     model_py: str | None = None,
     engine: str | None = None,
     on_wait: Callable[[EmbeddedTriton], None] | None = None,
+    extra_engine_args: dict | None = None,
 ) -> EmbeddedTriton:
     """Start ``tritonserver`` serving ``qwen`` (versions 1 = bf16, 2 = fp8) and wait until it is ready.
 
     ``engine``: ``transformers`` or ``vllm`` (default: ``QWEN_ENGINE``). ``model_py`` replaces the
-    model each version runs (see ``write_model_repository``). ``ready_timeout`` defaults to 300 s,
+    model each version runs and ``extra_engine_args`` adds keys to its ``model.json`` (see
+    ``write_model_repository``). ``ready_timeout`` defaults to 300 s,
     900 s for vLLM (its versions were ready 80 to 380 s after start on 2 loaded cores). ``on_wait``
     is called with the starting server about four times a second until it is ready (progress).
     A folder made here (no ``workdir`` given) is removed when the server stops.
@@ -550,7 +555,7 @@ def start_embedded_triton(
             settings.data_dir() / "embedded_triton" / f"{WORKDIR_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:6]}")
     work.mkdir(parents=True, exist_ok=True)
     repo = write_model_repository(work / "model_repository", ckpt, versions, device=device, model_py=model_py,
-                                  engine=engine)
+                                  engine=engine, extra_engine_args=extra_engine_args)
     backends = prepare_backend_dir(dist, settings.data_dir() / "embedded_triton" / "backends")
     chosen = choose_ports(ports)
     shm_prefix = f"{SHM_PREFIX}{os.getpid()}_{uuid.uuid4().hex[:10]}_"  # the owner's pid: see supervisor.sweep_stale

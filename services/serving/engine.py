@@ -3,11 +3,11 @@
 One ``Engine`` serves one model version. Version 1 runs the checkpoint in bf16; version 2 applies fp8
 to the decoder's linear layers (the vision tower and ``lm_head`` stay bf16, as vLLM's
 ``quantization: fp8`` does): on GPUs of compute capability 8.9 or more, dynamic activation + weight
-fp8 with row-wise scales, through torchao's ``Float8DynamicActivationFloat8WeightConfig(PerRow)``
-or, with ``QWEN_FP8_BACKEND=kernels`` (issue 17; not yet measured on a GPU, hence not the default),
-the project's kernels for the same arithmetic (``services.serving.fp8_linear``:
-``torch._scaled_mm`` for the prefill, a Triton matrix-vector kernel for decode); torchao's
-weight-only fp8 elsewhere (the CPU included). What was
+fp8 with row-wise scales, by default through the project's kernels (``services.serving.fp8_linear``:
+``torch._scaled_mm`` for the prefill, a Triton matrix-vector kernel for decode; measured faster on
+an H100, docs/gpu-results.md), or with ``QWEN_FP8_BACKEND=torchao`` through torchao's
+``Float8DynamicActivationFloat8WeightConfig(PerRow)``; torchao's weight-only fp8 elsewhere (the
+CPU included). What was
 applied is returned as a ``QuantizationReport``; a quantization that cannot be applied is an
 error, never a silent bf16.
 
@@ -27,6 +27,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+
+from services.serving.multimodal_args import image_limit, image_processor_size, too_many_images
 
 log = logging.getLogger(__name__)
 
@@ -247,14 +249,15 @@ def pick_device(requested: str | None = None) -> str:
 
 
 def fp8_backend_default() -> str:
-    """Whose kernels serve fp8 on capable GPUs: ``QWEN_FP8_BACKEND`` = "torchao" (default) or "kernels".
+    """Whose kernels serve fp8 on capable GPUs: ``QWEN_FP8_BACKEND`` = "kernels" (default) or "torchao".
 
-    "kernels" (``services.serving.fp8_linear``) stays opt-in until a GPU run has measured it
+    "kernels" (``services.serving.fp8_linear``) measured faster than torchao on an H100 in decode
+    (3.84 against 6.08 ms/token) and prefill (121 against 192 ms) on the 7B shape
     (docs/gpu-results.md); the CPU always uses torchao's weight-only fp8.
     """
     import os
 
-    value = os.environ.get("QWEN_FP8_BACKEND", "torchao").strip().lower()
+    value = os.environ.get("QWEN_FP8_BACKEND", "kernels").strip().lower()
     if value not in FP8_BACKENDS:
         raise ValueError(f"QWEN_FP8_BACKEND must be one of {FP8_BACKENDS}, not {value!r}")
     return value
@@ -291,7 +294,11 @@ class Engine:
         compile_decode: bool | None = None,
         fp8_backend: str | None = None,
         decode_kernels: bool | None = None,
+        limit_mm_per_prompt: dict[str, Any] | None = None,
+        mm_processor_kwargs: dict[str, Any] | None = None,
     ) -> None:
+        """``limit_mm_per_prompt`` and ``mm_processor_kwargs``: the model.json engine arguments of
+        that name, honoured as vLLM honours them (:mod:`services.serving.multimodal_args`)."""
         import torch
         from transformers import AutoTokenizer, Qwen2VLForConditionalGeneration
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
@@ -312,6 +319,9 @@ class Engine:
         t0 = time.perf_counter()
         self.tokenizer = AutoTokenizer.from_pretrained(self.checkpoint)
         self.image_processor = Qwen2VLImageProcessorPil.from_pretrained(self.checkpoint)
+        self.image_limit = image_limit(limit_mm_per_prompt)
+        self.image_size, self.ignored_mm_processor_kwargs = image_processor_size(mm_processor_kwargs,
+                                                                                 self.image_processor.size)
         self.model = Qwen2VLForConditionalGeneration.from_pretrained(self.checkpoint, dtype=torch.bfloat16)
         self.model.to(self.device).eval()
         self.load_seconds = time.perf_counter() - t0
@@ -419,6 +429,9 @@ class Engine:
         """Tokenize ``prompt``, expanding each ``<|image_pad|>`` to its image's visual tokens."""
         import torch
 
+        refusal = too_many_images(len(images), self.image_limit)
+        if refusal:
+            raise EngineError(refusal)
         n_pads = prompt.count(IMAGE_PAD)
         if n_pads != len(images):
             raise EngineError(
@@ -427,7 +440,8 @@ class Engine:
         inputs: dict[str, Any] = {}
         text = prompt
         if images:
-            processed = self.image_processor(images=images, return_tensors="pt")
+            size = {"size": self.image_size} if self.image_size is not None else {}
+            processed = self.image_processor(images=images, return_tensors="pt", **size)
             grid = processed["image_grid_thw"]
             text = expand_image_placeholders(prompt, grid, self.merge_size)
             inputs["pixel_values"] = processed["pixel_values"].to(self.device, torch.bfloat16)

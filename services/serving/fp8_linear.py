@@ -16,7 +16,8 @@ What changes is the kernels, picked for the two shapes a batch-1 server runs:
   shows cuBLAS's 128x128-tile fp8 kernels for the single row, 4.5 ms a step for 6.5 GB of weights
   (about 1.4 TB/s against the 3 TB/s copy bandwidth).
 
-Not yet measured on a GPU (issue 17): the engine uses this only with ``QWEN_FP8_BACKEND=kernels``.
+The engine's default for fp8 on CUDA since an H100 run measured it (issue 17, docs/gpu-results.md);
+``QWEN_FP8_BACKEND=torchao`` goes back to torchao's layers.
 
 Both compute ``(xq * x_scale) @ (Wq * w_scale).T + bias`` in fp32 and round once to bf16.
 ``Fp8Linear`` is an ``nn.Linear`` (the engine's and the benchmark's accounting find it as one)

@@ -1,5 +1,6 @@
 """What both embedded models (transformers and vLLM engines) share of the vLLM backend's interface:
-the ``return_*`` flags, reading a boolean input, and building a response's output tensors.
+the ``return_*`` flags, reading a boolean input, the streaming / ``exclude_input_in_output`` rule and
+the raw ``sampling_parameters`` (:func:`request_options`), and building a response's output tensors.
 
 Imported inside Triton's Python-backend stub only (it needs ``triton_python_backend_utils``).
 """
@@ -34,6 +35,34 @@ def prompt_input(inputs: dict) -> str | None:
     if len(texts) == 0:
         return None
     return texts[0].decode("utf-8") if isinstance(texts[0], bytes) else str(texts[0])
+
+
+class RequestInputError(ValueError):
+    """A request whose inputs break the interface's rules: answered as an error response."""
+
+
+def request_options(inputs: dict, request) -> tuple[bool, bool, str | None]:
+    """``(stream, prepend_input, raw sampling parameters)`` of a request, as the vLLM backend reads them.
+
+    ``prepend_input``: the prompt goes before the answer unless ``exclude_input_in_output`` says
+    otherwise, and by default only when not streaming; streaming with the prompt prepended is
+    refused with the backend's own words. The sampling parameters are the ``sampling_parameters``
+    input, else the request's parameters (Triton's request parameters, a JSON text), decoded to
+    text; the engine parses them.
+    """
+    stream = bool(bool_input(inputs, "stream"))
+    exclude = bool_input(inputs, "exclude_input_in_output")
+    prepend_input = (not exclude) if exclude is not None else not stream
+    if prepend_input and stream:
+        raise RequestInputError("When streaming, `exclude_input_in_output` = False is not allowed.")
+    params_tensor = inputs.get("sampling_parameters")
+    raw = params_tensor.as_numpy().reshape(-1)[0] if params_tensor is not None else request.parameters()
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise RequestInputError(f"sampling_parameters is not valid JSON: {exc}") from None
+    return stream, prepend_input, raw
 
 
 def build_response(output_dtype, flags: dict, text: str, finish_reason, cumulative_logprob, logprobs,

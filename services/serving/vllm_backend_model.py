@@ -58,7 +58,16 @@ from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
-from services.serving.model_interface import RETURN_FLAGS, VersionModel, bool_input, build_response, prompt_input  # noqa: E402
+from services.serving import vllm_load_facts  # noqa: E402
+from services.serving.model_interface import (  # noqa: E402
+    RETURN_FLAGS,
+    RequestInputError,
+    VersionModel,
+    bool_input,
+    build_response,
+    prompt_input,
+    request_options,
+)
 
 ENGINE_ARGS_FILE = "model.json"
 ENGINE_REPORT_FILE = "engine_report.json"
@@ -68,7 +77,7 @@ DEFAULT_CPU_KVCACHE_GIB = "1"
 CANCEL_CHECK_INTERVAL_S = 0.02
 
 
-class RequestError(ValueError):
+class RequestError(RequestInputError):
     """A mistake in the request: answered as an error response, never logged as a failure."""
 
 
@@ -149,6 +158,37 @@ def decode_images(tensor) -> list:
     return images
 
 
+def memory_split(facts: dict, stated: dict) -> dict:
+    """The weights / KV-cache memory of the version as vLLM states it (``engine_report.json`` keys).
+
+    ``kv_cache_tokens``: the KV cache's blocks times their size in tokens (``num_gpu_blocks`` x
+    ``block_size``, the configuration vLLM returns from its engine process). ``kv_cache_bytes``:
+    the KV-cache memory vLLM was given (``cache_config.kv_cache_memory_bytes``: on the CPU
+    ``VLLM_CPU_KVCACHE_SPACE``), else what its log states it sized. ``weight_bytes``: "Model
+    loading took X GiB" (CUDA only; vLLM's CPU model runner does not measure its weights).
+    ``memory_stated``: where each number came from; a number vLLM did not state is None and says why.
+    """
+    blocks, block_size = facts.get("num_gpu_blocks"), facts.get("block_size")
+    tokens = int(blocks) * int(block_size) if blocks and block_size else None
+    kv_bytes, kv_from = facts.get("kv_cache_memory_bytes"), "cache_config.kv_cache_memory_bytes"
+    if kv_bytes is None and stated.get("kv_cache_bytes") is not None:
+        kv_bytes, kv_from = stated["kv_cache_bytes"], "vLLM's load log (rounded to 0.01 GiB)"
+    weights = stated.get("weight_bytes")
+    return {
+        "weight_bytes": weights,
+        "kv_cache_bytes": None if kv_bytes is None else int(kv_bytes),
+        "kv_cache_tokens": tokens,
+        "kv_cache_max_concurrency": stated.get("kv_cache_max_concurrency"),
+        "memory_stated": {
+            "weight_bytes": ("vLLM's load log: Model loading took X GiB (rounded to 0.01 GiB)" if weights is not None
+                             else "unknown: vLLM stated no weight memory (its CPU model runner does not measure it)"),
+            "kv_cache_bytes": kv_from if kv_bytes is not None else "unknown: vLLM stated no KV-cache size",
+            "kv_cache_tokens": "num_gpu_blocks x block_size" if tokens is not None else "unknown",
+            "log_lines": stated.get("log_lines", []),
+        },
+    }
+
+
 class TritonPythonModel(VersionModel):
     # ------------------------------------------------------------------ load
 
@@ -175,8 +215,19 @@ class TritonPythonModel(VersionModel):
             report["precision"] = self.precision = served_precision(engine_args)
             engine_args, adapted = engine_args_for_platform(engine_args, has_cuda())
             report["adapted_for_platform"] = adapted
+            load_log = None
+            if "logging_config" not in engine_args and "log_config_file" not in engine_args:
+                # vLLM's own logging, plus a handler keeping what it states at load (memory_split)
+                config_file, load_log = vllm_load_facts.write_logging_config(self.version_dir)
+                report["logging_config_file"] = config_file
+                from vllm.config.logging import LoggingConfig
+
+                engine_args = {**engine_args, "logging_config": LoggingConfig(pylogging_config_file=config_file)}
             self.engine = asyncio.run_coroutine_threadsafe(self._make_engine(engine_args), self.loop).result()
             report.update(self._engine_facts())
+            stated = vllm_load_facts.read_load_facts(load_log) if load_log else {
+                "log_lines": [], "why": "the model.json configures vLLM's logging itself"}
+            report.update(memory_split(report, stated))
             report["ready"] = True
             self._engine_procs = self._descendants()
             report["engine_pids"] = [p.pid for p in self._engine_procs]
@@ -202,6 +253,31 @@ class TritonPythonModel(VersionModel):
             self._ready_gauge.set(0.0 if self.load_error else 1.0)
         except Exception as exc:
             self.logger.log_warn(f"[qwen] could not publish qwen_engine_ready: {exc}")
+        self._publish_memory_split(report)
+
+    def _publish_memory_split(self, report: dict) -> None:
+        """What vLLM stated at load as gauges (the ones it stated only): ``qwen_engine_weight_bytes
+        {part="model"}``, ``qwen_engine_kv_cache_bytes``, ``qwen_engine_kv_cache_tokens`` and
+        ``qwen_engine_kv_cache_max_concurrency``, labelled model, version, engine, precision. The
+        families are kept on the model: Triton drops a family's metrics when it is freed."""
+        labels = {"model": self.model_name, "version": self.version, "engine": "vllm", "precision": self.precision}
+        gauges = (("qwen_engine_weight_bytes", "weight_bytes", {"part": "model"}, "Weight bytes of the served model "
+                   "version, as the engine states them"),
+                  ("qwen_engine_kv_cache_bytes", "kv_cache_bytes", {}, "KV-cache memory the engine reserved"),
+                  ("qwen_engine_kv_cache_tokens", "kv_cache_tokens", {}, "KV-cache size in tokens"),
+                  ("qwen_engine_kv_cache_max_concurrency", "kv_cache_max_concurrency", {},
+                   "Requests of the maximum model length the KV cache holds at once, as vLLM states it"))
+        self._split_gauges: list = []
+        for name, key, extra, description in gauges:
+            if report.get(key) is None:
+                continue
+            try:
+                family = pb_utils.MetricFamily(name=name, description=description, kind=pb_utils.MetricFamily.GAUGE)
+                metric = family.Metric(labels={**labels, **extra})
+                metric.set(float(report[key]))
+                self._split_gauges.append((family, metric))
+            except Exception as exc:
+                self.logger.log_warn(f"[qwen] could not publish {name}: {exc}")
 
     @staticmethod
     def _descendants() -> list:
@@ -258,7 +334,8 @@ class TritonPythonModel(VersionModel):
             "max_model_len": cfg.model_config.max_model_len,
             "device": str(cfg.device_config.device),
         }
-        for name in ("num_gpu_blocks", "block_size", "cache_dtype", "enable_prefix_caching"):
+        for name in ("num_gpu_blocks", "block_size", "cache_dtype", "enable_prefix_caching",
+                     "kv_cache_memory_bytes"):
             facts[name] = getattr(cfg.cache_config, name, None)
         return facts
 
@@ -281,7 +358,7 @@ class TritonPythonModel(VersionModel):
             await self._handle(request, sender)
         except asyncio.CancelledError:
             self._send_error(request, sender, "the model version is shutting down")
-        except RequestError as exc:
+        except RequestInputError as exc:
             self._send_error(request, sender, str(exc))
         except Exception as exc:
             message = self._engine_failure(exc)
@@ -357,15 +434,7 @@ class TritonPythonModel(VersionModel):
         if prompt is None:
             raise RequestError("the input 'text_input' (the prompt) is required")
         images = decode_images(inputs["image"]) if "image" in inputs else []
-        stream = bool(bool_input(inputs, "stream"))
-        exclude = bool_input(inputs, "exclude_input_in_output")
-        prepend_input = (not exclude) if exclude is not None else not stream
-        if prepend_input and stream:
-            raise RequestError("When streaming, `exclude_input_in_output` = False is not allowed.")
-        params_tensor = inputs.get("sampling_parameters")
-        raw = params_tensor.as_numpy().reshape(-1)[0] if params_tensor is not None else request.parameters()
-        if isinstance(raw, bytes):
-            raw = raw.decode("utf-8")
+        stream, prepend_input, raw = request_options(inputs, request)
         try:
             params = json.loads(raw) if raw else {}
         except json.JSONDecodeError as exc:

@@ -179,23 +179,22 @@ def test_a_local_url_is_the_process_listening_on_its_port() -> None:
     assert listening_pid(port) is None
 
 
-def test_real_embedded_server_versions_hold_the_serving_processes_memory(triton_server) -> None:
-    """The real tritonserver, reached by its URL alone: the listener is found; the versions'
-    attributed memory accounts for at least 95% of the serving processes' memory (every process of
-    the server's tree but tritonserver's own front end, which is labelled "server"), and nothing of
-    the tree is left unattributed. (tritonserver itself holds 15-45 MiB here, 2-6% of the tree with
-    the tiny CPU model; the whole-tree share is printed.)"""
-    target = ServerTarget(triton_server.http_url, triton_server.grpc_url, triton_server.metrics_url, "http",
+def _versions_share(server) -> tuple[float, list]:
+    """The real tritonserver, reached by its URL alone: the listener must be found and its whole tree
+    read, nothing below tritonserver left unattributed. Returns the share of the serving processes'
+    memory (every process of the tree but tritonserver's own front end, labelled "server") that is
+    attributed to versions 1 and 2, and the processes read; prints the figures."""
+    target = ServerTarget(server.http_url, server.grpc_url, server.metrics_url, "http",
                           embedded=False, checkpoint=None, repository=None, server_pid=None)
     scope = memory_scope(target)
-    assert (scope.kind, scope.root_pid) == (SERVER_TREE, triton_server.pid)
+    assert (scope.kind, scope.root_pid) == (SERVER_TREE, server.pid)
     sampler = Sampler()
     sampler.configure(**{**scope.sampler_config(), "nvml": False})
     s = sampler.sample_once()
     assert SOURCE_HOST not in s.source_errors
-    tree = {triton_server.pid, *(p.pid for p in psutil.Process(triton_server.pid).children(recursive=True))}
+    tree = {server.pid, *(p.pid for p in psutil.Process(server.pid).children(recursive=True))}
     assert {p.pid for p in s.processes} == tree
-    serving = [p for p in s.processes if p.pid != triton_server.pid]
+    serving = [p for p in s.processes if p.pid != server.pid]
     assert all(p.version is not None for p in serving)  # nothing below tritonserver left unattributed
     by_version: dict[str, int] = {}
     for p in serving:
@@ -204,10 +203,40 @@ def test_real_embedded_server_versions_hold_the_serving_processes_memory(triton_
     total = sum(p.memory_bytes for p in serving)
     assert set(by_version) == {"1", "2"}
     share = sum(by_version.values()) / total
-    server = sum(p.memory_bytes for p in s.processes if p.pid == triton_server.pid)
+    front = sum(p.memory_bytes for p in s.processes if p.pid == server.pid)
     print(f"versions {', '.join(f'v{v} {b / 2**20:.0f} MiB' for v, b in sorted(by_version.items()))}; "
-          f"serving processes {total / 2**20:.0f} MiB; attributed {share:.1%}; tritonserver {server / 2**20:.0f} "
-          f"MiB; versions' share of the whole tree {sum(by_version.values()) / (total + server):.1%}")
+          f"serving processes {total / 2**20:.0f} MiB in {len(serving)} processes; attributed {share:.1%}; "
+          f"tritonserver {front / 2**20:.0f} MiB; versions' share of the whole tree "
+          f"{sum(by_version.values()) / (total + front):.1%}")
+    return share, serving
+
+
+def test_real_embedded_server_versions_hold_the_serving_processes_memory(triton_server) -> None:
+    """The transformers engine: the versions' attributed memory accounts for at least 95% of the
+    serving processes' memory. (tritonserver itself holds 15-45 MiB here, 2-6% of the tree with the
+    tiny CPU model; the whole-tree share is printed.)"""
+    share, _ = _versions_share(triton_server)
+    assert share >= 0.95
+
+
+@pytest.mark.vllm
+@pytest.mark.server
+@pytest.mark.timeout(1200)
+def test_real_vllm_engine_versions_hold_the_serving_processes_memory(vllm_server) -> None:
+    """The real vLLM engine: the weights and KV cache live in each version's ``VLLM::EngineCore`` /
+    ``VLLM::Worker`` processes, below its stub; the versions' attributed memory accounts for at least
+    95% of the serving processes' memory, those engine processes included."""
+    share, serving = _versions_share(vllm_server)
+    engines = {}
+    for p in serving:
+        try:
+            title = " ".join(psutil.Process(p.pid).cmdline())
+        except psutil.Error:
+            continue
+        if "VLLM::" in title:
+            engines.setdefault(p.version, []).append((title.split()[0], p.memory_bytes))
+    print(f"engine processes per version: {engines}")
+    assert set(engines) == {"1", "2"}, "each version's vLLM engine processes are charged to it"
     assert share >= 0.95
 
 

@@ -37,6 +37,7 @@ from services.image_sets.image_set import BenchImage, ImageSetSpec
 from services.core.boxes import Box
 from services.bench.sampler import get_shared_sampler, stop_shared_sampler
 from services.bench.store import RunStore
+from services.bench.server_timings import NO_HISTOGRAMS
 from services.client.server_target import ServerTarget
 from tests.ports import closed_port
 
@@ -170,8 +171,14 @@ def test_closed_loop_on_both_versions_records_every_request_in_interleaved_order
         assert r.send_ns < r.first_token_ns <= r.recv_ns
         assert r.answer and r.iou is None  # uploaded images: no ground truth
         assert len(r.chunk_ns) >= 1
+        # each chunk's token count, the server's (num_output_tokens per streamed response)
+        assert len(r.chunk_tokens) == len(r.chunk_ns) and sum(r.chunk_tokens) == MAX_TOKENS
+        assert r.warmup or r.bursty is (max(r.chunk_tokens) > 1)  # no server TPOT here: chunks judge alone
     for v in ("1", "2"):
         _check_summary(outcome.summaries[v], 4)
+    # the transformers engine publishes no vllm:* histograms: its server-side timings are unknown, said so
+    assert store.get_server_timings(outcome.run_id) == []
+    assert outcome.summary["server_timings"]["reason"] == NO_HISTOGRAMS
 
     # progress: every status on the way, then the final one; counts add up
     statuses = [p.status for p in seen]

@@ -159,7 +159,12 @@ def test_metrics_endpoint_is_read_every_interval_and_carried_between(
         assert s.metric("qwen_weight_bytes", version="2") == 1e10  # latest() readers still see it
         assert [r for r in sample_rows(s) if r.source == "triton"] == []  # stored once, not 4 times
     first_rows = [r for r in sample_rows(first) if r.source == "triton"]
-    assert len(first_rows) == 4  # device + 3 qwen gauges
+    memory_rows = [r for r in first_rows if r.memory_bytes is not None]
+    assert len(memory_rows) == 4  # device + 3 qwen gauges
+    # the vllm:* series come too, each as its value (no memory), labelled with its version
+    vllm_rows = [r for r in first_rows if r.kind.startswith("vllm:")]
+    assert vllm_rows and len(vllm_rows) + 4 == len(first_rows)
+    assert all(r.value is not None and r.memory_bytes is None and r.version for r in vllm_rows)
     # asked for, a carried reading's rows carry the time it was read, not the carrying tick's
     assert [r for r in sample_rows(between[-1], carried=True) if r.source == "triton"] == first_rows
     # a chart shows each reading once, at its own time: from every tick, or from a thinned list
@@ -169,7 +174,7 @@ def test_metrics_endpoint_is_read_every_interval_and_carried_between(
     for chart in (whole, thinned):
         triton = chart[chart["source"] == "triton"]
         assert len(triton) == 4 and set(triton["t_mono"]) == {first.t_mono}
-        assert sorted(triton["memory_bytes"]) == sorted(r.memory_bytes for r in first_rows)  # not summed
+        assert sorted(triton["memory_bytes"]) == sorted(r.memory_bytes for r in memory_rows)  # not summed
         assert set(triton["time"]) == {pd.Timestamp(first.t_wall, unit="s", tz="UTC")}
     time.sleep(0.3)
     again = sampler.sample_once()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import numpy as np
@@ -237,3 +238,36 @@ def test_bootstrap_paired_sees_a_small_shift_that_unpaired_misses() -> None:
 def test_bootstrap_rejects_empty_input() -> None:
     with pytest.raises(ValueError):
         bootstrap_ci([], [1.0])
+
+
+# --------------------------------------------------------------------------- bursts (synthetic arrival times)
+
+
+def _streamed(chunks_ms: list[float], tokens: list[int | None] | None, n: int) -> RequestRecord:
+    return RequestRecord(seq=0, version="1", send_ns=0, first_token_ns=int(chunks_ms[0] * 1e6),
+                         recv_ns=int(chunks_ms[-1] * 1e6), output_tokens=n,
+                         chunk_ns=[int(t * 1e6) for t in chunks_ms], chunk_tokens=tokens)
+
+
+def test_a_request_whose_tokens_came_several_to_a_chunk_arrived_in_bursts() -> None:
+    from services.bench.stats import arrived_in_bursts
+
+    steady = _streamed([10, 14, 18, 22], [1, 1, 1, 1], 4)
+    assert arrived_in_bursts(steady) is False and arrived_in_bursts(steady, server_tpot_ms=4.0) is False
+    assert arrived_in_bursts(_streamed([10, 22], [1, 3], 4)) is True  # three tokens in one chunk
+    assert arrived_in_bursts(_streamed([22], None, 4)) is True  # one chunk for 4 tokens, no per-chunk counts
+    # one token per chunk, but the gaps (0.04 ms) are far below the server's 4 ms per token
+    packed = _streamed([22, 22.04, 22.08, 22.12], [1, 1, 1, 1], 4)
+    assert arrived_in_bursts(packed) is False and arrived_in_bursts(packed, server_tpot_ms=4.0) is True
+    assert arrived_in_bursts(RequestRecord(seq=0, version="1", latency_ms=5.0, output_tokens=4)) is None  # not streamed
+
+
+def test_the_summary_counts_the_bursty_requests_and_says_when_they_matter() -> None:
+    rs = [RequestRecord(seq=i, version="1", latency_ms=20.0, ttft_ms=5.0, output_tokens=4,
+                        chunk_ns=[1, 2, 3, 4], bursty=i < 3) for i in range(10)]
+    s = summarize_version(rs)
+    assert (s.bursty, s.burst_judged) == (3, 10) and s.client_timings_unreliable
+    assert any(n.startswith("3 of 10 requests arrived in bursts: the client-side TTFT and TPOT are unreliable")
+               for n in s.notes)
+    calm = summarize_version([dataclasses.replace(r, bursty=False) for r in rs])
+    assert not calm.client_timings_unreliable and "0 of 10 requests arrived in bursts" in calm.notes

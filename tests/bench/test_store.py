@@ -306,7 +306,7 @@ def test_a_version_1_database_keeps_its_rows_and_stores_the_config_once(tmp_path
                     (json.dumps({"gpu": "none", "config": {"versions": ["2"], "requests": 3}}),))
     assert all("config" in m and m["config"]["versions"] == c["versions"] for c, m in old.values())
     with RunStore(tmp_path) as store:
-        assert store.pragma("user_version") == 3
+        assert store.pragma("user_version") == 4
         runs = {r.id: r for r in store.list_runs()}
         assert sorted(runs) == [1, 2, 3]
         for i, (config, manifest) in old.items():
@@ -328,3 +328,40 @@ def test_a_version_1_database_keeps_its_rows_and_stores_the_config_once(tmp_path
         assert store.get_requests(new)[0].level == 0 and store.get_levels(new)[0].stats == {"goodput_rps": 1.5}
     with RunStore(tmp_path) as again:  # opening again changes nothing
         assert again.get_run(new).manifest == {"gpu": "none"} and again.get_run(2).config == runs[2].config
+
+
+V3_DATABASE = Path(__file__).parent / "data" / "runs_v3.sqlite3"  # written by the store of schema version 3
+
+
+def test_a_version_3_database_gains_the_timing_columns_and_table(tmp_path: Path) -> None:
+    """``runs_v3.sqlite3`` was made by the schema-3 store (main before the timings): one completed run,
+    two streamed requests (chunk times, no chunk token counts) and a memory sample."""
+    import shutil
+
+    db = tmp_path / "runs.sqlite3"
+    shutil.copy(V3_DATABASE, db)
+    with sqlite3.connect(db) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert "chunk_tokens" not in {r[1] for r in raw.execute("PRAGMA table_info(requests)")}
+    with RunStore(tmp_path) as store:
+        assert store.pragma("user_version") == 4
+        old = store.get_requests(1)
+        assert [r.chunk_ns for r in old] == [[1_020_000_000, 1_030_000_000, 1_050_000_000], [1_100_000_000]]
+        assert all(r.chunk_tokens is None and r.bursty is None for r in old)
+        assert store.get_samples(1)[0].memory_bytes == 123456789 and store.get_samples(1)[0].value is None
+        assert store.get_server_timings(1) == []
+        # the new columns and table take a new run's rows
+        run = store.create_run({"model": "qwen"})
+        store.add_request(run, RequestRecord(seq=0, version="1", send_ns=0, recv_ns=10, output_tokens=4,
+                                             chunk_ns=[5, 10], chunk_tokens=[1, 3], bursty=True))
+        store.add_samples(run, [SampleRow(t_wall=1.0, t_mono=1.0, source="triton", model="qwen", version="1",
+                                          kind="vllm:generation_tokens_total", memory_bytes=None, value=7.0)])
+        store.set_server_timings(run, [{"version": "1", "metric": "ttft", "count": 2, "mean_ms": 3.0,
+                                        "p50_ms": 2.5, "p90_ms": 4.0, "p99_ms": 4.9, "t0": 1.0, "t1": 2.0}])
+        store.set_bursts(run, {0: False})
+    with RunStore(tmp_path) as again:  # opening again changes nothing; the rows read back whole
+        r = again.get_requests(run)[0]
+        assert r.chunk_tokens == [1, 3] and r.bursty is False
+        assert again.get_samples(run)[0].value == 7.0
+        assert again.get_server_timings(run)[0]["p99_ms"] == 4.9
+        assert again.delete_run(run) and again.get_server_timings(run) == []

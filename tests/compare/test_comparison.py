@@ -27,6 +27,9 @@ def test_comparison_of_a_stored_run(store):
     assert lat.difference.n_a == 7 and lat.difference.diff == pytest.approx(-10.0)
     assert (lat.difference.lo, lat.difference.hi) == (pytest.approx(-10.0), pytest.approx(-10.0))
     assert lat.difference.significant
+    # the three timings are judged together: each interval is Bonferroni's 1 - 0.05 / 3, the rest 95 %
+    assert {c.metric(m).difference.confidence for m in ("latency_ms", "ttft_ms", "tpot_ms")} == {1 - 0.05 / 3}
+    assert c.throughput.stream_tokens_per_s.confidence == 0.95
     tpot = c.metric("tpot_ms")
     assert tpot.values_a[0] == pytest.approx((100.0 - 20.0) / 10)
     # accuracy: v1 IoU 1 on the 6 table requests, v2 0.5 on 5 and 0 on the failed one

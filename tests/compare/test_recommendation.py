@@ -71,7 +71,7 @@ def test_fp8_is_recommended_when_it_is_faster_and_finds_the_same_tables(store):
     assert rec.decision == "deploy" and rec.winner == "2" and not rec.accuracy_override
     assert rec.sentence.startswith("Deploy fp8: at your targets it serves 10.00 images/s per GPU against 5.00, "
                                    "$0.1000 against $0.2000 per 1,000 images, and finds the same tables: "
-                                   "mean IoU change +0.000")
+                                   "mean IoU fp8 minus bf16 +0.000")
     assert any("Capacity intervals" in n for n in rec.not_measured)
     out = sweep_json(d.sweep, rec.sentence)
     assert out["versions"]["2"]["capacity_rps"] == 10.0 and out["recommendation"] == rec.sentence
@@ -83,7 +83,7 @@ def test_the_recommendation_flips_when_accuracy_drops_beyond_the_tolerance(store
     rec = decide_run(store, rid, truth=altered_truth).recommendation
     assert rec.decision == "deploy" and rec.winner == "1" and rec.accuracy_override
     assert rec.sentence.startswith("Deploy bf16: fp8 loses accuracy beyond the tolerance of 0.020 "
-                                   "(mean IoU change -0.100")
+                                   "(mean IoU fp8 minus bf16 -0.100")
     assert "fp8 serves 10.00 images/s against 5.00" in rec.sentence
     # a looser tolerance lets speed decide again
     assert decide_run(store, rid, truth=altered_truth, tolerance=0.2).recommendation.winner == "2"

@@ -86,6 +86,22 @@ def test_memory_sentence_gib_and_percent():
     m = MemoryComparison(_mem(16_580_000_000), _mem(10_150_000_000), [], 6_430_000_000,
                          6_430_000_000 / 16_580_000_000 * 100, "weights")
     assert memory_sentence(m, A, B) == ("Memory: fp8 (v2) saves 5.99 GiB (38.8%) of weights "
-                                        "(9.45 GiB vs 15.44 GiB for bf16 (v1)).")
+                                        "(9.45 GiB vs 15.44 GiB for bf16 (v1)). Split: fp8 (v2) weights 9.45 GiB / "
+                                        "KV cache unknown / rest unknown; bf16 (v1) weights 15.44 GiB / KV cache "
+                                        "unknown / rest unknown.")
     unknown = MemoryComparison(_mem(None), _mem(None), [], None, None, "unknown")
     assert memory_sentence(unknown, A, B).startswith("Memory: unknown.")
+    assert "fp8 (v2) weights unknown / KV cache unknown / rest unknown" in memory_sentence(unknown, A, B)
+
+
+def test_memory_sentence_gives_the_split_the_engine_stated():
+    """vLLM states its KV cache (and on a GPU its weights): the verdict's memory line gives weights /
+    KV cache / rest per version; on the CPU, where vLLM states no weight memory, the weights and the
+    rest stay unknown and the saving is on the peak."""
+    a = MemorySide("host-process", None, 3 * 2**30, None, 5, None, "unknown", None, None, 2**30,
+                   "stated by the engine at load", None, "unknown: the engine stated no weight memory")
+    b = MemorySide("host-process", None, 2 * 2**30, None, 5, None, "unknown", None, None, 2**30,
+                   "stated by the engine at load", None, "unknown: the engine stated no weight memory")
+    line = memory_sentence(MemoryComparison(a, b, [], 2**30, 100 / 3, "peak of the serving processes"), A, B)
+    assert line.endswith("Split: fp8 (v2) weights unknown / KV cache 1.00 GiB / rest unknown; bf16 (v1) weights "
+                         "unknown / KV cache 1.00 GiB / rest unknown.")

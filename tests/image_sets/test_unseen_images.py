@@ -79,3 +79,48 @@ def test_the_run_manifest_records_the_workload_and_the_engine_cache(triton_serve
     finally:
         store.close()
         stop_shared_sampler()
+
+
+def _medians(store: RunStore, run_id: int) -> dict[str, float]:
+    measured = [r for r in store.get_requests(run_id) if not r.warmup]
+    assert measured and all(r.ok for r in measured)
+    return {"ttft_ms": float(np.median([(r.first_token_ns - r.send_ns) / 1e6 for r in measured])),
+            "latency_ms": float(np.median([(r.recv_ns - r.send_ns) / 1e6 for r in measured]))}
+
+
+@pytest.mark.vllm
+@pytest.mark.server
+@pytest.mark.timeout(1200)
+def test_repeated_images_hit_the_real_vllm_engines_cache_and_the_manifest_says_so(vllm_server, tmp_path):
+    """The real vLLM engine caches prefixes and image encodings: a run that repeats two images (the
+    warm-up sends both, every measured request repeats one) answers faster than a run on unseen
+    images, side by side on the same server; each manifest records its image mode and the engine's
+    prefix-caching setting as vLLM configured it."""
+    from services.core import settings
+
+    photos = tuple((p.name, p.read_bytes()) for p in sorted((settings.PROJECT_ROOT / "samples").glob("*.jpg"))[:2])
+    store = RunStore(tmp_path / "db")
+    medians: dict[str, list[float]] = {}
+    try:
+        for reuse in (False, True, False, True):  # interleaved: drift of the loaded machine hits both
+            cfg = BenchmarkConfig(versions=("1",), requests=8, warmup=2, max_tokens=1, stream=True,
+                                  image_set=ImageSetSpec(kind="uploaded", images=photos, max_side=768, reuse=reuse),
+                                  extra_sampling={"ignore_eos": True}, timeout_s=120.0)
+            outcome = run_benchmark(cfg, store=store, target=_target(vllm_server))
+            assert outcome.status == "completed", outcome.reason
+            run = store.get_run(outcome.run_id)
+            w = run.manifest["workload"]
+            assert w["images"] == ("repeated" if reuse else "unseen") and w["image_reuse"] is reuse
+            caching = w["prefix_caching"]["1"]
+            assert caching["enabled"] is vllm_server.engine_report("1")["enable_prefix_caching"] is True
+            assert caching["source"].startswith("the engine's report")
+            for key, value in _medians(store, outcome.run_id).items():
+                medians.setdefault(f"{'repeated' if reuse else 'unseen'} {key}", []).append(value)
+    finally:
+        store.close()
+        stop_shared_sampler()
+    summary = {k: float(np.median(v)) for k, v in medians.items()}
+    print("medians of 2 runs x 8 requests, 1 output token: "
+          + ", ".join(f"{k} {v:.1f} ms" for k, v in summary.items()))
+    assert summary["repeated ttft_ms"] < 0.8 * summary["unseen ttft_ms"]
+    assert summary["repeated latency_ms"] < 0.8 * summary["unseen latency_ms"]

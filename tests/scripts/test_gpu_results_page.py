@@ -160,3 +160,19 @@ def test_missing_outputs_are_said_to_be_missing(tmp_path: Path) -> None:
     assert "Not run in the call" in md
     assert "GPU tests not run in this call." in md
     assert page.main(["--results", str(tmp_path / "nope"), "--out", str(tmp_path / "x.md")]) == 2
+
+
+def test_a_tests_stage_cut_off_at_its_deadline_is_not_shown_as_a_clean_run(tmp_path: Path) -> None:
+    """The 2026-12-07 decode call: pytest collected 34 GPU tests, 26 finished before the deadline."""
+    results = tmp_path / "results"
+    (results / "tests").mkdir(parents=True)
+    (results / "stages.tsv").write_text("decode\tPASS\t424 s\ntests\tFAIL (out of time)\t60 s\n")
+    (results / "tests" / "junit.xml").write_text(
+        '<testsuites><testsuite name="pytest" tests="1" failures="0" errors="0" skipped="0">'
+        '<testcase classname="tests.serving.test_gpu_decode_kernels" name="test_quantize_rows" time="0.4"/>'
+        "</testsuite></testsuites>")
+    md = page.build_page(results)
+    assert "1 tests, 0 failed" in md
+    assert "The tests stage ended FAIL (out of time) after 60 s" in md
+    (results / "stages.tsv").write_text("tests\tPASS\t60 s\n")
+    assert "The tests stage ended" not in page.build_page(results)

@@ -99,6 +99,9 @@ def test_a_short_run_shows_live_progress_then_summary_history_and_exports(bench_
     for col in ("mean (ms)", "p50 (ms)", "p90 (ms)", "p99 (ms)", "req/s", "tok/s"):
         assert shown[col].notna().all() and (shown[col] > 0).all(), col
     assert (shown["p50 (ms)"] <= shown["p90 (ms)"]).all() and (shown["p90 (ms)"] <= shown["p99 (ms)"]).all()
+    # no vllm:* histograms (the transformers engine; here its metrics port is not even given): said so
+    assert any(t.startswith("Server-side timings: unknown (") for t in texts(at.caption)), texts(at.caption)
+    assert any(t.endswith("requests arrived in bursts.") for t in texts(at.caption)), texts(at.caption)
 
     hist = history(at)
     row = hist[hist["run"] == run_id].iloc[0]

@@ -89,6 +89,9 @@ def test_a_stored_paired_run_is_compared_with_verdict_charts_tables_and_download
     mc = expected.metric("latency_ms")
     assert latency.iloc[0]["median B−A"] == f"{mc.difference.diff:+.2f}"
     assert latency.iloc[0]["n A"] == str(mc.dist_a.count) == "4"
+    # the server's own timings: unknown on the transformers engine, said so under the latency
+    assert "As the server measured it" in [h.value for h in at.main.subheader]
+    assert f"Server-side timings: {expected.server.reason}." in [c.value for c in at.caption]
     # the memory table is static, its long cells ("KV-cache room: how") wrapped, never cut
     memory = next(t.value for t in at.table if "bf16 (v1)" in t.value.columns)
     weights = memory.loc["weights"]
