@@ -30,21 +30,24 @@ if conn.error:
     st.stop()
 assert conn.target is not None and conn.status is not None
 status = conn.status
-kind, text = health_line(status)
+kind, text = health_line(status, "Triton" if conn.kind == "triton" else "version")
 getattr(st, kind)(text)
 cols = st.columns(4)
 cols[0].metric("Server", "ready" if status.ready else "live" if status.live else "down")
-cols[1].metric("Triton version", status.server_version or "—")
-for col, version in zip(cols[2:], VERSION_LABELS):
+cols[1].metric("Triton version" if conn.kind == "triton" else "Server version", status.server_version or "—")
+for col, version in zip(cols[2:], conn.keys):  # Triton's versions, or the sidebar's OpenAI variants
     col.metric(version_label(version), status.version(version).state if not status.error else "—")
-st.caption(f"{'Embedded' if conn.embedded else 'External'} server: HTTP `{conn.target.http_url}`, "
-           f"gRPC `{conn.target.grpc_url}`; requests use {conn.protocol}.")
+if conn.kind == "openai":
+    st.caption("OpenAI-compatible variants: " + "; ".join(f"{v.label}: `{v.model}` at `{v.url}`" for v in conn.variants))
+else:
+    st.caption(f"{'Embedded' if conn.embedded else 'External'} server: HTTP `{conn.target.http_url}`, "
+               f"gRPC `{conn.target.grpc_url}`; requests use {conn.protocol}.")
 
 if not status.error:
     rows = [{"version": v.version, "precision": VERSION_LABELS.get(v.version, "?"), "state": v.state,
              "reason": v.reason or ("" if v.ready else "(none given)")} for v in status.versions]
     st.dataframe(pd.DataFrame(rows), hide_index=True, key="home_versions")
-    not_ready = [v for v in status.versions if v.version in VERSION_LABELS and not v.ready]
+    not_ready = [v for v in status.versions if v.version in conn.keys and not v.ready]
     for v in not_ready:
         st.error(f"{version_label(v.version)} is not ready ({v.state}): {v.reason or 'the server gave no reason'}. "
                  "Its requests will fail until it is loaded.")

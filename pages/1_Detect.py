@@ -12,7 +12,6 @@ import streamlit as st
 from services.core.images import DEFAULT_MAX_SIDE, UPLOAD_TYPES
 from services.detect.detection import (
     DEFAULT_MAX_TOKENS,
-    VERSION_LABELS,
     DetectionOptions,
     ImageInput,
     Progress,
@@ -48,11 +47,12 @@ uploads = st.file_uploader("Label images", type=list(UPLOAD_TYPES), accept_multi
 chosen_samples = st.multiselect("Sample images (with ground truth)", list(samples), key="detect_samples",
                                 format_func=lambda name: samples.get(name, name))
 
-choice = st.radio("Model version", [*VERSION_LABELS, BOTH], index=len(VERSION_LABELS), key="detect_versions",
+keys = conn.keys  # Triton's versions, or the sidebar's OpenAI variants
+choice = st.radio("Model version", [*keys, BOTH], index=len(keys), key="detect_versions",
                   horizontal=True,
-                  format_func=lambda v: f"both ({' and '.join(map(version_label, VERSION_LABELS))})" if v == BOTH
+                  format_func=lambda v: f"both ({' and '.join(map(version_label, keys))})" if v == BOTH
                   else version_label(v))
-versions = tuple(VERSION_LABELS) if choice == BOTH else (choice,)
+versions = tuple(keys) if choice == BOTH else (choice,)
 cols = st.columns(3)
 max_tokens = cols[0].number_input("Max tokens", min_value=1, max_value=4096, value=DEFAULT_MAX_TOKENS, step=16,
                                   key="detect_max_tokens", help="The most tokens each answer may have.")

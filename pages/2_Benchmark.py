@@ -37,7 +37,7 @@ collect_ended_run()
 job = run_lifecycle.current_run(JOB)
 
 st.subheader("Launch a run")
-form = render_launch_form(conn.timeout_s, can_start=job is None and conn.target is not None)
+form = render_launch_form(conn.timeout_s, can_start=job is None and conn.target is not None, versions=conn.keys)
 
 if conn.target is None:
     st.error(conn.error or "No usable server: see the sidebar.")

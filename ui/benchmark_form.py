@@ -182,8 +182,10 @@ def _sweep_inputs(form: LaunchForm, levels_column) -> None:
                                     key="bench_e2e_target", help=help_off + " A person waits for the box.")
 
 
-def render_launch_form(default_timeout_s: float, can_start: bool) -> LaunchForm:
-    """The image-set and load choices, then the form; what it holds (``submitted`` on its button)."""
+def render_launch_form(default_timeout_s: float, can_start: bool,
+                       versions: tuple[str, ...] = tuple(VERSION_LABELS)) -> LaunchForm:
+    """The image-set and load choices, then the form; what it holds (``submitted`` on its button).
+    ``versions``: what may be chosen (Triton's versions, or the sidebar's variants: ``Connection.keys``)."""
     mode = st.radio("Mode", list(RUN_MODES), format_func=RUN_MODES.get, key="bench_mode", horizontal=True,
                     help="A sweep measures each version at a series of load levels until it saturates: goodput at "
                          "your latency targets, capacity and cost per version, and which to deploy.")
@@ -197,8 +199,8 @@ def render_launch_form(default_timeout_s: float, can_start: bool) -> LaunchForm:
                              help="Closed loop: a fixed number of requests in flight. Open loop: requests arrive "
                                   "at a rate (Poisson), whether or not earlier ones have finished.")
     with st.form("bench_form", border=True):
-        versions = st.multiselect("Versions", list(VERSION_LABELS), default=list(VERSION_LABELS),
-                                  format_func=version_label, key="bench_versions",
+        versions = st.multiselect("Versions", list(versions), default=list(versions), format_func=version_label,
+                                  key="bench_versions" if versions == tuple(VERSION_LABELS) else "bench_variants",
                                   help="With both, the requests are interleaved in the same image order.")
         form = LaunchForm(submitted=False, versions=list(versions), image_kind=str(image_kind),
                           load_mode=str(load_mode), timeout_s=float(default_timeout_s), mode=str(mode))

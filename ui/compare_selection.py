@@ -22,15 +22,16 @@ SOURCES = {
 SOURCE = "cmp_source"  # session-state key of the choice
 
 
-def side_choice(label: str, choices: list[RunChoice], key: str, default_version: str) -> Side | None:
-    """A run and one of its versions."""
+def side_choice(label: str, choices: list[RunChoice], key: str, default_version: str,
+                fallback: int = 0) -> Side | None:
+    """A run and one of its versions (``default_version``, else the run's ``fallback``-th: a run on variants)."""
     if not choices:
         return None
     titles = {c.id: c.title for c in choices}
     cols = st.columns([3, 1])
     run_id = cols[0].selectbox(f"Run {label}", list(titles), format_func=titles.get, key=f"{key}_run")
     versions = next(c.versions for c in choices if c.id == run_id)
-    index = versions.index(default_version) if default_version in versions else 0
+    index = versions.index(default_version) if default_version in versions else min(fallback, len(versions) - 1)
     version = cols[1].selectbox(f"Version {label}", versions, index=index, format_func=version_label,
                                 key=f"{key}_version")
     return int(run_id), str(version)
@@ -60,7 +61,7 @@ def _two_runs(choices: list[RunChoice]) -> Selection | None:
         st.info("No stored run yet.")
         return None
     a = side_choice("A", choices, "cmp_a", "1")
-    b = side_choice("B", choices, "cmp_b", "2")
+    b = side_choice("B", choices, "cmp_b", "2", fallback=1)
     return (a, b) if a and b else None
 
 

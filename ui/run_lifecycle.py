@@ -20,7 +20,7 @@ import streamlit as st
 from services.bench.runner import BenchmarkConfig, BenchmarkHandle, BenchmarkProgress, start_benchmark
 from services.bench.store import FINAL_STATUSES, RunStore
 from services.bench.sweep import SweepConfig, start_sweep
-from ui.state import Connection
+from ui.state import Connection, with_variants
 from ui.store import open_store
 
 LIVE_REFRESH_S = 1.0  # the live fragment's period
@@ -70,6 +70,7 @@ def start_run(key: str, config: BenchmarkConfig | SweepConfig, conn: Connection,
     store = open_store()
     t_start = time.perf_counter()
     try:
+        config = with_variants(config, conn)  # the sidebar's OpenAI variants, where chosen
         if isinstance(config, SweepConfig):
             handle = start_sweep(config, store=store, target=conn.target)
         else:

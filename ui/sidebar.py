@@ -1,8 +1,9 @@
 """The sidebar of every page: the page menu, which server, its health, each version's state, which model.
 
-``render_sidebar()`` draws the page menu (:data:`MENU`), the connection settings (server URL,
-protocol, request timeout), then what the server says, and returns the session's
-:class:`ui.state.Connection` for the page to use. The helpers below it also draw the home page's
+``render_sidebar()`` draws the page menu (:data:`MENU`), the target kind (Triton, or two
+OpenAI-compatible variants), the connection settings (Triton: server URL, protocol; OpenAI: each
+variant's label, URL and model name; the request timeout), then what the servers say, and returns
+the session's :class:`ui.state.Connection` for the page to use. The helpers below it also draw the home page's
 fuller overview.
 
 The menu is the dashboard's own: Streamlit's, which names each page after its file and so the home
@@ -74,14 +75,14 @@ def _show(box: Any, kind: str, text: str) -> None:
     getattr(box, kind)(text)
 
 
-def health_line(status: ServerStatus) -> tuple[str, str]:
-    """(kind, text) saying whether the server is live and ready."""
+def health_line(status: ServerStatus, server: str = "Triton") -> tuple[str, str]:
+    """(kind, text) saying whether the server is live and ready (``server``: what its version is of)."""
     if status.error:
         return "error", status.error
     if status.live and status.ready:
-        return "success", f"Server live and ready (Triton {status.server_version or '?'})"
+        return "success", f"Server live and ready ({server} {status.server_version or '?'})"
     if status.live:
-        return "warning", f"Server live but not ready (Triton {status.server_version or '?'})"
+        return "warning", f"Server live but not ready ({server} {status.server_version or '?'})"
     return "error", "Server not live"
 
 
@@ -129,10 +130,59 @@ def _show_supervision(snap: Snapshot) -> None:
         sb.info(snap.message)
 
 
+def variant_lines(conn: Connection) -> list[tuple[str, str]]:
+    """(kind, text) per OpenAI variant: it serves its model, or why not (unreachable, another model)."""
+    out = []
+    for variant, status in conn.variant_status:
+        state = status.version(variant.key)
+        if state.ready:
+            server = f" (server version {status.server_version})" if status.server_version else ""
+            out.append(("success", f"{variant.label}: serves `{variant.model}` at {variant.url}{server}"))
+        else:
+            out.append(("error", f"{variant.label}: {state.state}" + (f" — {state.reason}" if state.reason else "")))
+    return out
+
+
+def _render_variants() -> Connection:
+    """The OpenAI-compatible variants: label, URL and model name of each, then each one checked."""
+    sb = st.sidebar
+    for slot in state.VARIANT_SLOTS:
+        sb.markdown(f"**Variant {slot}**")
+        cols = sb.columns([2, 3])
+        cols[0].text_input("Label", key=state.variant_key(slot, "label"), persist_state="session",
+                           placeholder="the model name", help="How the dashboard names this variant (e.g. bf16-vllm).")
+        cols[1].text_input("Model", key=state.variant_key(slot, "model"), persist_state="session",
+                           placeholder="served model name", help="A name the server lists at /v1/models.")
+        sb.text_input("URL", key=state.variant_key(slot, "url"), persist_state="session",
+                      placeholder="http://127.0.0.1:8100",
+                      help="The server's base URL (http://host:port, /v1 optional): vllm serve, SGLang, TGI, NIM...")
+    _timeout_input()
+    conn = state.current_connection()
+    if conn.error:
+        sb.error(conn.error)
+        return conn
+    for kind, text in variant_lines(conn):
+        _show(sb, kind, text)
+    return conn
+
+
+def _timeout_input() -> None:
+    st.sidebar.number_input("Request timeout (s)", min_value=1.0, max_value=3600.0, value=state.DEFAULT_TIMEOUT_S,
+                            step=10.0, key=state.TIMEOUT_KEY, persist_state="session",
+                            help="A detection request that takes longer fails with a timeout error.")
+
+
 def render_sidebar() -> Connection:
     """Draw the sidebar and return the session's connection."""
     sb = st.sidebar
     render_menu()
+    kind = sb.radio("Target", list(state.TARGET_KINDS), format_func=state.TARGET_KINDS.get, key=state.KIND_KEY,
+                    persist_state="session",
+                    help="Triton: versions 1 and 2 of its model. OpenAI-compatible: two servers (or models) "
+                         "that speak /v1/chat/completions, compared side by side.")
+    if kind == "openai":
+        sb.header("OpenAI-compatible variants")
+        return _render_variants()
     sb.header("Triton server")
     env_url = state.default_url()
     sb.text_input(
@@ -146,9 +196,7 @@ def render_sidebar() -> Connection:
     sb.radio("Protocol", PROTOCOLS, index=PROTOCOLS.index(default_protocol), key=state.PROTOCOL_KEY,
              horizontal=True, persist_state="session",
              help="How detection requests travel: HTTP generate / generate_stream, or a gRPC stream.")
-    sb.number_input("Request timeout (s)", min_value=1.0, max_value=3600.0, value=state.DEFAULT_TIMEOUT_S,
-                    step=10.0, key=state.TIMEOUT_KEY, persist_state="session",
-                    help="A detection request that takes longer fails with a timeout error.")
+    _timeout_input()
     conn = state.current_connection()
     if conn.supervision is not None:
         with sb:

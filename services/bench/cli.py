@@ -70,8 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_request_arguments(run: Any) -> None:
     """What each request asks and how many are sent (shared with ``qwen-bench sweep``)."""
-    run.add_argument("--versions", nargs="+", default=["1", "2"], metavar="V",
-                     help="model versions; with several, requests are interleaved on the same image order")
+    run.add_argument("--versions", nargs="+", default=None, metavar="V",
+                     help="model versions of the Triton model (default 1 2); with several, requests are "
+                          "interleaved on the same image order")
+    run.add_argument("--variant", action="append", default=None, metavar="SPEC",
+                     help="a variant to compare, repeatable, instead of --versions: a Triton version (1) or "
+                          "fields, e.g. kind=openai,url=http://127.0.0.1:8100,model=demo,label=bf16-vllm "
+                          "(kind triton|openai, url, model, version, label, protocol, grpc_url, metrics_url)")
+    run.add_argument("--variants-file", default=None, metavar="FILE",
+                     help="variants from a TOML ([[variant]] tables) or JSON file, with the fields of --variant")
     run.add_argument("--requests", type=int, default=20, help="measured requests per version")
     run.add_argument("--warmup", type=int, default=2, help="warm-up requests per version (recorded, not summarized)")
     run.add_argument("--seed", type=int, default=0, help="seed of the Poisson arrivals (and of sampling when temperature > 0)")
@@ -166,6 +173,7 @@ def sized_image_folder(args: argparse.Namespace) -> argparse.Namespace:
 
 def build_config(args: argparse.Namespace):
     from services.bench.runner import BenchmarkConfig, validate_config
+    from services.client.variants import DEFAULT_VERSIONS
     from services.image_sets.image_set import ImageSetSpec
 
     extra: dict[str, Any] = {}
@@ -190,10 +198,12 @@ def build_config(args: argparse.Namespace):
         raise UsageError("--files is only used with --images uploaded")
     if args.images == "folder" and not args.folder:
         raise UsageError("--images folder needs --folder PATH")
+    variants = build_variants(args)
     spec = ImageSetSpec(kind=args.images, seed=args.image_seed, count=args.count, folder=args.folder,
                         images=files, max_side=args.max_side, reuse=args.image_reuse)
     config = BenchmarkConfig(
-        versions=tuple(args.versions), image_set=spec, requests=args.requests, warmup=args.warmup,
+        versions=tuple(args.versions or DEFAULT_VERSIONS), variants=variants, image_set=spec, requests=args.requests,
+        warmup=args.warmup,
         load=args.load, concurrency=args.concurrency, rate=args.rate, max_tokens=args.max_tokens,
         temperature=args.temperature, stream=args.stream, timeout_s=args.timeout, protocol=args.protocol,
         seed=args.seed, extra_sampling=extra, prompt=args.prompt)
@@ -203,11 +213,35 @@ def build_config(args: argparse.Namespace):
         raise UsageError(str(exc)) from exc
 
 
-def build_target(args: argparse.Namespace):
+def build_variants(args: argparse.Namespace) -> tuple:
+    """The ``--variant`` / ``--variants-file`` variants (services.client.variants); () for ``--versions``."""
+    from services.client.variants import variants_from_options
+
+    if not (getattr(args, "variant", None) or getattr(args, "variants_file", None)):
+        return ()
+    if args.versions:
+        raise UsageError("give either --versions or --variant / --variants-file, not both")
+    try:
+        return variants_from_options(args.variant, args.variants_file)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def build_target(args: argparse.Namespace, variants: Sequence[Any] = ()):
+    """The run's server: ``--url``, else QWEN_TRITON_URL, else the embedded one (started here). When
+    every variant names its own server, the first one's (nothing embedded is started)."""
     from services.core import settings
     from services.client.server_target import current_target, external_target
     from services.client.triton_client import parse_url
+    from services.client.variants import own_target
 
+    if variants and not args.url:
+        try:
+            own = own_target(variants)
+        except ValueError as exc:
+            raise UsageError(f"bad server URL of variant {variants[0].label}: {exc}") from exc
+        if own is not None:
+            return own
     url = args.url or settings.triton_url()
     if url:
         try:
@@ -305,7 +339,8 @@ def prepare_run(args: argparse.Namespace, build: Callable[[argparse.Namespace], 
         from services.bench.store import RunStore
 
         store = RunStore(args.data_dir)
-        target = build_target(args)
+        target = build_target(args, getattr(config, "variants", ()) or getattr(getattr(config, "bench", None),
+                                                                                  "variants", ()))
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,5 +1,8 @@
 """Benchmark runs: the same requests sent to one or both versions, every request and sample recorded.
 
+"Versions" are the keys of the run's variants (:mod:`services.client.variants`; ``config.variants``):
+Triton's versions "1" and "2" by default, a variant's label for other servers (``vllm serve``).
+
 CONTRACT (the Benchmark page and the command-line entry build on exactly these names):
 
     config = BenchmarkConfig(versions=("1", "2"), image_set=ImageSetSpec(kind="samples"), requests=20, ...)
@@ -18,7 +21,7 @@ closed loop at a concurrency, or open loop at a request rate with Poisson arriva
 How a run goes (all of it in the caller's thread for ``run_benchmark``, in a daemon thread for
 ``start_benchmark``):
 
-1. Preflight and manifest (:func:`services.bench.manifest.collect_manifest`): server metadata, the
+1. Preflight and manifest (:func:`services.bench.variant_manifest.variants_manifest`): server metadata, the
    model's versions and their states, the model config as served, quantization as served, GPU,
    client libraries, git commit. The images are loaded (``load_image_set``). Then the run is
    created in the store with its config (stored once) and manifest. An unreachable server, a
@@ -74,7 +77,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
-from services.bench.manifest import address_error_manifest, collect_manifest, prefix_caching
+from services.bench.manifest import address_error_manifest, prefix_caching
 from services.bench.memory_scope import memory_scope
 from services.bench.request_plan import PlannedRequest, poisson_offsets, request_plan
 from services.bench.server_timings import record_server_timings, settled_reading
@@ -88,8 +91,15 @@ from services.bench.stats import (
 )
 from services.bench.store import RunStore
 from services.client.errors import ServerUnreachable, TritonClientError, VersionNotReady
-from services.client.triton_client import TritonClient
-from services.core import settings
+from services.bench.variant_manifest import variants_manifest
+from services.client.variants import (
+    Variant,
+    VariantClients,
+    client_for,
+    default_variants,
+    own_target,
+    resolve_variants,
+)
 from services.core.boxes import match_boxes, parse_answer
 from services.image_sets.image_set import IMAGE_SET_KINDS, BenchImage, ImageSetSpec, load_image_set
 from services.image_sets.unseen_images import UnseenImages, workload_manifest
@@ -130,6 +140,9 @@ class BenchmarkConfig:
     prompt: str | None = None  # None: the fine-tune's training prompt (services.core.prompt)
     max_in_flight: int | None = None  # open loop: thread-pool size; None: open_loop_workers(rate, timeout_s)
     stop_after_unreachable: int = STOP_AFTER_UNREACHABLE  # see the module docstring
+    # what is compared (services.client.variants); empty: the ``versions`` of the Triton model on the
+    # run's server. When given, ``versions`` becomes the variants' keys (validate_config).
+    variants: tuple[Variant, ...] = ()
 
 
 @dataclass
@@ -185,8 +198,10 @@ ProgressCallback = Callable[[BenchmarkProgress], None]
 
 
 def validate_config(config: BenchmarkConfig) -> BenchmarkConfig:
-    """The config with versions as strings, or ValueError naming what is wrong."""
-    versions = tuple(str(v).strip() for v in config.versions)
+    """The config with versions as strings (the variants' keys when variants are given), or
+    ValueError naming what is wrong."""
+    variants = resolve_variants(config.variants) if config.variants else ()
+    versions = tuple(v.key for v in variants) if variants else tuple(str(v).strip() for v in config.versions)
     if not versions:
         raise ValueError("choose at least one model version")
     if len(set(versions)) != len(versions) or any(not v for v in versions):
@@ -228,13 +243,19 @@ def validate_config(config: BenchmarkConfig) -> BenchmarkConfig:
         positive_int("image_set.seed", spec.seed, 0)
     if spec.kind == "folder" and not spec.folder:
         raise ValueError("a folder image set needs a folder")
-    return dataclasses.replace(config, versions=versions)
+    return dataclasses.replace(config, versions=versions, variants=variants)
+
+
+def run_variants(config: BenchmarkConfig) -> tuple[Variant, ...]:
+    """The variants a (validated) config asks: its own, else its versions on the run's server."""
+    return config.variants or default_variants(config.versions)
 
 
 def config_to_dict(config: BenchmarkConfig) -> dict[str, Any]:
     """The config as JSON-ready data; uploaded image bytes become name, size and sha256."""
     d = dataclasses.asdict(dataclasses.replace(config, image_set=dataclasses.replace(config.image_set, images=())))
     d["versions"] = list(config.versions)
+    d["variants"] = [v.describe() for v in config.variants]
     d["image_set"]["images"] = [
         {"name": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
         for name, data in config.image_set.images
@@ -303,7 +324,7 @@ class _Runner:
         self._max_lag_ms = 0.0
         self._images: list[BenchImage] = []
         self._unseen = None if self.config.image_set.reuse else UnseenImages(self.config.seed)
-        self._client: TritonClient | None = None
+        self._client: VariantClients | None = None
         self._writer: RunStore | None = None
         self._run_id: int | None = None
         self._metric_marks: list[float] = []  # vllm:* readings at the measured window's edges (t_mono)
@@ -510,28 +531,33 @@ class _Runner:
 
     def _run(self) -> RunOutcome:
         cfg = self.config
+        variants = run_variants(cfg)
         if self.target is None:
             from services.client.server_target import current_target
 
-            self.target = current_target()
-        target = self.target
-        protocol = cfg.protocol or target.protocol
-        url = target.url(protocol)
+            self.target = own_target(variants) or current_target()
+        if cfg.protocol:
+            self.target = dataclasses.replace(self.target, protocol=cfg.protocol)
         workers = cfg.concurrency if cfg.load == "closed" else (
             cfg.max_in_flight or open_loop_workers(cfg.rate, cfg.timeout_s))
         # A private store on the same database for this run's threads: closing it at the end closes
         # every connection its worker threads opened (RunStore keeps one per thread).
         self._writer = RunStore(self.store.data_dir, db_name=self.store.path.name)
         try:
-            self._client = TritonClient(url, protocol=protocol, timeout_s=cfg.timeout_s,  # type: ignore[arg-type]
-                                        max_streams=max(workers, cfg.concurrency))
-        except ValueError as exc:  # an address the client refuses (a path, another scheme)
-            error: str | None = f"bad server address {url!r}: {exc}"
-            manifest = address_error_manifest(target, error)
+            self._client = VariantClients(variants, self.target, cfg.timeout_s, max(workers, cfg.concurrency))
+        except ValueError as exc:  # an address a client refuses (a path, another scheme)
+            error: str | None = f"bad server address: {exc}"
+            manifest = address_error_manifest(self.target, error)
+            manifest["variants"] = [v.describe() for v in variants]
+            target, protocol, url, model = self.target, self.target.protocol, self.target.url(), variants[0].model
         else:
-            with TritonClient(url, protocol=protocol,  # type: ignore[arg-type]
-                              timeout_s=min(cfg.timeout_s, PREFLIGHT_TIMEOUT_S)) as admin:
-                manifest, error = collect_manifest(admin, target, cfg)
+            primary = self._client.primary
+            target = self._client.targets[primary.key]
+            protocol, url, model = target.protocol, (target.url() if primary.kind == "triton" else primary.url), \
+                primary.model
+            # the preflight asks the primary variant's server with a short timeout
+            with client_for(primary, target, timeout_s=min(cfg.timeout_s, PREFLIGHT_TIMEOUT_S)) as admin:
+                manifest, error = variants_manifest(self._client, admin, cfg)
         if error is None:
             try:
                 image_set = load_image_set(cfg.image_set)
@@ -544,7 +570,6 @@ class _Runner:
         manifest["memory_scope"] = scope.describe()
         manifest["workload"] = {**workload_manifest(cfg.image_set.reuse, cfg.seed),
                                 "prefix_caching": prefix_caching(target, cfg.versions, manifest)}
-        model = self._client.model if self._client is not None else settings.MODEL_NAME
         config_dict = {**self._stored_config(), "model": model, "protocol": protocol, "url": url}
         self._run_id = self._writer.create_run(config_dict, manifest)
         self._set_status("starting", run_id=self._run_id)

@@ -27,12 +27,15 @@ class ServerTarget:
     checkpoint: CheckpointInfo | None  # known for the embedded server only
     repository: Path | None  # the model repository, when it is on this machine
     server_pid: int | None  # the tritonserver process, when it runs on this machine
+    kind: str = "triton"  # or "openai": an OpenAI-compatible server (vllm serve), http_url its host:port
 
     def url(self, protocol: str | None = None) -> str:
         return self.http_url if (protocol or self.protocol) == "http" else self.grpc_url
 
     @property
     def label(self) -> str:
+        if self.kind == "openai":
+            return f"OpenAI-compatible server at http://{self.http_url}"
         kind = "embedded" if self.embedded else "external"
         return f"{kind} Triton at {self.http_url} (gRPC {self.grpc_url})"
 
@@ -46,17 +49,25 @@ def split_host_port(url: str, default_port: int) -> tuple[str, int]:
     return parsed.hostname, parsed.port or default_port
 
 
-def external_target(url: str, protocol: str | None = None) -> ServerTarget:
+def external_target(url: str, protocol: str | None = None, grpc_url: str | None = None,
+                    metrics_url: str | None = None) -> ServerTarget:
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     host, port = split_host_port(url, 8001 if scheme == "grpc" else 8000)
     if scheme == "grpc":
-        grpc_url, http_url = f"{host}:{port}", f"{host}:8000"
+        derived_grpc, http_url = f"{host}:{port}", f"{host}:8000"
     else:
-        http_url, grpc_url = f"{host}:{port}", f"{host}:8001"
-    grpc_url = os.environ.get("QWEN_TRITON_GRPC_URL", "").strip() or grpc_url
-    metrics = os.environ.get("QWEN_TRITON_METRICS_URL", "").strip() or f"http://{host}:8002/metrics"
+        http_url, derived_grpc = f"{host}:{port}", f"{host}:8001"
+    grpc_url = grpc_url or os.environ.get("QWEN_TRITON_GRPC_URL", "").strip() or derived_grpc
+    metrics = metrics_url or os.environ.get("QWEN_TRITON_METRICS_URL", "").strip() or f"http://{host}:8002/metrics"
     return ServerTarget(http_url, grpc_url, metrics, protocol or ("grpc" if scheme == "grpc" else settings.triton_protocol()),
                         embedded=False, checkpoint=None, repository=None, server_pid=None)
+
+
+def openai_target(url: str, metrics_url: str | None = None) -> ServerTarget:
+    """An OpenAI-compatible server (``http://host:port``, a ``/v1`` path allowed): its metrics at ``/metrics``."""
+    host, port = split_host_port(url, 8000)
+    return ServerTarget(f"{host}:{port}", "", metrics_url or f"http://{host}:{port}/metrics", "http", embedded=False,
+                        checkpoint=None, repository=None, server_pid=None, kind="openai")
 
 
 def embedded_target(protocol: str | None = None) -> ServerTarget:

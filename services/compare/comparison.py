@@ -35,7 +35,7 @@ from services.compare.decode_floor import DecodeFloor, run_decode_floor
 from services.compare.differences import BOOT_SEED, N_BOOT
 from services.compare.memory import MemoryComparison, compare_run_memory
 from services.compare.pairing import Side, pair_sides
-from services.compare.runs import describe_image_set, run_record
+from services.compare.runs import describe_image_set, run_order, run_record
 from services.compare.speed import (
     MetricComparison,
     ServerComparison,
@@ -169,7 +169,8 @@ def build_comparison(
 
 def compare_run(store: RunStore, run_id: int, versions: Sequence[str] | None = None, **kwargs: Any) -> Comparison:
     """Compare two versions of one paired run (default: its first two versions, e.g. 1 vs 2)."""
-    vs = [str(v) for v in versions] if versions else store.versions(run_id)
+    run = store.get_run(run_id)
+    vs = [str(v) for v in versions] if versions else run_order(store.versions(run_id), run.config if run else {})
     if len(vs) < 2:
         raise ValueError(f"run {run_id} asked only version(s) {vs}: a comparison needs two")
     return build_comparison(store, (run_id, vs[0]), (run_id, vs[1]), **kwargs)

@@ -27,6 +27,8 @@ class Side:
 
     @property
     def name(self) -> str:
+        if not self.version.isdigit():  # a variant's label (services.client.variants)
+            return self.version
         return VERSION_LABELS.get(self.version, f"v{self.version}")
 
 

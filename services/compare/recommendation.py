@@ -52,7 +52,7 @@ class Recommendation:
 
 
 def _name(version: str) -> str:
-    return VERSION_LABELS.get(str(version), f"v{version}")
+    return VERSION_LABELS.get(str(version), f"v{version}" if str(version).isdigit() else str(version))
 
 
 def _iou_change(d: Difference, subject: str, other: str, b: str) -> str:

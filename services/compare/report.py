@@ -376,9 +376,12 @@ def fresh_run(store: RunStore, args: argparse.Namespace) -> int:
 
     spec = ImageSetSpec(kind=args.image_set, seed=args.seed, count=args.count, folder=args.folder,
                         max_side=args.max_side)
-    config = BenchmarkConfig(versions=tuple(args.versions), image_set=spec, requests=args.requests,
+    from services.client.variants import own_target, variants_from_options
+
+    variants = variants_from_options(args.variant, args.variants_file) if args.variant or args.variants_file else ()
+    config = BenchmarkConfig(versions=tuple(args.versions), variants=variants, image_set=spec, requests=args.requests,
                              warmup=args.warmup, max_tokens=args.max_tokens, concurrency=args.concurrency)
-    target = current_target(args.url, args.protocol)
+    target = (None if args.url else own_target(variants)) or current_target(args.url, args.protocol)
 
     def progress(p: Any) -> None:
         print(f"\r{p.status}: {p.done}/{p.total} requests, {p.failures} failed", end="", file=sys.stderr)
@@ -402,6 +405,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--run-b", type=int, help="two stored runs: run of side B")
     p.add_argument("--version-b", help="two stored runs: version of side B")
     p.add_argument("--fresh", action="store_true", help="run a fresh paired benchmark first, then report on it")
+    p.add_argument("--variant", action="append", metavar="SPEC", help="fresh run: a variant, as qwen-bench --variant")
+    p.add_argument("--variants-file", metavar="FILE", help="fresh run: variants, as qwen-bench --variants-file")
     p.add_argument("--image-set", choices=["samples", "generated", "folder"], default="generated",
                    help="images of a fresh run")
     p.add_argument("--seed", type=int, default=0, help="seed of a generated image set")
@@ -422,7 +427,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     with RunStore(args.data_dir) as store:
         if args.fresh:
             args.versions = args.versions or ["1", "2"]
-            c = compare_run(store, fresh_run(store, args), args.versions)
+            try:
+                run_id = fresh_run(store, args)  # on variants: compared in their order
+            except ValueError as exc:  # a variant spec or file that does not parse
+                p.error(str(exc))
+            c = compare_run(store, run_id, None if args.variant or args.variants_file else args.versions)
         elif args.run is not None:
             c = compare_run(store, args.run, args.versions)
         elif None not in (args.run_a, args.version_a, args.run_b, args.version_b):

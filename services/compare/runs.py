@@ -29,6 +29,13 @@ def describe_image_set(config: Mapping[str, Any]) -> str:
     return str(kind or "unknown image set")
 
 
+def run_order(sent: list[str], config: Mapping[str, Any]) -> list[str]:
+    """The versions (variant keys) a run sent requests to, in the order its config chose them (the store
+    lists them sorted: "bf16-vllm" before "bf16-triton" would swap a run's sides)."""
+    listed = [str(v) for v in (config.get("versions") or [])]
+    return [v for v in listed if v in sent] + [v for v in sent if v not in listed]
+
+
 def run_record(run: RunInfo) -> dict[str, Any]:
     """What a comparison keeps of each run it compares."""
     return {"id": run.id, "status": run.status, "reason": run.reason, "created_at": run.created_at,
@@ -73,7 +80,7 @@ def run_choices(store: RunStore, limit: int | None = 200) -> list[RunChoice]:
     for run in store.list_runs(limit=limit):
         if run.status == "running":
             continue
-        versions = store.versions(run.id)
+        versions = run_order(store.versions(run.id), run.config)
         measured = _measured_count(run)
         if measured is None:
             measured = sum(1 for r in store.get_requests(run.id, include_warmup=False))

@@ -9,6 +9,9 @@ VERSION_LABELS: dict[str, str] = settings.version_precisions()  # {"1": "bf16", 
 
 
 def version_label(version: str) -> str:
-    """``"bf16 (v1)"`` for a known version, ``"version 7"`` for any other."""
+    """``"bf16 (v1)"`` for a known version, ``"version 7"`` for any other number; any other key is a
+    variant's own label (``services.client.variants``: ``"bf16-vllm"``) and is shown as it is."""
+    if not str(version).isdigit():
+        return str(version)
     name = VERSION_LABELS.get(str(version))
     return f"{name} (v{version})" if name else f"version {version}"
