@@ -382,22 +382,8 @@ class EmbeddedTriton:
         leftovers = [p for p in tree if p.pid != self.process.pid and p.is_running()]
         seen = {p.pid for p in leftovers}
         leftovers += [p for p in _processes_naming(str(self.repository)) if p.pid not in seen]
-        for proc in leftovers:
-            try:
-                proc.kill()
-            except Exception:
-                pass
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
-        _wait_gone(leftovers, timeout=5)
+        kill_leftovers(self.process, leftovers, engine_shm)
         remove_shm_files(self.shm_prefix)
-        for path in engine_shm:
-            try:
-                Path(path).unlink()
-            except OSError:
-                pass
         if self.owns_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
         _RUNNING.discard(self)
@@ -421,6 +407,27 @@ class EmbeddedTriton:
 
 
 _RUNNING: set[EmbeddedTriton] = set()
+
+
+def kill_leftovers(process: subprocess.Popen, leftovers: list, files: "set[str] | list[str]") -> None:
+    """The end of a server's stop: SIGKILL what is left of its tree, reap the server, wait until the
+    killed processes are gone (they unmap the model meanwhile), then remove the shared-memory files
+    they mapped."""
+    for proc in leftovers:
+        try:
+            proc.kill()
+        except Exception:
+            pass
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+    _wait_gone(leftovers, timeout=5)
+    for path in files:
+        try:
+            Path(path).unlink()
+        except OSError:
+            pass
 
 
 def _wait_gone(procs: list, timeout: float) -> None:

@@ -45,7 +45,7 @@ from services.serving.embedded_triton import (
     VLLM_CPU_KVCACHE_GIB,
     _error_lines,
     _mapped_shm_files,
-    _wait_gone,
+    kill_leftovers,
     free_port,
     port_is_free,
     process_tree,
@@ -166,22 +166,7 @@ class OpenAIServer:
                 self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 log.warning("vllm serve (pid %s) did not stop in %.0f s; killing its tree", self.pid, timeout)
-        leftovers = [p for p in tree if p.is_running()]
-        for proc in leftovers:
-            try:
-                proc.kill()
-            except Exception:
-                pass
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
-        _wait_gone(leftovers, timeout=5)
-        for path in shm:
-            try:
-                Path(path).unlink()
-            except OSError:
-                pass
+        kill_leftovers(self.process, [p for p in tree if p.is_running()], shm)
         if self.owns_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
         _RUNNING.discard(self)
