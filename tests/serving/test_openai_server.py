@@ -58,11 +58,14 @@ def test_a_server_killed_mid_stream_gives_a_stream_error_and_stop_leaves_nothing
         assert engine, "the API server started no engine process"
         failures: list[BaseException] = []
 
+        answers: list = []
+
         def long_request() -> None:
             try:
                 with server.client(timeout_s=300) as client:
-                    client.detect(image_b64, max_tokens=2000, stream=True, extra_sampling={"ignore_eos": True})
-            except TritonClientError as exc:
+                    answers.append(client.detect(image_b64, max_tokens=2000, stream=True,
+                                                 extra_sampling={"ignore_eos": True}))
+            except BaseException as exc:  # noqa: BLE001 -- any outcome is reported by the assertion below
                 failures.append(exc)
 
         worker = threading.Thread(target=long_request)
@@ -75,6 +78,7 @@ def test_a_server_killed_mid_stream_gives_a_stream_error_and_stop_leaves_nothing
         os.kill(server.pid, signal.SIGKILL)  # the API server, which holds the connection
         worker.join(timeout=60)
         assert not worker.is_alive()
+        assert len(failures) == 1 and isinstance(failures[0], TritonClientError), (failures, answers)
         [failure] = failures
         assert isinstance(failure, StreamError), repr(failure)
         assert "broke mid-response" in str(failure) and "did the server stop?" in str(failure)
