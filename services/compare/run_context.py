@@ -154,20 +154,22 @@ KIND_NAMES = {"triton": "Triton", "openai": "OpenAI-compatible server"}
 
 
 def variant_text(manifest: Mapping[str, Any], key: str) -> str | None:
-    """``bf16-vllm: OpenAI-compatible server at http://127.0.0.1:8000, model 'demo-detector-bf16'``
-    for a variant the run's manifest names (``manifest["variants"]``); None for a run on Triton's
-    versions of one server without variants recorded."""
+    """``bf16-vllm: OpenAI-compatible server at http://127.0.0.1:8000, model 'demo-detector-bf16'`` (or
+    ``bf16: embedded Triton at 127.0.0.1:8000, model 'qwen', version 1`` on the run's own server) for
+    a variant the run's manifest names (``manifest["variants"]``); None for a run that recorded none."""
     entries = manifest.get("variants")
     entry = next((v for v in entries if isinstance(v, Mapping) and v.get("key") == key), None) \
         if isinstance(entries, list) else None
     if entry is None:
         return None
     kind = KIND_NAMES.get(str(entry.get("kind")), str(entry.get("kind") or UNKNOWN))
-    url = first_str(entry.get("url"), lookup(entry, "target", "label"), lookup(entry, "target", "http_url"))
+    url, target = first_str(entry.get("url")), first_str(lookup(entry, "target", "label"))
+    # the run's own Triton has no URL of its own: its target's label says where ("embedded Triton at ...")
+    where = f"{kind} at {url}" if url else target or f"{kind} (the run's server)"
     what = f"model '{entry.get('model') or UNKNOWN}'"
     if entry.get("kind") == "triton" and entry.get("version"):
         what += f", version {entry['version']}"
-    return f"{entry.get('label') or key}: {kind}" + (f" at {url}" if url else " (the run's server)") + f", {what}"
+    return f"{entry.get('label') or key}: {where}, {what}"
 
 
 def variants_row(c: Comparison) -> tuple[str, str] | None:

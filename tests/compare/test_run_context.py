@@ -66,7 +66,7 @@ def test_a_run_on_variants_names_each_by_label_kind_url_and_model(tmp_path):
                               "model": "qwen2-vl-fp8", "version": None}]}
     with RunStore(tmp_path) as store:
         rows = context_rows(compare_run(store, store_paired_run(store, manifest)))
-    assert rows[0] == ("Variants", "bf16: Triton at embedded Triton at 127.0.0.1:8000, model 'qwen', version 1; "
+    assert rows[0] == ("Variants", "bf16: embedded Triton at 127.0.0.1:8000, model 'qwen', version 1; "
                                    "fp8-vllm: OpenAI-compatible server at http://10.0.0.2:8000, model 'qwen2-vl-fp8'")
     with RunStore(tmp_path / "old") as store:  # a run that recorded no variants: no such row
         assert "Variants" not in dict(context_rows(compare_run(store, store_paired_run(store))))
