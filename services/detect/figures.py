@@ -1,10 +1,10 @@
 """Pictures of detection results: the interactive plotly figure and the annotated PNG download.
 
 Both draw the boxes of each model version in its own colour (bf16 blue, fp8 orange; any other
-version or variant the next free colour of :data:`PALETTE` by its position, :func:`series_colors`) and the ground truth, when known, dashed in
-green, each box with its label. With two versions or more, each version gets its own panel, side
-by side and titled with the version (:func:`panels`), the ground truth in each: the versions
-usually agree, and one box drawn exactly on the other would hide it.
+version or variant the next free colour of :data:`PALETTE` by its position, :func:`series_colors`)
+and the ground truth, when known, dashed in green, each box with its label. With two versions or
+more, each version gets its own panel, side by side and titled with the version (:func:`panels`), the
+ground truth in each: the versions usually agree, and one box drawn exactly on the other would hide it.
 
 * :func:`detection_figure`: per panel, the image as a ``go.Image`` trace placed in the *original*
   image's pixel coordinates (the sent, possibly shrunk, image is stretched over them) and one
@@ -212,8 +212,9 @@ def detection_figure(result: ImageResult, height: int | None = None) -> go.Figur
     # A legend entry for each version asked that drew nothing (no box, or an error): says so.
     for version, v in result.versions.items():
         if version not in legend_done:
+            color = version_color(version, result.versions)
             fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=legend_name(v), legendgroup=version,
-                                     line={"color": version_color(version, result.versions), "width": 3}, showlegend=True,
+                                     line={"color": color, "width": 3}, showlegend=True,
                                      hoverinfo="skip", meta={"series": version, "pixels": None}))
     if height is None:
         height = int(min(820, max(360, 760 / len(shown) * h / w + (110 if len(shown) > 1 else 80))))
