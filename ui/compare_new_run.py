@@ -1,7 +1,8 @@
 """The Compare page's fresh paired run: its form, its progress while it runs, then its selection.
 
 Both versions (or the sidebar's two OpenAI-compatible variants) answer the same images in the same
-order (interleaved) in one run of ``services.bench.runner``, started and watched through ``ui.run_lifecycle`` under :data:`JOB`.
+order (interleaved) in one run of ``services.bench.runner``, started and watched through
+``ui.run_lifecycle`` under :data:`JOB`.
 Once it has completed (or ended partial), it is what the page compares (:data:`NEW_RUN`);
 otherwise how it ended is the page's error (:data:`ERROR`).
 """
