@@ -18,7 +18,8 @@ def _iou(value: float | None) -> str:
 def render_version(v: VersionResult, result: ImageResult, key: str) -> None:
     """One version's panel: metrics, boxes, the raw answer, or its error."""
     with st.container(border=True, key=key):
-        st.markdown(f"<span style='color:{version_color(v.version)}'>■</span> **{v.label}**", unsafe_allow_html=True)
+        color = version_color(v.version, result.versions)
+        st.markdown(f"<span style='color:{color}'>■</span> **{v.label}**", unsafe_allow_html=True)
         if v.error:
             st.error(v.error)
             if v.error_detail:

@@ -55,9 +55,11 @@ Final status:
 - ``cancelled``: ``cancel()`` (or the caller's ``cancel_event``) stopped the sending; the requests
   in flight finished and were recorded.
 - ``partial`` / ``failed``: the server stopped answering: after ``stop_after_unreachable``
-  (default 5) ``ServerUnreachable`` errors with no successful request between them, no more
-  requests are sent; the run is "partial" when some measured request succeeded, else "failed";
-  the reason starts with "the server stopped answering". A database write failure stops the run
+  (default 5) ``ServerUnreachable`` errors from one server with no successful request of it between
+  them (counted per server: in a run on variants of several servers, one dead server ends the run),
+  no more requests are sent; the run is "partial" when some measured request succeeded, else "failed";
+  the reason starts with "the server stopped answering" (then, on several servers, "variant <label>
+  (<url>): "). A database write failure stops the run
   the same way. A run whose process is killed is marked "partial" by ``RunStore.mark_stale_runs``.
 
 The stored summary (``RunStore.get_run(id).summary``) is ``{"versions": {v: VersionSummary as a
@@ -318,7 +320,7 @@ class _Runner:
             by_version={v: {"done": 0, "ok": 0, "failures": 0} for v in self.config.versions})
         self._stop_cause: str | None = None  # "cancelled", "dead", "fatal"
         self._stop_reason: str | None = None
-        self._unreachable_streak = 0
+        self._unreachable_streak: dict[int, int] = {}  # per server (its client): failures in a row
         self._first_send_ns: int | None = None
         self._late_sends = 0
         self._max_lag_ms = 0.0
@@ -443,7 +445,7 @@ class _Runner:
             if record.ok:
                 p.ok += 1
                 per["ok"] += 1
-                self._unreachable_streak = 0
+                self._unreachable_streak[self._server_of(record.version)] = 0
             else:
                 p.failures += 1
                 per["failures"] += 1
@@ -452,14 +454,34 @@ class _Runner:
                     # A version that stopped serving mid-run (its engine died): the run ends partial.
                     stop_reason = f"version {record.version} stopped serving: {error}"
                 elif isinstance(error, ServerUnreachable):
-                    self._unreachable_streak += 1
-                    if self._unreachable_streak >= self.config.stop_after_unreachable:
-                        stop_reason = (f"{DEAD_SERVER_REASON}: {self._unreachable_streak} requests in a row "
-                                       f"found it unreachable ({error})")
+                    stop_reason = self._count_unreachable(record.version, error)
             snapshot = self._snapshot()
         if stop_reason:
             self._request_stop("dead", stop_reason)
         self._notify(snapshot)
+
+    def _server_of(self, version: str) -> int:
+        """Which server a version's requests go to (the variants of one server share one client)."""
+        try:
+            return id(self._client.client(version))  # type: ignore[union-attr]
+        except (AttributeError, KeyError):
+            return 0
+
+    def _count_unreachable(self, version: str, error: BaseException) -> str | None:  # caller holds _lock
+        """Count one more unreachable answer from ``version``'s server; the stop reason once it is gone.
+
+        Counted per server: in a paired run on two servers, the one still answering must not hide the
+        one that died. The reason names the variant (and its address) when the run has several servers."""
+        server = self._server_of(version)
+        streak = self._unreachable_streak[server] = self._unreachable_streak.get(server, 0) + 1
+        if streak < self.config.stop_after_unreachable:
+            return None
+        clients = self._client
+        whose = ""
+        if clients is not None and len({self._server_of(v) for v in clients.variants}) > 1:
+            variant = clients.variants[version]
+            whose = f"variant {variant.label} ({variant.url or clients.targets[version].url()}): "
+        return f"{DEAD_SERVER_REASON}: {whose}{streak} requests in a row found it unreachable ({error})"
 
     # ------------------------------------------------------------------ load
 

@@ -31,7 +31,7 @@ def side_colors(c: Comparison) -> tuple[str, str]:
     try:
         from services.detect.figures import version_color
 
-        ca, cb = version_color(c.a.version), version_color(c.b.version)
+        ca, cb = (version_color(v, (c.a.version, c.b.version)) for v in (c.a.version, c.b.version))
     except Exception:  # noqa: BLE001 - colours are cosmetic
         ca, cb = A_COLOR, B_COLOR
     return (ca, cb) if ca != cb else (A_COLOR, B_COLOR)

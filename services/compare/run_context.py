@@ -150,12 +150,44 @@ def _config(run: Mapping[str, Any]) -> Mapping[str, Any]:
     return m if isinstance(m, Mapping) else {}
 
 
+KIND_NAMES = {"triton": "Triton", "openai": "OpenAI-compatible server"}
+
+
+def variant_text(manifest: Mapping[str, Any], key: str) -> str | None:
+    """``bf16-vllm: OpenAI-compatible server at http://127.0.0.1:8000, model 'demo-detector-bf16'`` (or
+    ``bf16: embedded Triton at 127.0.0.1:8000, model 'qwen', version 1`` on the run's own server) for
+    a variant the run's manifest names (``manifest["variants"]``); None for a run that recorded none."""
+    entries = manifest.get("variants")
+    entry = next((v for v in entries if isinstance(v, Mapping) and v.get("key") == key), None) \
+        if isinstance(entries, list) else None
+    if entry is None:
+        return None
+    kind = KIND_NAMES.get(str(entry.get("kind")), str(entry.get("kind") or UNKNOWN))
+    url, target = first_str(entry.get("url")), first_str(lookup(entry, "target", "label"))
+    # the run's own Triton has no URL of its own: its target's label says where ("embedded Triton at ...")
+    where = f"{kind} at {url}" if url else target or f"{kind} (the run's server)"
+    what = f"model '{entry.get('model') or UNKNOWN}'"
+    if entry.get("kind") == "triton" and entry.get("version"):
+        what += f", version {entry['version']}"
+    return f"{entry.get('label') or key}: {where}, {what}"
+
+
+def variants_row(c: Comparison) -> tuple[str, str] | None:
+    """("Variants", each side's variant in words) when the runs recorded variants, else None."""
+    runs = {r["id"]: r for r in c.runs}
+    texts = [variant_text(_manifest(runs.get(s.run_id, {})), s.version) for s in (c.a, c.b)]
+    if not any(texts):
+        return None
+    return ("Variants", "; ".join(t or f"{s.label}: {UNKNOWN} (not recorded)" for t, s in zip(texts, (c.a, c.b))))
+
+
 def context_rows(c: Comparison) -> list[tuple[str, str]]:
-    """(what, in words) for model and checkpoint, hardware, server and engine, quantization as
-    served (each side), and workload."""
+    """(what, in words) for the variants (label, kind, URL, model; where recorded), model and
+    checkpoint, hardware, server and engine, quantization as served (each side), and workload."""
     runs = {r["id"]: r for r in c.runs}
     quant = "; ".join(quantization(_manifest(runs.get(s.run_id, {})), s.version) for s in (c.a, c.b))
-    return [
+    variants = variants_row(c)
+    return ([variants] if variants else []) + [
         ("Model and checkpoint", _per_run(c, lambda r: model_and_checkpoint(_manifest(r), _config(r)))),
         ("Hardware", _per_run(c, lambda r: hardware(_manifest(r)))),
         ("Server and engine", _per_run(c, lambda r: server_and_engine(_manifest(r)))),

@@ -205,6 +205,7 @@ class BatchResult:
     images: list[ImageResult] = field(default_factory=list)
     started_at: str = ""
     duration_s: float = 0.0
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> label, kind, url, model, version
 
     @property
     def errors(self) -> int:
@@ -313,6 +314,16 @@ def detect_image(client: TritonClient, item: ImageInput, options: DetectionOptio
     return set_iou(result)
 
 
+def _variants_of(client: Any) -> dict[str, dict[str, Any]]:
+    """What each variant asked is (``services.client.variants.VariantClients``), for the export; {} for
+    a plain client of Triton's versions."""
+    variants = getattr(client, "variants", None)
+    if not isinstance(variants, dict):
+        return {}
+    fields = ("label", "kind", "url", "model", "version")
+    return {key: {f: v.describe().get(f) for f in fields} for key, v in variants.items()}
+
+
 def run_batch(client: TritonClient, inputs: Sequence[ImageInput], options: DetectionOptions,
               progress: ProgressCallback | None = None) -> BatchResult:
     """Run every image over every chosen version, in order; one image's errors never stop the rest.
@@ -322,7 +333,8 @@ def run_batch(client: TritonClient, inputs: Sequence[ImageInput], options: Detec
     batch (that is how a caller cancels).
     """
     batch = BatchResult(options=options, server_url=client.url, model=client.model,
-                        started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                        started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                        variants=_variants_of(client))
     total = len(inputs) * len(options.versions)
     done = 0
     start = time.perf_counter()
@@ -353,8 +365,18 @@ def _round(v: float | None, nd: int = 4) -> float | None:
     return None if v is None else round(v, nd)
 
 
-def image_to_dict(r: ImageResult) -> dict[str, Any]:
-    """One image's result as plain JSON data."""
+def version_fields(version: str, variants: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Who answered, in an export: the label, and the precision where it is known (Triton's versions 1
+    and 2 of the default set); for a variant its label, kind, URL, model (and Triton version)."""
+    variant = variants.get(version)
+    default = variant is None or (variant.get("kind") == "triton" and version.isdigit())
+    return {"label": variant.get("label") if variant else version_label(version),
+            "precision": VERSION_LABELS.get(version) if default else None,
+            **({"variant": variant} if variant else {})}
+
+
+def image_to_dict(r: ImageResult, variants: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One image's result as plain JSON data (``variants``: the batch's, see :func:`version_fields`)."""
     out: dict[str, Any] = {"index": r.index, "name": r.name, "source": r.source, "error": r.error}
     if r.image is not None:
         img = r.image
@@ -366,7 +388,7 @@ def image_to_dict(r: ImageResult) -> dict[str, Any]:
                                for i, b in enumerate(r.truth)]
     out["versions"] = {
         v: {
-            "version": vr.version, "precision": VERSION_LABELS.get(vr.version), "error": vr.error,
+            "version": vr.version, **version_fields(vr.version, variants or {}), "error": vr.error,
             "error_type": vr.error_type, "error_detail": vr.error_detail, "answer": vr.text, "boxes": [_parsed_box_json(b) for b in vr.boxes],
             "no_box": vr.no_box, "notes": vr.notes, "latency_ms": _round(vr.latency_ms, 2),
             "ttft_ms": _round(vr.ttft_ms, 2), "num_output_tokens": vr.num_output_tokens,
@@ -391,7 +413,7 @@ def batch_to_dict(batch: BatchResult) -> dict[str, Any]:
         "server": {"url": batch.server_url, "model": batch.model},
         "options": {"versions": list(o.versions), "max_tokens": o.max_tokens, "stream": o.stream,
                     "max_side": o.max_side, "temperature": o.temperature, "prompt": o.prompt},
-        "images": [image_to_dict(r) for r in batch.images],
+        "images": [image_to_dict(r, batch.variants) for r in batch.images],
     }
 
 

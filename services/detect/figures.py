@@ -1,10 +1,10 @@
 """Pictures of detection results: the interactive plotly figure and the annotated PNG download.
 
 Both draw the boxes of each model version in its own colour (bf16 blue, fp8 orange; any other
-version gets the next colour of :data:`EXTRA_COLORS`) and the ground truth, when known, dashed in
-green, each box with its label. With two versions or more, each version gets its own panel, side
-by side and titled with the version (:func:`panels`), the ground truth in each: the versions
-usually agree, and one box drawn exactly on the other would hide it.
+version or variant the next free colour of :data:`PALETTE` by its position, :func:`series_colors`)
+and the ground truth, when known, dashed in green, each box with its label. With two versions or
+more, each version gets its own panel, side by side and titled with the version (:func:`panels`), the
+ground truth in each: the versions usually agree, and one box drawn exactly on the other would hide it.
 
 * :func:`detection_figure`: per panel, the image as a ``go.Image`` trace placed in the *original*
   image's pixel coordinates (the sent, possibly shrunk, image is stretched over them) and one
@@ -23,6 +23,7 @@ import base64
 import io
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Iterable
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -35,17 +36,38 @@ from services.detect.detection import ImageResult, VersionResult
 VERSION_COLORS: dict[str, str] = {"1": "#1f6feb", "2": "#f76707"}  # bf16 blue, fp8 orange
 TRUTH_COLOR = "#2b8a3e"  # green, dashed
 EXTRA_COLORS = ("#ae3ec9", "#e03131", "#0c8599", "#5c940d")
+PALETTE = (VERSION_COLORS["1"], VERSION_COLORS["2"]) + EXTRA_COLORS  # by position, for variants
 TRUTH_NAME = "ground truth"
 FONT_FILES = ("DejaVuSans-Bold.ttf", "DejaVuSans.ttf")  # fonts-dejavu-core; PIL's own font otherwise
 
 
-def version_color(version: str) -> str:
-    """The colour of a version's boxes: fixed for 1 and 2, distinct for others."""
+def version_color(version: str, shown: Iterable[str] | None = None) -> str:
+    """The colour of a version's boxes: fixed for 1 and 2, distinct for others. With ``shown`` (every
+    version or variant drawn together, in order), the colour :func:`series_colors` gives it there:
+    distinct from the others by position, never by a hash of the label that two labels can share."""
     version = str(version)
+    if shown is not None:
+        colors = series_colors(shown)
+        if version in colors:
+            return colors[version]
     if version in VERSION_COLORS:
         return VERSION_COLORS[version]
     n = int(version) if version.isdigit() else sum(map(ord, version))
     return EXTRA_COLORS[n % len(EXTRA_COLORS)]
+
+
+def series_colors(shown: Iterable[str]) -> dict[str, str]:
+    """A distinct colour for each version or variant drawn together: versions 1 and 2 keep theirs (bf16
+    blue, fp8 orange); every other key takes, in order, the first colour of :data:`PALETTE` not yet
+    used (so variants ``bf16-triton``, ``bf16-vllm`` are blue and orange). Past the palette's
+    length colours repeat, in order."""
+    keys = list(dict.fromkeys(str(k) for k in shown))
+    colors = {k: VERSION_COLORS[k] for k in keys if k in VERSION_COLORS}
+    free = [c for c in PALETTE if c not in colors.values()]
+    for n, k in enumerate(keys):
+        if k not in colors:
+            colors[k] = free.pop(0) if free else PALETTE[n % len(PALETTE)]
+    return colors
 
 
 def _rgba(color: str, alpha: float) -> str:
@@ -93,9 +115,10 @@ def drawn_boxes(result: ImageResult) -> list[DrawnBox]:
         out.append(DrawnBox("truth", f"{TRUTH_NAME}: {_count(len(truth))}", TRUTH_COLOR, True,
                             grid_to_pixels(grid, w, h), grid, "nutrition-table", corner="bottom-left"))
     # Captions of the first two versions go to opposite corners: their boxes often coincide.
+    colors = series_colors(result.versions)
     for n, (version, v) in enumerate(result.versions.items()):
         for b in v.boxes:
-            out.append(DrawnBox(version, legend_name(v), version_color(version), False, b.pixels, b.grid,
+            out.append(DrawnBox(version, legend_name(v), colors[version], False, b.pixels, b.grid,
                                 b.label or "", corner="top-right" if n == 1 else "top-left"))
     return out
 
@@ -189,8 +212,9 @@ def detection_figure(result: ImageResult, height: int | None = None) -> go.Figur
     # A legend entry for each version asked that drew nothing (no box, or an error): says so.
     for version, v in result.versions.items():
         if version not in legend_done:
+            color = version_color(version, result.versions)
             fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=legend_name(v), legendgroup=version,
-                                     line={"color": version_color(version), "width": 3}, showlegend=True,
+                                     line={"color": color, "width": 3}, showlegend=True,
                                      hoverinfo="skip", meta={"series": version, "pixels": None}))
     if height is None:
         height = int(min(820, max(360, 760 / len(shown) * h / w + (110 if len(shown) > 1 else 80))))
@@ -292,7 +316,7 @@ def annotated_image(result: ImageResult) -> Image.Image:
     gap = 4 * pen.pad if len(shown) > 1 else 0
     title_band = (pen.text_h + 4 * pen.pad) if any(titles) else 0
     legend = [(f"{TRUTH_NAME}: {_count(len(result.truth))}", TRUTH_COLOR)] if result.truth is not None else []
-    legend += [(legend_name(v), version_color(k)) for k, v in result.versions.items()]
+    legend += [(legend_name(v), version_color(k, result.versions)) for k, v in result.versions.items()]
     band = (pen.text_h + 4 * pen.pad) if legend else 0
     canvas = Image.new("RGB", (len(shown) * w + (len(shown) - 1) * gap, title_band + h + band), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
@@ -301,7 +325,7 @@ def annotated_image(result: ImageResult) -> Image.Image:
         ox = i * (w + gap)
         canvas.paste(base, (ox, title_band))
         if title:
-            color = version_color(panel) if panel is not None else "#212529"
+            color = version_color(panel, result.versions) if panel is not None else "#212529"
             draw.text((ox + 2 * pen.pad, 2 * pen.pad), title, fill=_rgb(color), font=font)
         _draw_panel(draw, [b for b in boxes if _in_panel(b, panel)], (ox, title_band), (w, h), pen)
     x = 2 * pen.pad

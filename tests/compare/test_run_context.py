@@ -56,3 +56,17 @@ def test_the_memory_table_says_not_reserved_rather_than_unknown(tmp_path):
     assert rows["KV-cache room"] == ["not reserved", "not reserved"]
     assert rows["KV-cache room: how"][0].startswith("not reserved: this engine allocates KV cache per request")
     assert rows["weights"] == ["15.44 GiB", "9.45 GiB"]
+
+
+def test_a_run_on_variants_names_each_by_label_kind_url_and_model(tmp_path):
+    manifest = {"target": {"embedded": True, "label": "embedded Triton at 127.0.0.1:8000"},
+                "variants": [{"key": "1", "label": "bf16", "kind": "triton", "url": None, "model": "qwen",
+                              "version": "1", "target": {"label": "embedded Triton at 127.0.0.1:8000"}},
+                             {"key": "2", "label": "fp8-vllm", "kind": "openai", "url": "http://10.0.0.2:8000",
+                              "model": "qwen2-vl-fp8", "version": None}]}
+    with RunStore(tmp_path) as store:
+        rows = context_rows(compare_run(store, store_paired_run(store, manifest)))
+    assert rows[0] == ("Variants", "bf16: embedded Triton at 127.0.0.1:8000, model 'qwen', version 1; "
+                                   "fp8-vllm: OpenAI-compatible server at http://10.0.0.2:8000, model 'qwen2-vl-fp8'")
+    with RunStore(tmp_path / "old") as store:  # a run that recorded no variants: no such row
+        assert "Variants" not in dict(context_rows(compare_run(store, store_paired_run(store))))

@@ -298,3 +298,21 @@ def test_download_name_never_leaves_a_plain_file_name(name, index):
     assert re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]*\.png", out)
     assert not out.startswith(".") and "/" not in out and "\\" not in out
     assert len(out) <= 70
+
+
+def test_the_export_names_each_variant_by_label_kind_url_and_model():
+    from services.client.variants import parse_variant_spec, resolve_variants
+    from services.detect.detection import ImageResult, VersionResult, image_to_dict, version_fields
+
+    variants = resolve_variants([parse_variant_spec("version=1,label=bf16-triton"),
+                                 parse_variant_spec("kind=openai,url=http://10.0.0.2:8000,model=qwen-fp8,"
+                                                    "label=fp8-vllm")])
+    described = {v.key: {f: v.describe()[f] for f in ("label", "kind", "url", "model", "version")} for v in variants}
+    r = ImageResult(index=0, name="x.png", source="upload")
+    r.versions = {v.key: VersionResult(version=v.key, text="") for v in variants}
+    out = image_to_dict(r, described)["versions"]
+    assert out["fp8-vllm"]["label"] == "fp8-vllm" and out["fp8-vllm"]["precision"] is None  # not known: not guessed
+    assert out["fp8-vllm"]["variant"] == {"label": "fp8-vllm", "kind": "openai", "url": "http://10.0.0.2:8000",
+                                          "model": "qwen-fp8", "version": None}
+    assert out["bf16-triton"]["variant"]["kind"] == "triton" and out["bf16-triton"]["variant"]["version"] == "1"
+    assert version_fields("2", {}) == {"label": "fp8 (v2)", "precision": "fp8"}  # Triton's versions, as before

@@ -211,3 +211,23 @@ def test_annotated_image_leaves_the_photo_alone_where_nothing_is_drawn():
     # a corner far from every box and caption, in each panel
     for x0 in (0, drawn.width - original.width):
         _panel_origin(drawn, original, x0)
+
+
+def test_variants_get_distinct_colours_by_position_whatever_their_labels():
+    from services.detect.figures import PALETTE, series_colors
+
+    # labels whose character sums are equal: a hash of the label gave both the same colour
+    assert sum(map(ord, "ab-vllm")) == sum(map(ord, "ba-vllm"))
+    assert series_colors(["ab-vllm", "ba-vllm"]) == {"ab-vllm": PALETTE[0], "ba-vllm": PALETTE[1]}
+    assert series_colors(["2", "bf16-vllm"]) == {"2": VERSION_COLORS["2"], "bf16-vllm": VERSION_COLORS["1"]}
+    many = series_colors([f"v{n}" for n in range(len(PALETTE))])
+    assert len(set(many.values())) == len(PALETTE)
+    (item,) = sample_inputs(["us_portrait"])
+    image = load_image(item.data, max_side=512, name=item.name)
+    r = ImageResult(index=0, name=item.name, source="sample", image=image, truth=item.truth)
+    for key, box in (("ab-vllm", BF16_BOX), ("ba-vllm", FP8_BOX)):
+        r.versions[key] = version_result_from_text(key, format_answer([box]), image)
+    fig = detection_figure(set_iou(r))
+    colours = {s: {t.line.color for t in boxes_of(fig, s)} for s in ("ab-vllm", "ba-vllm")}
+    assert colours == {"ab-vllm": {PALETTE[0]}, "ba-vllm": {PALETTE[1]}}
+    assert version_color("ba-vllm", r.versions) == PALETTE[1]

@@ -151,3 +151,44 @@ def test_a_new_paired_run_from_the_page_ends_in_its_comparison(env):
         runs = store.list_runs()
         assert len(runs) == 1 and runs[0].status == "completed"
         assert compare_run(store, runs[0].id).verdict.lines == lines
+
+
+def test_a_new_run_whose_server_dies_is_compared_with_a_note_saying_why(own_triton_server, tmp_path, monkeypatch):
+    """The server killed (SIGKILL) a few requests into a fresh paired run from the page: the run ends
+    partial, the page says why above the comparison of what was recorded (ui.compare_new_run.NOTE)."""
+    import os
+    import signal
+
+    from services.bench.runner import DEAD_SERVER_REASON
+
+    monkeypatch.setenv("QWEN_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("QWEN_TRITON_URL", own_triton_server.http_url)
+    monkeypatch.setenv("QWEN_TRITON_METRICS_URL", own_triton_server.metrics_url)
+    monkeypatch.delenv("QWEN_TRITON_PROTOCOL", raising=False)
+    at = compare_page()
+    at.radio(key="cmp_source").set_value("new").run()
+    assert at.button[0].label == "Run bf16 (v1) and fp8 (v2), interleaved"
+    for key, value in (("cmp_count", 2), ("cmp_requests", 400), ("cmp_warmup", 0), ("cmp_max_tokens", 3),
+                       ("cmp_max_side", 160)):
+        at.number_input(key=key).set_value(value)
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    deadline = time.monotonic() + 180
+    with RunStore(tmp_path) as store:
+        while not store.list_runs() or len(store.get_requests(store.list_runs()[0].id)) < 4:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    os.kill(own_triton_server.pid, signal.SIGKILL)
+    warnings: list[str] = []
+    while not warnings:
+        assert time.monotonic() < deadline, [e.value for e in at.error]
+        time.sleep(1.0)
+        at.run()
+        assert not at.exception, at.exception
+        warnings = [w.value for w in at.warning if w.value.startswith("The paired run partial")]
+    assert warnings[0].startswith(f"The paired run partial: {DEAD_SERVER_REASON}: ")
+    assert warnings[0].endswith("The comparison below is of the requests it recorded before it stopped.")
+    with RunStore(tmp_path) as store:
+        (run,) = store.list_runs()
+        assert run.status == "partial" and run.reason in warnings[0]
+    stop_shared_sampler()
