@@ -409,6 +409,35 @@ class EmbeddedTriton:
 _RUNNING: set[EmbeddedTriton] = set()
 
 
+LOAD_STALL_S = 120.0  # Triton marks the model loaded within milliseconds of its last version's initialize()
+
+
+def load_stalled_s(repo: Path) -> float | None:
+    """Seconds since the last version's ``engine_report.json`` said ready, when every version's says
+    so (None while one is still loading, failed, or writes none).
+
+    The vLLM model writes its report as the last step of ``initialize()``; Triton logs "successfully
+    loaded" a few milliseconds after the last one. One CI run on a loaded machine hung there instead:
+    both stubs idle after initialize, tritonserver's instance launcher in ``waitpid`` on a stub that
+    never exits. The caller gives up after :data:`LOAD_STALL_S` instead of its whole ready timeout,
+    so that the supervisor (or a test fixture) can start again.
+    """
+    reports = sorted(repo.glob("*/*/engine_report.json"))
+    versions = [d for d in repo.glob("*/*") if d.is_dir() and d.name.isdigit()]
+    if not reports or len(reports) < len(versions):
+        return None
+    newest = 0.0
+    for path in reports:
+        try:
+            report = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        if report.get("ready") is not True:
+            return None
+        newest = max(newest, path.stat().st_mtime)
+    return time.time() - newest
+
+
 def kill_leftovers(process: subprocess.Popen, leftovers: list, files: "set[str] | list[str]") -> None:
     """The end of a server's stop: SIGKILL what is left of its tree, reap the server, wait until the
     killed processes are gone (they unmap the model meanwhile), then remove the shared-memory files
@@ -603,6 +632,14 @@ def start_embedded_triton(
                     break
             except Exception:  # not listening yet
                 pass
+            stalled = load_stalled_s(repo)
+            if stalled is not None and stalled > LOAD_STALL_S:
+                raise EmbeddedTritonError(
+                    f"tritonserver did not finish loading {stalled:.0f} s after every version's engine reported "
+                    f"ready (Triton's Python backend waits on a stub that will not exit: seen once on a loaded "
+                    f"2-core machine); starting again usually works.\n"
+                    f"Errors from its log ({log_path}):\n{_error_lines(server.log_tail(400))}"
+                )
             if time.monotonic() > deadline:
                 raise EmbeddedTritonError(
                     f"tritonserver was not ready after {ready_timeout:.0f} s.\n"
