@@ -11,12 +11,17 @@ cannot be known, the whole GPU with the split per version unknown.
 
 :func:`memory_scope` decides; :meth:`MemoryScope.sampler_config` gives the sampler's settings and
 :meth:`MemoryScope.describe` the run manifest's ``memory_scope`` entry.
+
+A run on variants (``services.client.variants``) reads one scope per server: :func:`run_watch`
+gives the main (Triton) server's and one :class:`VariantServer` per OpenAI-compatible variant,
+decided the same way from its URL (a ``vllm serve`` on this machine: the process listening on its
+port, and that tree; a remote one: the whole GPU's, the variant's share unknown).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 from services.client.address_check import is_local_host, listening_pid
 from services.client.server_target import ServerTarget, split_host_port
@@ -77,3 +82,61 @@ def memory_scope(target: ServerTarget) -> MemoryScope:
         return MemoryScope(WHOLE_GPU, None, True,
                            f"no process of this user is seen listening on port {port}")
     return MemoryScope(SERVER_TREE, pid, True, f"pid {pid} listens on port {port}")
+
+
+# --------------------------------------------------------------------------- one scope per variant
+
+
+@dataclass(frozen=True)
+class VariantServer:
+    """One OpenAI-compatible variant's server as the sampler reads it: its own ``/metrics`` (the
+    ``vllm:*`` series, relabelled ``model``/``version`` = the variant's model and key) and, when its
+    scope is :data:`SERVER_TREE`, the memory of its process tree (API server, EngineCore, workers)
+    attributed to the variant's key. A remote one has metrics only: its memory is the whole GPU's
+    and its share unknown, never summed from another server's readings."""
+
+    key: str
+    model: str
+    metrics_url: str | None
+    scope: MemoryScope
+
+
+@dataclass(frozen=True)
+class RunWatch:
+    """What a run on variants reads: the main server (``scope``, ``metrics_url``: Triton's, with its
+    versions renamed to the variants' keys through ``version_keys``; none when every variant is an
+    OpenAI server) and every OpenAI variant's server (``servers``)."""
+
+    scope: MemoryScope | None
+    metrics_url: str | None
+    version_keys: dict[str, str]
+    servers: tuple[VariantServer, ...]
+
+    def sampler_config(self) -> dict[str, Any]:
+        """Settings of :meth:`services.bench.sampler.Sampler.configure` for the whole run."""
+        main = self.scope.sampler_config() if self.scope is not None else \
+            {"root_pid": None, "process_names": (), "host_memory": False,
+             "nvml": any(s.scope.local for s in self.servers)}
+        return {**main, "metrics_url": self.metrics_url, "version_keys": dict(self.version_keys),
+                "variant_servers": self.servers}
+
+    def describe(self) -> dict[str, Any]:
+        """The manifest's ``memory_scopes``: per variant key, what its memory readings cover."""
+        out = {key: {**self.scope.describe(), "server": "main"} for key in self.version_keys.values()} \
+            if self.scope is not None else {}
+        for s in self.servers:
+            out[s.key] = {**s.scope.describe(), "server": s.metrics_url}
+        return out
+
+
+def run_watch(variants: Any, targets: Mapping[str, ServerTarget], main: ServerTarget) -> RunWatch:
+    """The :class:`RunWatch` of a run on ``variants`` (resolved, keys set; ``targets``: each key's
+    server, as ``VariantClients.targets``; ``main``: the run's Triton server). Triton variants on the
+    main server are read through it; every OpenAI variant through its own server."""
+    triton = [v for v in variants if v.kind == "triton" and targets[v.key] == main]
+    servers = tuple(VariantServer(v.key, v.model, targets[v.key].metrics_url, memory_scope(targets[v.key]))
+                    for v in variants if v.kind == "openai")
+    if not triton:
+        return RunWatch(None, None, {}, servers)
+    keys = {v.version: v.key for v in triton}
+    return RunWatch(memory_scope(main), main.metrics_url, keys, servers)
