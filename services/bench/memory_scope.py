@@ -20,7 +20,7 @@ port, and that tree; a remote one: the whole GPU's, the variant's share unknown)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 from services.client.address_check import is_local_host, listening_pid
@@ -28,6 +28,8 @@ from services.client.server_target import ServerTarget, split_host_port
 
 SERVER_TREE = "server-tree"
 WHOLE_GPU = "whole-gpu"
+SHARED_TREE = "shared-server-tree"  # a variant whose server serves another variant too: read once, there
+SHARED_MEMORY = "the processes of a server that serves several variants, read once for all of them"
 
 
 @dataclass(frozen=True)
@@ -59,8 +61,8 @@ class MemoryScope:
             "server_pid": self.root_pid,
             "local": self.local,
             "per_version": "attributed through the process tree" if self.per_version_known else "unknown",
-            "memory": ("the server's processes (GPU: NVML per process; host: PSS)"
-                       if self.per_version_known else "the whole GPU's (every process on it)"),
+            "memory": ("the server's processes (GPU: NVML per process; host: PSS)" if self.per_version_known
+                       else SHARED_MEMORY if self.kind == SHARED_TREE else "the whole GPU's (every process on it)"),
             "why": self.why,
         }
 
@@ -99,6 +101,11 @@ class VariantServer:
     model: str
     metrics_url: str | None
     scope: MemoryScope
+    memory_key: str = ""  # the version its memory is stored under: its key, or "a + b" for a shared server
+
+    @property
+    def memory_version(self) -> str:
+        return self.memory_key or self.key
 
 
 @dataclass(frozen=True)
@@ -126,6 +133,12 @@ class RunWatch:
             if self.scope is not None else {}
         for s in self.servers:
             out[s.key] = {**s.scope.describe(), "server": s.metrics_url}
+            if s.memory_key:  # the first variant of a shared server: its tree holds the others' too
+                out[s.key].update(per_version=f"unknown (one process tree serves {s.memory_key})",
+                                  memory=SHARED_MEMORY, stored_as=s.memory_key)
+            elif s.scope.kind == SHARED_TREE:
+                out[s.key]["stored_as"] = next(o.memory_key for o in self.servers
+                                               if o.memory_key and o.scope.root_pid == s.scope.root_pid)
         return out
 
 
@@ -134,9 +147,33 @@ def run_watch(variants: Any, targets: Mapping[str, ServerTarget], main: ServerTa
     server, as ``VariantClients.targets``; ``main``: the run's Triton server). Triton variants on the
     main server are read through it; every OpenAI variant through its own server."""
     triton = [v for v in variants if v.kind == "triton" and targets[v.key] == main]
-    servers = tuple(VariantServer(v.key, v.model, targets[v.key].metrics_url, memory_scope(targets[v.key]))
-                    for v in variants if v.kind == "openai")
+    servers = _shared_trees([VariantServer(v.key, v.model, targets[v.key].metrics_url, memory_scope(targets[v.key]))
+                             for v in variants if v.kind == "openai"])
     if not triton:
         return RunWatch(None, None, {}, servers)
     keys = {v.version: v.key for v in triton}
     return RunWatch(memory_scope(main), main.metrics_url, keys, servers)
+
+
+def _shared_trees(servers: list[VariantServer]) -> tuple[VariantServer, ...]:
+    """Variants served by one process tree (one ``vllm serve`` under two model names or labels): its
+    memory is read once, under the joint name ``"a + b"`` (the split between them is unknown); the
+    others' scope says where it went (:data:`SHARED_TREE`). Each still reads its own model's metrics."""
+    by_root: dict[int, list[VariantServer]] = {}
+    for s in servers:
+        if s.scope.kind == SERVER_TREE and s.scope.root_pid is not None:
+            by_root.setdefault(s.scope.root_pid, []).append(s)
+    out = []
+    for s in servers:
+        group = by_root.get(s.scope.root_pid) if s.scope.kind == SERVER_TREE else None  # type: ignore[arg-type]
+        if not group or len(group) == 1:
+            out.append(s)
+            continue
+        joint = " + ".join(g.key for g in group)
+        if s is group[0]:
+            out.append(replace(s, memory_key=joint))
+        else:
+            out.append(replace(s, scope=MemoryScope(SHARED_TREE, s.scope.root_pid, True, (
+                f"pid {s.scope.root_pid} serves {joint}: its memory is stored once, as {joint!r}; "
+                "the split between them is unknown"))))
+    return tuple(out)

@@ -530,7 +530,7 @@ class Sampler:
             reader = self._variant_readers.get(s.key)
             if reader is None:
                 reader = self._variant_readers[s.key] = HostProcessReader(
-                    lambda p, s=s: (s.model, s.key, p.name()))
+                    lambda p, s=s: (s.model, s.memory_version, p.name()))
             try:
                 out += reader.read(now, s.scope.root_pid, (), self.discovery_interval_s)
                 self._ok(source)
@@ -561,7 +561,7 @@ class Sampler:
         named by its variant's key (``version_keys``)."""
         for s in self.variant_servers:
             if s.scope.kind == SERVER_TREE and self._attribution.in_scope(proc, s.scope.root_pid, False):
-                return s.model, s.key, proc.name()
+                return s.model, s.memory_version, proc.name()
         model, version, name = self._attribution(proc, self.root_pid)
         return model, self.version_keys.get(version, version) if version is not None else None, name
 

@@ -370,3 +370,26 @@ def test_a_local_variant_server_is_read_through_its_own_tree_and_metrics(openai_
     assert got[("vllm:kv_cache_usage_perc", "bf16-vllm")] == 0.25  # the other model's series left out
     assert got[("vllm:num_requests_running", "bf16-vllm")] == 2.0
     assert not any(k.startswith("vllm:cache_config_info") for k, _ in got)
+
+
+def test_two_variants_of_one_local_server_are_read_once_with_the_split_unknown(openai_like) -> None:
+    from services.bench.memory_scope import SHARED_TREE, run_watch
+    from services.client.variants import variant_target
+
+    proc, port = openai_like
+    url = f"http://127.0.0.1:{port}"
+    variants = _variants(f"kind=openai,url={url},model=demo,label=a", f"kind=openai,url={url},model=demo,label=b")
+    targets = {v.key: variant_target(v, None) for v in variants}
+    watch = run_watch(variants, targets, targets["a"])
+    first, second = watch.servers
+    assert (first.scope.kind, first.memory_version, second.scope.kind) == (SERVER_TREE, "a + b", SHARED_TREE)
+    described = watch.describe()
+    assert described["a"]["per_version"].startswith("unknown") and described["b"]["per_version"] == "unknown"
+    assert described["a"]["stored_as"] == described["b"]["stored_as"] == "a + b"
+    sampler = Sampler()
+    sampler.configure(**{**watch.sampler_config(), "nvml": False})
+    s = sampler.sample_once()
+    assert not s.source_errors, s.source_errors
+    assert {p.version for p in s.processes} == {"a + b"} and len(s.processes) == 2  # each process once
+    assert s.metric("vllm:num_requests_running", model="demo", version="a") == 2.0
+    assert s.metric("vllm:num_requests_running", model="demo", version="b") == 2.0

@@ -1,0 +1,69 @@
+"""Memory and server metrics per variant (issue 18, point 3), on real servers: the embedded Triton
+(transformers engine, tiny checkpoint, version 1) against a real standalone ``vllm serve`` on the demo
+detector (the ``openai_server`` fixture). One tiny paired run (2 measured + 1 warm-up request per
+variant, 16 tokens); nothing is mocked."""
+
+from __future__ import annotations
+
+import psutil
+import pytest
+
+from services.bench import figures as bf
+from services.bench import server_figures as sf
+from services.bench.runner import run_benchmark
+from services.client.openai_metrics import read_vllm_metrics
+from services.compare.capacity import kv_max_concurrency
+from tests.bench.test_runner import target_of
+from tests.bench.test_runner import _stop_sampler_after_module, store  # noqa: F401 (fixtures)
+from tests.bench.test_variant_runs_vllm import config, triton_and_vllm
+
+pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]
+TRITON, VLLM = "bf16-triton", "bf16-vllm"
+
+
+def _tree(pid: int) -> set[int]:
+    return {pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))}
+
+
+def test_a_mixed_run_reads_memory_and_vllm_metrics_per_variant(triton_server, openai_server, store) -> None:
+    outcome = run_benchmark(config(triton_and_vllm(openai_server), requests=2, max_tokens=16), store,
+                            target_of(triton_server, "http"))
+    assert outcome.status == "completed", outcome.reason
+    run = store.get_run(outcome.run_id)
+    scopes = run.manifest["memory_scopes"]
+    assert {k: s["per_version"] for k, s in scopes.items()} == {
+        TRITON: "attributed through the process tree", VLLM: "attributed through the process tree"}
+
+    # memory: each variant's own process tree, each > 0, no process under two variants
+    rows = store.get_samples(outcome.run_id)
+    host = [r for r in rows if r.kind == "host"]
+    pids = {k: {r.pid for r in host if r.version == k} for k in (TRITON, VLLM)}
+    assert pids[VLLM] and pids[VLLM] <= _tree(openai_server.pid) and len(pids[VLLM]) >= 2  # API server + EngineCore
+    assert pids[TRITON] and pids[TRITON] <= _tree(triton_server.pid) and not pids[TRITON] & pids[VLLM]
+    for key in (TRITON, VLLM):
+        assert all(r.memory_bytes > 0 for r in host if r.version == key)
+    memory = bf.version_memory(store.samples_frame(outcome.run_id), [TRITON, VLLM])
+    assert set(memory) == {TRITON, VLLM}
+
+    # the vllm serve's own vllm:* series, under its key; none under the Triton variant (transformers engine)
+    vllm_rows = [r for r in rows if r.value is not None and r.kind.startswith("vllm:")]
+    kinds = {r.kind for r in vllm_rows if r.version == VLLM}
+    assert {"vllm:kv_cache_usage_perc", "vllm:num_requests_running", "vllm:num_requests_waiting"} <= kinds
+    assert not any(r.version == TRITON for r in vllm_rows)
+
+    # charts: one line per variant
+    frame = store.samples_frame(outcome.run_id)
+    labels = set(bf.memory_chart_frame(frame)["label"])
+    assert TRITON in labels and VLLM in labels
+    load = sf.server_load_figure(frame)
+    assert {t.name for t in load.data} == {f"{VLLM} KV", f"{VLLM} running", f"{VLLM} waiting"}
+
+    # server-side timings of the vllm serve variant over the measured window (its own histograms)
+    timings = {(r["version"], r["metric"]): r for r in store.get_server_timings(outcome.run_id)}
+    assert timings[(VLLM, "ttft")]["count"] == 2 and timings[(VLLM, "e2e")]["count"] == 2
+
+    # capacity: the vllm serve's KV room, as its /metrics states it
+    facts = read_vllm_metrics(openai_server.metrics_url, model_name=openai_server.model_name)
+    assert run.manifest["quantization"][VLLM]["kv_cache_tokens"] == facts.kv_tokens > 0
+    concurrency, how = kv_max_concurrency(run.manifest, VLLM, 100.0)
+    assert concurrency == pytest.approx(facts.kv_tokens / 100.0) and how.startswith("KV cache of")
