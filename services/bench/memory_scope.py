@@ -102,10 +102,21 @@ class VariantServer:
     metrics_url: str | None
     scope: MemoryScope
     memory_key: str = ""  # the version its memory is stored under: its key, or "a + b" for a shared server
+    metrics_key: str = ""  # the version its vllm:* series are stored under: its key, or "a + b" (same model)
+    reads_metrics: bool = True  # False: another variant reads the same model's series of the same page
 
     @property
     def memory_version(self) -> str:
         return self.memory_key or self.key
+
+    @property
+    def metrics_version(self) -> str:
+        return self.metrics_key or self.key
+
+    @property
+    def page(self) -> str | None:
+        """The metrics page this variant reads (None: it is read under another variant's entry)."""
+        return self.metrics_url if self.reads_metrics else None
 
 
 @dataclass(frozen=True)
@@ -136,7 +147,9 @@ class RunWatch:
             if s.memory_key:  # the first variant of a shared server: its tree holds the others' too
                 out[s.key].update(per_version=f"unknown (one process tree serves {s.memory_key})",
                                   memory=SHARED_MEMORY, stored_as=s.memory_key)
-            elif s.scope.kind == SHARED_TREE:
+            if s.metrics_key:
+                out[s.key]["metrics_stored_as"] = s.metrics_key  # its series are the joint ones
+            if s.scope.kind == SHARED_TREE:
                 out[s.key]["stored_as"] = next(o.memory_key for o in self.servers
                                                if o.memory_key and o.scope.root_pid == s.scope.root_pid)
         return out
@@ -159,6 +172,7 @@ def _shared_trees(servers: list[VariantServer]) -> tuple[VariantServer, ...]:
     """Variants served by one process tree (one ``vllm serve`` under two model names or labels): its
     memory is read once, under the joint name ``"a + b"`` (the split between them is unknown); the
     others' scope says where it went (:data:`SHARED_TREE`). Each still reads its own model's metrics."""
+    servers = _shared_pages(servers)
     by_root: dict[int, list[VariantServer]] = {}
     for s in servers:
         if s.scope.kind == SERVER_TREE and s.scope.root_pid is not None:
@@ -177,3 +191,19 @@ def _shared_trees(servers: list[VariantServer]) -> tuple[VariantServer, ...]:
                 f"pid {s.scope.root_pid} serves {joint}: its memory is stored once, as {joint!r}; "
                 "the split between them is unknown"))))
     return tuple(out)
+
+
+def _shared_pages(servers: list[VariantServer]) -> list[VariantServer]:
+    """Variants that are one model of one server under several labels: the page's series of that model
+    cannot tell their requests apart, so they are read once and stored under the joint name ``"a + b"``."""
+    groups: dict[tuple[str | None, str], list[VariantServer]] = {}
+    for s in servers:
+        groups.setdefault((s.metrics_url, s.model), []).append(s)
+    out = []
+    for s in servers:
+        group = groups[(s.metrics_url, s.model)]
+        if len(group) == 1:
+            out.append(s)
+        else:
+            out.append(replace(s, metrics_key=" + ".join(g.key for g in group), reads_metrics=s is group[0]))
+    return out

@@ -453,7 +453,7 @@ class Sampler:
                     with self._lock:
                         self._fail(SOURCE_NVML, exc, now)
 
-            pages = bool(url or any(s.metrics_url for s in servers))
+            pages = bool(url or any(s.page for s in servers))
             if pages and self._metrics_due(now, interval, rate_hz):
                 self._metrics_attempt = now
                 self._metrics_last = None
@@ -506,14 +506,14 @@ class Sampler:
         fails is left out of this reading (its source's error says why); the others are kept."""
         metrics: dict[str, float] = {}
         pages = [(SOURCE_METRICS, url, None)] if url else []
-        pages += [(f"{SOURCE_VARIANT_METRICS}:{s.key}", s.metrics_url, s) for s in servers if s.metrics_url]
+        pages += [(f"{SOURCE_VARIANT_METRICS}:{s.key}", s.page, s) for s in servers if s.page]
         for source, page, server in pages:
             if not self._due(source, now):
                 continue
             try:
                 series = parse_metrics(read_metrics_text(self._opener, page, self.metrics_timeout_s))
                 metrics.update(rekey_versions(series, keys) if server is None
-                               else variant_series(series, server.model, server.key))
+                               else variant_series(series, server.model, server.metrics_version))
                 self._ok(source)
             except Exception as exc:
                 with self._lock:

@@ -27,6 +27,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from services.bench.figures import FIGURE_HEIGHT, _as_dict, _empty_note, _layout, _natural, _round
+from services.bench.sample_series import sample_rows
 from services.bench.server_timings import (
     GENERATION_TOKENS,
     HISTOGRAM_METRICS,
@@ -144,6 +145,22 @@ KV_USAGE_OLD = "vllm:gpu_cache_usage_perc"  # vLLM before 0.10
 RUNNING = "vllm:num_requests_running"
 WAITING = "vllm:num_requests_waiting"
 NO_LOAD_SERIES = "no KV-cache or queue series: the servers publish no vllm:kv_cache_usage_perc / num_requests_*"
+
+
+def live_series_frame(samples: Sequence[Any]) -> pd.DataFrame:
+    """The ``vllm:*`` readings among sampler samples (``services.bench.sample_series.Sample``, a thinned
+    list too) as the run store's samples frame has them, each reading once at the time it was taken:
+    what :func:`server_load_figure` charts while a run goes on."""
+    seen: set[float] = set()
+    out = []
+    for s in samples:
+        read_at = s.t_mono if s.metrics_t_mono is None else s.metrics_t_mono
+        if not s.metrics or read_at in seen:
+            continue
+        seen.add(read_at)
+        out += [{"t_mono": r.t_mono, "kind": r.kind, "version": r.version, "value": r.value}
+                for r in sample_rows(s, carried=True) if r.value is not None]
+    return pd.DataFrame(out, columns=["t_mono", "kind", "version", "value"])
 
 
 def server_load_figure(samples: pd.DataFrame, t0: float | None = None, height: int = FIGURE_HEIGHT) -> go.Figure:

@@ -352,7 +352,7 @@ def settled_readings(metrics_url: str | None, version_keys: dict[str, str], serv
     if main is not None:
         out.append(main)
     for s in servers:
-        got = settled_reading(s.metrics_url, relabel=lambda m, s=s: variant_series(m, s.model, s.key), **kw)
+        got = settled_reading(s.page, relabel=lambda m, s=s: variant_series(m, s.model, s.metrics_version), **kw)
         if got is not None:
             out.append(got)
     return out

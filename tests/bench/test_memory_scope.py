@@ -391,5 +391,7 @@ def test_two_variants_of_one_local_server_are_read_once_with_the_split_unknown(o
     s = sampler.sample_once()
     assert not s.source_errors, s.source_errors
     assert {p.version for p in s.processes} == {"a + b"} and len(s.processes) == 2  # each process once
-    assert s.metric("vllm:num_requests_running", model="demo", version="a") == 2.0
-    assert s.metric("vllm:num_requests_running", model="demo", version="b") == 2.0
+    # one model under two labels: its series cannot tell their requests apart; read once, stored jointly
+    assert s.metric("vllm:num_requests_running", model="demo", version="a + b") == 2.0
+    assert s.metric("vllm:num_requests_running", model="demo", version="a") is None
+    assert described["a"]["metrics_stored_as"] == "a + b"

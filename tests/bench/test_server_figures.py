@@ -71,7 +71,8 @@ def test_the_load_chart_has_one_line_per_variant_from_each_servers_own_page(tmp_
 
     def vllm_page(usage: float, running: int, waiting: int, model: str) -> dict:
         text = "\n".join([
-            "# TYPE vllm:kv_cache_usage_perc gauge", f'vllm:kv_cache_usage_perc{{engine="0",model_name="{model}"}} {usage}',
+            "# TYPE vllm:kv_cache_usage_perc gauge",
+            f'vllm:kv_cache_usage_perc{{engine="0",model_name="{model}"}} {usage}',
             "# TYPE vllm:num_requests_running gauge",
             f'vllm:num_requests_running{{engine="0",model_name="{model}"}} {running}',
             "# TYPE vllm:num_requests_waiting gauge",
@@ -102,3 +103,19 @@ def test_the_load_chart_says_why_it_is_empty() -> None:
 
     fig = sf.server_load_figure(pd.DataFrame(columns=["t_mono", "kind", "version", "value"]))
     assert not fig.data and any(a.text == sf.NO_LOAD_SERIES for a in fig.layout.annotations)
+
+
+def test_the_live_load_chart_takes_each_reading_once_from_sampler_samples() -> None:
+    """A thinned list of ticks, some carrying an earlier reading: each reading is charted once, at its time."""
+    from services.bench.sample_series import variant_series
+
+    page = parse_metrics('# TYPE vllm:num_requests_running gauge\n'
+                         'vllm:num_requests_running{engine="0",model_name="m"} 3\n')
+    metrics = variant_series(page, "m", "v-a")
+    ticks = [Sample(t_mono=5.0, t_wall=1.7e9, metrics=metrics, metrics_t_mono=5.0, metrics_t_wall=1.7e9),
+             Sample(t_mono=5.1, t_wall=1.7e9 + 0.1, metrics=metrics, metrics_t_mono=5.0, metrics_t_wall=1.7e9),
+             Sample(t_mono=6.0, t_wall=1.7e9 + 1, metrics=metrics, metrics_t_mono=6.0, metrics_t_wall=1.7e9 + 1)]
+    frame = sf.live_series_frame(ticks)
+    assert list(frame["t_mono"]) == [5.0, 6.0] and set(frame["version"]) == {"v-a"}
+    (line,) = [t for t in sf.server_load_figure(frame, t0=5.0).data if t.name == "v-a running"]
+    assert list(line.x) == [0.0, 1.0] and list(line.y) == [3.0, 3.0]

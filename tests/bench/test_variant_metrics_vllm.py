@@ -67,3 +67,32 @@ def test_a_mixed_run_reads_memory_and_vllm_metrics_per_variant(triton_server, op
     assert run.manifest["quantization"][VLLM]["kv_cache_tokens"] == facts.kv_tokens > 0
     concurrency, how = kv_max_concurrency(run.manifest, VLLM, 100.0)
     assert concurrency == pytest.approx(facts.kv_tokens / 100.0) and how.startswith("KV cache of")
+
+
+def test_an_all_openai_run_reads_each_vllm_serve_through_its_own_tree(openai_server, demo_checkpoint, tmp_path,
+                                                                     store) -> None:
+    """Two real vllm serve processes (the session's and one of this test's): no Triton at all; each
+    variant's memory and vllm:* series come from its own server."""
+    from services.client.variants import parse_variant_spec, resolve_variants
+    from services.serving.openai_server import start_openai_server
+
+    other = start_openai_server(demo_checkpoint, "bf16", model_name="demo-detector-other", workdir=tmp_path / "b")
+    try:
+        variants = resolve_variants([
+            parse_variant_spec(f"kind=openai,url={s.base_url},model={s.model_name},label={label}")
+            for s, label in ((openai_server, "a"), (other, "b"))])
+        outcome = run_benchmark(config(variants, requests=2, max_tokens=16), store)
+        assert outcome.status == "completed", outcome.reason
+        rows = store.get_samples(outcome.run_id)
+        pids = {k: {r.pid for r in rows if r.kind == "host" and r.version == k} for k in "ab"}
+        assert pids["a"] and pids["a"] <= _tree(openai_server.pid)
+        assert pids["b"] and pids["b"] <= _tree(other.pid) and not pids["a"] & pids["b"]
+        assert all(r.memory_bytes > 0 for r in rows if r.kind == "host")
+        running = {r.version for r in rows if r.kind == "vllm:num_requests_running"}
+        assert running == {"a", "b"}
+        timings = {(r["version"], r["metric"]): r["count"] for r in store.get_server_timings(outcome.run_id)}
+        assert timings[("a", "ttft")] == timings[("b", "ttft")] == 2
+        quantization = store.get_run(outcome.run_id).manifest["quantization"]
+        assert quantization["a"]["kv_cache_tokens"] > 0 and quantization["b"]["kv_cache_tokens"] > 0
+    finally:
+        other.stop()
