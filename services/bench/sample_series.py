@@ -151,6 +151,10 @@ def sample_rows(sample: Sample, carried: bool = False) -> list[SampleRow]:
 
 
 _ENGINE_LABELS = ("model_name", "engine")  # vllm serve's labels: one model, engine index (data parallel)
+# vLLM 0.11 renamed its per-token gap histogram; the Triton backend (and services.serving.vllm_metrics) keep
+# the old name, which services.bench.server_timings reads
+TPOT_NAME = "vllm:time_per_output_token_seconds"
+ITL_NAME = "vllm:inter_token_latency_seconds"
 
 
 def variant_series(metrics: dict[str, float], model: str, key: str) -> dict[str, float]:
@@ -158,13 +162,18 @@ def variant_series(metrics: dict[str, float], model: str, key: str) -> dict[str,
     ``engine``) as the Triton backend labels its own: ``model`` and ``version`` = the variant's key, so that
     :func:`sample_rows` stores them under the variant. The series of other models on the page and the
     static ``*_info`` gauges (the cache configuration: the run manifest has it) are left out; several
-    engines' series add up (a ``*_perc`` gauge is their mean)."""
+    engines' series add up (a ``*_perc`` gauge is their mean). ``vllm:inter_token_latency_seconds`` (vLLM
+    0.11 on: one observation per gap between two tokens) takes the name the Triton backend gives the same
+    histogram, ``vllm:time_per_output_token_seconds``, where the page does not carry that one too."""
     out: dict[str, float] = {}
     count: dict[str, int] = {}
+    renamed = not any(k.startswith(TPOT_NAME) for k in metrics)
     for k, value in metrics.items():
         name, labels = parse_series_key(k)
         if not name.startswith("vllm:") or name.endswith("_info") or labels.get("model_name", model) != model:
             continue
+        if renamed and name.startswith(ITL_NAME):
+            name = TPOT_NAME + name[len(ITL_NAME):]
         rest = {n: v for n, v in labels.items() if n not in _ENGINE_LABELS}
         new = series_key(name, {**rest, "model": model, "version": key})
         out[new] = out.get(new, 0.0) + value

@@ -61,6 +61,7 @@ def test_a_mixed_run_reads_memory_and_vllm_metrics_per_variant(triton_server, op
     # server-side timings of the vllm serve variant over the measured window (its own histograms)
     timings = {(r["version"], r["metric"]): r for r in store.get_server_timings(outcome.run_id)}
     assert timings[(VLLM, "ttft")]["count"] == 2 and timings[(VLLM, "e2e")]["count"] == 2
+    assert timings[(VLLM, "tpot")]["count"] == 2 * 15  # vllm:inter_token_latency_seconds: 15 gaps of 16 tokens
 
     # capacity: the vllm serve's KV room, as its /metrics states it
     facts = read_vllm_metrics(openai_server.metrics_url, model_name=openai_server.model_name)
