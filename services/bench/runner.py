@@ -80,7 +80,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 from services.bench.manifest import address_error_manifest, prefix_caching
 from services.bench.memory_scope import RunWatch, memory_scope, run_watch
 from services.bench.request_plan import PlannedRequest, poisson_offsets, request_plan
-from services.bench.server_timings import record_server_timings, settled_reading, settled_readings
+from services.bench.server_timings import record_server_timings, settled_readings
 from services.bench.stats import (
     MemorySeriesSummary,
     RequestRecord,
@@ -626,12 +626,12 @@ class _Runner:
             self._mark_metrics()
 
     def _mark_metrics(self) -> None:
-        """Store a settled reading of the vllm:* series: the edges of the server-side timings' window."""
+        """Store settled readings of the vllm:* series of every server the run reads (the main one's and each
+        OpenAI variant's): the edges of the server-side timings' window."""
         self._metric_reads += 1
         try:
-            watch = self._watch
-            readings = settled_readings(watch.metrics_url, watch.version_keys, watch.servers) if watch is not None \
-                else [r for r in [settled_reading(self.target.metrics_url if self.target is not None else None)] if r]
+            watch = self._watch  # set before the first request
+            readings = [] if watch is None else settled_readings(watch.metrics_url, watch.version_keys, watch.servers)
             if readings:
                 self._writer.add_samples(self._run_id, readings)  # type: ignore[union-attr, arg-type]
                 # one mark per edge: the window opens at its first reading and closes at its last
