@@ -333,6 +333,14 @@ def test_a_remote_variant_is_whole_gpu_with_its_share_unknown() -> None:
     s = sampler.sample_once()
     assert s.processes == ()  # nothing of this machine is summed in its place
     assert "variant_metrics:far" in s.source_errors and s.metrics == {}
+    # Compare says so for that variant, never another server's numbers in its place
+    import pandas as pd
+
+    from services.compare.memory import memory_side
+
+    side = memory_side(pd.DataFrame(), {"memory_scopes": watch.describe()}, "far", model="demo")
+    assert side.source == "unknown" and side.peak_bytes is None
+    assert any("per version is unknown" in n and "192.0.2.10 is not this machine" in n for n in side.notes)
 
 
 def test_a_local_variant_server_is_read_through_its_own_tree_and_metrics(openai_like, served_tree) -> None:

@@ -13,6 +13,7 @@ from services.bench import server_figures as sf
 from services.bench.runner import run_benchmark
 from services.client.openai_metrics import read_vllm_metrics
 from services.compare.capacity import kv_max_concurrency
+from services.compare.memory import run_memory_side
 from tests.bench.test_runner import target_of
 from tests.bench.test_runner import _stop_sampler_after_module, store  # noqa: F401 (fixtures)
 from tests.bench.test_variant_runs_vllm import config, triton_and_vllm
@@ -44,6 +45,10 @@ def test_a_mixed_run_reads_memory_and_vllm_metrics_per_variant(triton_server, op
         assert all(r.memory_bytes > 0 for r in host if r.version == key)
     memory = bf.version_memory(store.samples_frame(outcome.run_id), [TRITON, VLLM])
     assert set(memory) == {TRITON, VLLM}
+    requests = store.get_requests(outcome.run_id)
+    sides = {k: run_memory_side(run, store.samples_frame(outcome.run_id), requests, k) for k in (TRITON, VLLM)}
+    assert {k: s.source for k, s in sides.items()} == {TRITON: "host-process", VLLM: "host-process"}
+    assert sides[VLLM].peak_bytes > sides[TRITON].peak_bytes > 0  # vllm serve's tree vs the tiny model's stub
 
     # the vllm serve's own vllm:* series, under its key; none under the Triton variant (transformers engine)
     vllm_rows = [r for r in rows if r.value is not None and r.kind.startswith("vllm:")]
