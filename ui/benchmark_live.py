@@ -13,6 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from services.bench import figures as bf
+from services.bench import server_figures as sf
 from services.bench.runner import BenchmarkProgress
 from services.bench.sampler import get_shared_sampler
 from services.core.versions import version_label
@@ -69,6 +70,9 @@ def _live_charts(live: LiveRun, p: BenchmarkProgress) -> None:
                            config=PLOTLY_CONFIG)
         st.plotly_chart(bf.throughput_figure(requests, t0=live.t_start), key="bench_live_throughput",
                         config=PLOTLY_CONFIG)
+        load = sf.server_load_figure(sf.live_series_frame(samples), t0=live.t_start)
+        if load.data:  # where a server publishes its KV-cache usage and queue (vllm serve)
+            st.plotly_chart(load, key="bench_live_server_load", config=PLOTLY_CONFIG)
 
 
 def draw_live_run(live: LiveRun, p: BenchmarkProgress) -> None:

@@ -47,7 +47,8 @@ def launch(config: BenchmarkConfig | SweepConfig, conn: Connection) -> bool:
     if conn.target is not None:
         # started once per process (the live chart shows memory from before the start), on this
         # server's processes only
-        get_shared_sampler(metrics_url=conn.target.metrics_url, **memory_scope(conn.target).sampler_config())
+        get_shared_sampler(metrics_url=conn.target.metrics_url, version_keys={}, variant_servers=(),
+                           **memory_scope(conn.target).sampler_config())  # the run adds its variants' servers
     problem = run_lifecycle.start_run(JOB, config, conn, "The benchmark could not start")
     if problem is not None:
         st.session_state[START_ERROR] = problem

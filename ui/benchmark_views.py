@@ -64,13 +64,17 @@ def _server_timings(store: RunStore, run_id: int, summaries: dict) -> None:
 
 
 def _server_charts(samples: pd.DataFrame, t0: float | None) -> None:
-    """Generated tokens/s and the server's TTFT / TPOT percentiles over time (where vllm:* series exist)."""
+    """Generated tokens/s, the server's TTFT / TPOT percentiles and its KV-cache usage and queue per variant
+    over time (where vllm:* series exist)."""
     if samples.empty or "value" not in samples or not samples["value"].notna().any():
         return
     left, right = st.columns([1, 2])
     left.plotly_chart(sf.generation_rate_figure(samples, t0=t0), key="bench_result_tokens", config=PLOTLY_CONFIG)
     right.plotly_chart(sf.server_percentile_figure(samples, t0=t0), key="bench_result_server_pct",
                        config=PLOTLY_CONFIG)
+    load = sf.server_load_figure(samples, t0=t0)
+    if load.data:  # a chart of nothing only where some server publishes the gauges
+        st.plotly_chart(load, key="bench_result_server_load", config=PLOTLY_CONFIG)
 
 
 def no_chart_reason(run: RunInfo, what: str) -> str:

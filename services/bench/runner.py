@@ -80,9 +80,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
 from services.bench.manifest import address_error_manifest, prefix_caching
-from services.bench.memory_scope import memory_scope
+from services.bench.memory_scope import RunWatch, memory_scope, run_watch
 from services.bench.request_plan import PlannedRequest, poisson_offsets, request_plan
-from services.bench.server_timings import record_server_timings, settled_reading
+from services.bench.server_timings import record_server_timings, settled_readings
 from services.bench.stats import (
     MemorySeriesSummary,
     RequestRecord,
@@ -327,6 +327,7 @@ class _Runner:
         self._images: list[BenchImage] = []
         self._unseen = None if self.config.image_set.reuse else UnseenImages(self.config.seed)
         self._client: VariantClients | None = None
+        self._watch: RunWatch | None = None  # the servers whose memory and metrics the run reads
         self._writer: RunStore | None = None
         self._run_id: int | None = None
         self._metric_marks: list[float] = []  # vllm:* readings at the measured window's edges (t_mono)
@@ -590,6 +591,10 @@ class _Runner:
                 manifest["image_set"] = {"kind": cfg.image_set.kind, "error": str(exc)}
         scope = memory_scope(target)
         manifest["memory_scope"] = scope.describe()
+        watch = RunWatch(scope, target.metrics_url, {}, ()) if self._client is None else \
+            run_watch(self._client.variants.values(), self._client.targets, target)
+        self._watch = watch
+        manifest["memory_scopes"] = watch.describe()
         manifest["workload"] = {**workload_manifest(cfg.image_set.reuse, cfg.seed),
                                 "prefix_caching": prefix_caching(target, cfg.versions, manifest)}
         config_dict = {**self._stored_config(), "model": model, "protocol": protocol, "url": url}
@@ -602,7 +607,7 @@ class _Runner:
 
         from services.bench.sampler import get_shared_sampler
 
-        sampler = get_shared_sampler(metrics_url=target.metrics_url, **scope.sampler_config())
+        sampler = get_shared_sampler(**watch.sampler_config())
         sink = self._writer.sample_sink(self._run_id)
         t_attach = time.perf_counter()
         sampler.add_sink(sink)
@@ -643,13 +648,16 @@ class _Runner:
             self._mark_metrics()
 
     def _mark_metrics(self) -> None:
-        """Store a settled reading of the vllm:* series: the edges of the server-side timings' window."""
+        """Store settled readings of the vllm:* series of every server the run reads (the main one's and each
+        OpenAI variant's): the edges of the server-side timings' window."""
         self._metric_reads += 1
         try:
-            reading = settled_reading(self.target.metrics_url if self.target is not None else None)
-            if reading is not None:
-                self._writer.add_samples(self._run_id, [reading])  # type: ignore[union-attr, arg-type]
-                self._metric_marks.append(reading.t_mono)
+            watch = self._watch  # set before the first request
+            readings = [] if watch is None else settled_readings(watch.metrics_url, watch.version_keys, watch.servers)
+            if readings:
+                self._writer.add_samples(self._run_id, readings)  # type: ignore[union-attr, arg-type]
+                # one mark per edge: the window opens at its first reading and closes at its last
+                self._metric_marks.append(readings[-1].t_mono if self._metric_marks else readings[0].t_mono)
         except Exception as exc:  # the server timings become unknown; the run goes on
             self._metric_error = f"{type(exc).__name__}: {exc}"
             log.warning("could not record the vllm:* metrics of run %s: %s", self._run_id, self._metric_error)

@@ -150,12 +150,61 @@ def sample_rows(sample: Sample, carried: bool = False) -> list[SampleRow]:
     return rows
 
 
+_ENGINE_LABELS = ("model_name", "engine")  # vllm serve's labels: one model, engine index (data parallel)
+# vLLM 0.11 renamed its per-token gap histogram; the Triton backend (and services.serving.vllm_metrics) keep
+# the old name, which services.bench.server_timings reads
+TPOT_NAME = "vllm:time_per_output_token_seconds"
+ITL_NAME = "vllm:inter_token_latency_seconds"
+
+
+def variant_series(metrics: dict[str, float], model: str, key: str) -> dict[str, float]:
+    """The ``vllm:*`` series of an OpenAI variant's server (``vllm serve``, labelled ``model_name`` and
+    ``engine``) as the Triton backend labels its own: ``model`` and ``version`` = the variant's key, so that
+    :func:`sample_rows` stores them under the variant. The series of other models on the page and the
+    static ``*_info`` gauges (the cache configuration: the run manifest has it) are left out; several
+    engines' series add up (a ``*_perc`` gauge is their mean). ``vllm:inter_token_latency_seconds`` (vLLM
+    0.11 on: one observation per gap between two tokens) takes the name the Triton backend gives the same
+    histogram, ``vllm:time_per_output_token_seconds``, where the page does not carry that one too."""
+    out: dict[str, float] = {}
+    count: dict[str, int] = {}
+    renamed = not any(k.startswith(TPOT_NAME) for k in metrics)
+    for k, value in metrics.items():
+        name, labels = parse_series_key(k)
+        if not name.startswith("vllm:") or name.endswith("_info") or labels.get("model_name", model) != model:
+            continue
+        if renamed and name.startswith(ITL_NAME):
+            name = TPOT_NAME + name[len(ITL_NAME):]
+        rest = {n: v for n, v in labels.items() if n not in _ENGINE_LABELS}
+        new = series_key(name, {**rest, "model": model, "version": key})
+        out[new] = out.get(new, 0.0) + value
+        count[new] = count.get(new, 0) + 1
+    for k, n in count.items():
+        if n > 1 and parse_series_key(k)[0].endswith("_perc"):
+            out[k] /= n
+    return out
+
+
+def rekey_versions(metrics: dict[str, float], keys: dict[str, str]) -> dict[str, float]:
+    """Series labelled ``version`` = a Triton version renamed to that version's variant key (``keys``:
+    version -> key; the identity for the default pair, and then the same dict is returned)."""
+    if all(k == v for k, v in keys.items()):
+        return metrics
+    out = {}
+    for k, value in metrics.items():
+        name, labels = parse_series_key(k)
+        if labels.get("version") in keys:
+            k = series_key(name, {**labels, "version": keys[labels["version"]]})
+        out[k] = value
+    return out
+
+
 def chart_label(kind: str, gpu: str | None, model: str | None, version: str | None) -> str:
     """A short legend label for one memory series."""
     if kind == "device":
         return f"GPU {gpu}"
     if model is not None and version is not None:
-        base = f"{model} v{version}"
+        # a Triton version is a number; a variant's key is its label and says enough alone
+        base = f"{model} v{version}" if version.isdigit() else version
     elif model is not None:
         base = model
     else:

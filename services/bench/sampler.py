@@ -36,6 +36,15 @@ endpoint every ``metrics_interval_s`` (default 1 s, see below):
   processes are looked for every ``discovery_interval_s`` (1 s); under a root pid, only among the
   pids that are new since the last look (see ``HostProcessReader._discover``).
 
+- Variants (a run on OpenAI-compatible servers, ``variant_servers``: one
+  :class:`services.bench.memory_scope.VariantServer` each): every such server's own ``/metrics`` is read
+  with the main page (sources ``variant_metrics:<key>``), its ``vllm:*`` series labelled with the
+  variant's model and key (``sample_series.variant_series``); a local one's process tree (the process
+  listening on its port: API server, EngineCore, workers) is read like the main server's (source
+  ``variant_host:<key>``) and its processes, on NVML too, are attributed to the variant's key. A remote
+  one gives metrics only. ``version_keys`` renames the main server's Triton versions to their variants'
+  keys (process attribution and the metrics page's ``version`` label).
+
 A failing source is reported in each :class:`Sample`'s ``source_errors`` (its message) and
 ``source_error_times`` (wall time of its last failure); it is retried at most once per
 ``retry_interval_s`` (default 1 s) and never stops the others. A fetch of a dead remote metrics
@@ -54,7 +63,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import psutil
 
@@ -65,7 +74,8 @@ from services.bench.memory_readings import (
     ProcessAttribution,
     ProcessReading,
 )
-from services.bench.sample_series import Sample
+from services.bench.memory_scope import SERVER_TREE, VariantServer
+from services.bench.sample_series import Sample, rekey_versions, variant_series
 from services.bench.triton_metrics import metrics_opener, parse_metrics, read_metrics_text
 
 SOURCE_NVML = "nvml"
@@ -73,6 +83,8 @@ SOURCE_METRICS = "triton_metrics"
 SOURCE_HOST = "host"
 SOURCE_SINK = "sink"
 SOURCE_SAMPLER = "sampler"
+SOURCE_VARIANT_METRICS = "variant_metrics"  # + ":<key>": an OpenAI variant's /metrics
+SOURCE_VARIANT_HOST = "variant_host"  # + ":<key>": an OpenAI variant's process tree
 
 DEFAULT_RATE_HZ = 10.0
 # Triton refreshes its per-interval metrics (GPU memory and utilization) every 2 s by default
@@ -137,6 +149,8 @@ class Sampler:
         metrics_timeout_s: float = 0.5,
         metrics_interval_s: float = DEFAULT_METRICS_INTERVAL_S,
         discovery_interval_s: float = 1.0,
+        version_keys: Mapping[str, str] | None = None,
+        variant_servers: Sequence[VariantServer] = (),
         sink: Sink | None = None,
         thread_name: str = "gpu-sampler",
     ) -> None:
@@ -168,6 +182,9 @@ class Sampler:
         self.metrics_timeout_s = metrics_timeout_s
         self.metrics_interval_s = metrics_interval_s
         self.discovery_interval_s = discovery_interval_s
+        self.version_keys: dict[str, str] = dict(version_keys or {})
+        self.variant_servers: tuple[VariantServer, ...] = tuple(variant_servers)
+        self._variant_readers: dict[str, HostProcessReader] = {}
         self._validate()
 
     # ------------------------------------------------------------------ configuration
@@ -194,6 +211,8 @@ class Sampler:
         metrics_timeout_s: float = _UNSET,
         metrics_interval_s: float = _UNSET,
         discovery_interval_s: float = _UNSET,
+        version_keys: Mapping[str, str] | None = _UNSET,
+        variant_servers: Sequence[VariantServer] = _UNSET,
     ) -> None:
         """Change settings of a running sampler (no second thread). Only given keys change.
 
@@ -218,6 +237,15 @@ class Sampler:
             if metrics_url is not _UNSET and metrics_url != self.metrics_url:
                 self.metrics_url = metrics_url
                 self._states.pop(SOURCE_METRICS, None)
+                self._metrics_last = self._metrics_attempt = None
+            if version_keys is not _UNSET and dict(version_keys or {}) != self.version_keys:
+                self.version_keys = dict(version_keys or {})
+                self._metrics_last = self._metrics_attempt = None
+            if variant_servers is not _UNSET and tuple(variant_servers) != self.variant_servers:
+                self.variant_servers = tuple(variant_servers)
+                for k in [k for k in self._states if k.startswith((SOURCE_VARIANT_METRICS, SOURCE_VARIANT_HOST))]:
+                    del self._states[k]
+                self._variant_readers = {}
                 self._metrics_last = self._metrics_attempt = None
             host_changed = False
             if root_pid is not _UNSET and root_pid != self.root_pid:
@@ -414,6 +442,7 @@ class Sampler:
             with self._lock:
                 url, want_nvml, want_host = self.metrics_url, self.nvml, self.host_memory
                 interval, rate_hz = self.metrics_interval_s, self.rate_hz
+                servers, keys = self.variant_servers, self.version_keys
 
             if want_nvml and self._due(SOURCE_NVML, now):
                 try:
@@ -424,18 +453,15 @@ class Sampler:
                     with self._lock:
                         self._fail(SOURCE_NVML, exc, now)
 
-            if url and self._metrics_due(now, interval, rate_hz) and self._due(SOURCE_METRICS, now):
+            pages = bool(url or any(s.page for s in servers))
+            if pages and self._metrics_due(now, interval, rate_hz):
                 self._metrics_attempt = now
                 self._metrics_last = None
-                try:
-                    metrics = parse_metrics(read_metrics_text(self._opener, url, self.metrics_timeout_s))
+                metrics = self._read_pages(url, keys, servers, now)
+                if metrics:
                     metrics_t, metrics_wall = now, wall
                     self._metrics_last = (metrics, now, wall)
-                    self._ok(SOURCE_METRICS)
-                except Exception as exc:
-                    with self._lock:
-                        self._fail(SOURCE_METRICS, exc, now)
-            elif url and self._metrics_last is not None:
+            elif pages and self._metrics_last is not None:
                 metrics, metrics_t, metrics_wall = self._metrics_last
 
             if want_host and self._due(SOURCE_HOST, now):
@@ -446,6 +472,7 @@ class Sampler:
                 except Exception as exc:
                     with self._lock:
                         self._fail(SOURCE_HOST, exc, now)
+            procs = procs + self._read_variant_trees(servers, now)
 
             with self._lock:
                 errors = {k: s.error for k, s in self._states.items() if s.error is not None}
@@ -472,6 +499,46 @@ class Sampler:
                 self._call_sinks(sinks, sample, now)
             return sample
 
+    def _read_pages(self, url: str | None, keys: dict[str, str], servers: tuple[VariantServer, ...],
+                    now: float) -> dict[str, float]:
+        """One reading of every metrics page, merged: the main server's (its versions renamed to the
+        variants' keys) and each OpenAI variant's ``vllm:*`` series labelled with its key. A page that
+        fails is left out of this reading (its source's error says why); the others are kept."""
+        metrics: dict[str, float] = {}
+        pages = [(SOURCE_METRICS, url, None)] if url else []
+        pages += [(f"{SOURCE_VARIANT_METRICS}:{s.key}", s.page, s) for s in servers if s.page]
+        for source, page, server in pages:
+            if not self._due(source, now):
+                continue
+            try:
+                series = parse_metrics(read_metrics_text(self._opener, page, self.metrics_timeout_s))
+                metrics.update(rekey_versions(series, keys) if server is None
+                               else variant_series(series, server.model, server.metrics_version))
+                self._ok(source)
+            except Exception as exc:
+                with self._lock:
+                    self._fail(source, exc, now)
+        return metrics
+
+    def _read_variant_trees(self, servers: tuple[VariantServer, ...], now: float) -> list[ProcessReading]:
+        """The host memory of each local OpenAI variant's process tree, attributed to its key."""
+        out: list[ProcessReading] = []
+        for s in servers:
+            source = f"{SOURCE_VARIANT_HOST}:{s.key}"
+            if s.scope.kind != SERVER_TREE or not self._due(source, now):
+                continue
+            reader = self._variant_readers.get(s.key)
+            if reader is None:
+                reader = self._variant_readers[s.key] = HostProcessReader(
+                    lambda p, s=s: (s.model, s.memory_version, p.name()))
+            try:
+                out += reader.read(now, s.scope.root_pid, (), self.discovery_interval_s)
+                self._ok(source)
+            except Exception as exc:
+                with self._lock:
+                    self._fail(source, exc, now)
+        return out
+
     def _call_sinks(self, sinks: list[Sink], sample: Sample, now: float) -> None:
         failed: BaseException | None = None
         for sink in sinks:
@@ -489,8 +556,14 @@ class Sampler:
     # ------------------------------------------------------------------ sources
 
     def _attribute(self, proc: psutil.Process) -> tuple[str | None, str | None, str]:
-        """``(model, version, name)`` of a process (see :class:`ProcessAttribution`)."""
-        return self._attribution(proc, self.root_pid)
+        """``(model, version, name)`` of a process (see :class:`ProcessAttribution`): a process of a
+        local OpenAI variant's tree is that variant's (its model, its key); a Triton version is
+        named by its variant's key (``version_keys``)."""
+        for s in self.variant_servers:
+            if s.scope.kind == SERVER_TREE and self._attribution.in_scope(proc, s.scope.root_pid, False):
+                return s.model, s.memory_version, proc.name()
+        model, version, name = self._attribution(proc, self.root_pid)
+        return model, self.version_keys.get(version, version) if version is not None else None, name
 
     def _in_scope(self, proc: psutil.Process | None) -> bool:
         """Whether a GPU process's reading is kept: under a root pid, only the root and its
@@ -498,6 +571,9 @@ class Sampler:
         when processes are found by name, none when ``process_names`` is empty."""
         if proc is None:
             return self.root_pid is None and bool(self.process_names)
+        if any(s.scope.kind == SERVER_TREE and self._attribution.in_scope(proc, s.scope.root_pid, False)
+               for s in self.variant_servers):
+            return True
         return self._attribution.in_scope(proc, self.root_pid, any_process=bool(self.process_names))
 
 

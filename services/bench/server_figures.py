@@ -9,7 +9,10 @@
   (``vllm:generation_tokens_total`` between successive readings);
 - :func:`server_percentile_figure`: the server's TTFT and TPOT p50 / p90 / p99 per version over time,
   each point over the observations between two successive readings (interpolated in the buckets as
-  Prometheus' ``histogram_quantile`` does).
+  Prometheus' ``histogram_quantile`` does);
+- :func:`server_load_figure`: the KV-cache usage (%) and requests running / waiting per version (variant)
+  over time (``vllm:kv_cache_usage_perc``, ``vllm:num_requests_*``: a standalone ``vllm serve``'s gauges,
+  read by the sampler under each variant's key).
 
 Inputs: the run store's ``samples_frame`` (rows with ``value``: the ``vllm:*`` series) and
 ``get_server_timings``; time axes in seconds since ``t0`` (``perf_counter``), like the other charts.
@@ -24,6 +27,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from services.bench.figures import FIGURE_HEIGHT, _as_dict, _empty_note, _layout, _natural, _round
+from services.bench.sample_series import sample_rows
 from services.bench.server_timings import (
     GENERATION_TOKENS,
     HISTOGRAM_METRICS,
@@ -133,4 +137,51 @@ def server_percentile_figure(samples: pd.DataFrame, t0: float | None = None,
     _layout(fig, "Server-side percentiles per reading interval (vllm:* histograms)", "ms", height)
     if not fig.data:
         _empty_note(fig, NO_HISTOGRAMS)
+    return fig
+
+
+KV_USAGE = "vllm:kv_cache_usage_perc"
+KV_USAGE_OLD = "vllm:gpu_cache_usage_perc"  # vLLM before 0.10
+RUNNING = "vllm:num_requests_running"
+WAITING = "vllm:num_requests_waiting"
+NO_LOAD_SERIES = "no KV-cache or queue series: the servers publish no vllm:kv_cache_usage_perc / num_requests_*"
+
+
+def live_series_frame(samples: Sequence[Any]) -> pd.DataFrame:
+    """The ``vllm:*`` readings among sampler samples (``services.bench.sample_series.Sample``, a thinned
+    list too) as the run store's samples frame has them, each reading once at the time it was taken:
+    what :func:`server_load_figure` charts while a run goes on."""
+    seen: set[float] = set()
+    out = []
+    for s in samples:
+        read_at = s.t_mono if s.metrics_t_mono is None else s.metrics_t_mono
+        if not s.metrics or read_at in seen:
+            continue
+        seen.add(read_at)
+        out += [{"t_mono": r.t_mono, "kind": r.kind, "version": r.version, "value": r.value}
+                for r in sample_rows(s, carried=True) if r.value is not None]
+    return pd.DataFrame(out, columns=["t_mono", "kind", "version", "value"])
+
+
+def server_load_figure(samples: pd.DataFrame, t0: float | None = None, height: int = FIGURE_HEIGHT) -> go.Figure:
+    """Per version (variant), the server's KV-cache usage in % (left) and its requests running (solid) and
+    waiting (dotted) over time (right), from the ``vllm:*`` gauges each reading carries (a standalone
+    ``vllm serve`` publishes them; Triton's vLLM backend may not)."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["KV-cache usage (%)", "requests running / waiting"])
+    for version, readings in sorted(_readings(samples).items(), key=lambda kv: _natural(kv[0])):
+        color, name = version_color(version), version_label(version)
+        series = [(KV_USAGE, 1, "", 100.0, "solid"), (RUNNING, 2, " running", 1.0, "solid"),
+                  (WAITING, 2, " waiting", 1.0, "dot")]
+        for metric, col, suffix, scale, dash in series:
+            pts = [(round(t - (t0 or 0.0), 3), r.get(metric, r.get(KV_USAGE_OLD) if metric == KV_USAGE else None))
+                   for t, r in readings]
+            pts = [(x, y * scale) for x, y in pts if y is not None]
+            if pts:
+                fig.add_trace(go.Scatter(
+                    x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines", name=f"{name}{suffix or ' KV'}",
+                    legendgroup=version, line={"color": color, "dash": dash, "shape": "hv"},
+                    hovertemplate=f"{name}{suffix} %{{y:.1f}} at %{{x:.1f}} s<extra></extra>"), row=1, col=col)
+    _layout(fig, "Server load per variant (vllm:* gauges)", None, height)
+    if not fig.data:
+        _empty_note(fig, NO_LOAD_SERIES)
     return fig

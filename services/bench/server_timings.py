@@ -6,7 +6,9 @@ time to first token (``vllm:time_to_first_token_seconds``), every gap between tw
 the first) and its end-to-end time (``vllm:e2e_request_latency_seconds``); the stock vLLM backend
 and this project's vLLM engine (:mod:`services.serving.vllm_metrics`) publish them labelled ``model``
 and ``version``. The transformers engine publishes no ``vllm:*`` series: its server timings are
-unknown (:data:`NO_HISTOGRAMS`).
+unknown (:data:`NO_HISTOGRAMS`). A standalone ``vllm serve`` (an OpenAI-compatible variant) publishes the
+same histograms labelled ``model_name``: they are relabelled with the variant's key as they are read
+(``sample_series.variant_series``; :func:`settled_readings` and the sampler), so they count per variant too.
 
 Over a run's measured window the histograms are cumulative, so the window's observations are the
 difference of each bucket between the reading at the window's start and the one at its end
@@ -31,11 +33,11 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from services.bench.sample_series import Sample, SampleRow
+from services.bench.sample_series import Sample, SampleRow, rekey_versions, variant_series
 from services.bench.stats import RequestRecord, arrived_in_bursts
 from services.bench.triton_metrics import (
     metrics_opener,
@@ -316,11 +318,12 @@ def _vllm_only(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def settled_reading(metrics_url: str | None, timeout_s: float = 2.0, interval_s: float = SETTLE_INTERVAL_S,
-                    max_wait_s: float = SETTLE_MAX_S) -> Sample | None:
+                    max_wait_s: float = SETTLE_MAX_S,
+                    relabel: Callable[[dict[str, float]], dict[str, float]] | None = None) -> Sample | None:
     """A reading of the ``vllm:*`` series once they stop changing (two reads ``interval_s`` apart
     agree, at most ``max_wait_s``), as a :class:`Sample` stamped with the last read; None when there
     is no metrics address or the page holds no ``vllm:*`` series. Raises OSError or ValueError when
-    the page cannot be read."""
+    the page cannot be read. ``relabel``: applied to the parsed series first (a variant's key)."""
     if not metrics_url:
         return None
     opener = metrics_opener()
@@ -328,13 +331,31 @@ def settled_reading(metrics_url: str | None, timeout_s: float = 2.0, interval_s:
     previous: dict[str, float] | None = None
     while True:
         now, wall = time.perf_counter(), time.time()
-        metrics = _vllm_only(parse_metrics(read_metrics_text(opener, metrics_url, timeout_s)))
+        series = parse_metrics(read_metrics_text(opener, metrics_url, timeout_s))
+        metrics = _vllm_only(relabel(series) if relabel is not None else series)
         if not metrics:
             return None
         if metrics == previous or now >= deadline:
             return Sample(t_mono=now, t_wall=wall, metrics=metrics)
         previous = metrics
         time.sleep(interval_s)
+
+
+def settled_readings(metrics_url: str | None, version_keys: dict[str, str], servers: Sequence[Any] = (),
+                     **kw: Any) -> list[Sample]:
+    """Settled readings (:func:`settled_reading`) of every page a run on variants reads: the main
+    server's (``metrics_url``; its versions renamed by ``version_keys``) and each OpenAI variant's
+    (``servers``: ``services.bench.memory_scope.VariantServer``, its series labelled with its key),
+    in the order they were taken. Raises as :func:`settled_reading` on the first page that fails."""
+    out = []
+    main = settled_reading(metrics_url, relabel=lambda m: rekey_versions(m, version_keys), **kw)
+    if main is not None:
+        out.append(main)
+    for s in servers:
+        got = settled_reading(s.page, relabel=lambda m, s=s: variant_series(m, s.model, s.metrics_version), **kw)
+        if got is not None:
+            out.append(got)
+    return out
 
 
 def record_server_timings(store: Any, run_id: int, records: Sequence[RequestRecord],

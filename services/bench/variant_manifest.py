@@ -55,6 +55,24 @@ def _preflight(variant: Variant, client: Any) -> tuple[dict[str, Any], str | Non
     return entry, None
 
 
+def _kv_room(manifest: dict[str, Any], entry: dict[str, Any], variant: Variant, metrics_url: str | None) -> None:
+    """An OpenAI variant's KV-cache room from its server's ``/metrics`` (``vllm:cache_config_info``), where
+    capacity reads a Triton engine's ``qwen_engine_kv_cache_tokens``: ``manifest["quantization"][key]``;
+    the variant's entry keeps it as ``kv_cache`` (or why it is unknown)."""
+    from services.client.openai_metrics import MetricsUnreadable, read_vllm_metrics
+
+    try:
+        facts: dict[str, Any] = read_vllm_metrics(metrics_url or variant.url, timeout_s=5.0,
+                                                  model_name=variant.model).cache_facts()
+    except MetricsUnreadable as exc:
+        entry["kv_cache"] = {"error": str(exc)}
+        return
+    entry["kv_cache"] = facts
+    if not isinstance(manifest.get("quantization"), dict):
+        manifest["quantization"] = {}
+    manifest["quantization"][variant.key] = {**manifest["quantization"].get(variant.key, {}), **facts}
+
+
 def variants_manifest(clients: VariantClients, admin: Any, config: "BenchmarkConfig",
                       ) -> tuple[dict[str, Any], str | None]:
     """The run's manifest and its preflight error (see the module docstring). ``admin``: a client of the
@@ -86,6 +104,8 @@ def variants_manifest(clients: VariantClients, admin: Any, config: "BenchmarkCon
             check, problem = _preflight(v, clients.client(v.key))
             entry["preflight"] = check
             error = error or problem
+            if v.kind == "openai" and problem is None:
+                _kv_room(manifest, entry, v, clients.targets[v.key].metrics_url)
         described.append(entry)
     manifest["variants"] = described
     return manifest, error

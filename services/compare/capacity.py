@@ -112,6 +112,9 @@ def kv_max_concurrency(manifest: Mapping[str, Any], version: str,
     ``qwen_engine_kv_cache_max_concurrency``) on the metrics port, or writes ``kv_cache_tokens`` into
     its ``engine_report.json``: :func:`services.bench.manifest.served_quantization` records either
     (the embedded vLLM engine publishes both: ``services.serving.vllm_backend_model.memory_split``).
+    An OpenAI-compatible variant (``vllm serve``) has the same keys in its entry: its ``/metrics``
+    ``vllm:cache_config_info`` (``num_gpu_blocks`` x ``block_size`` tokens, vLLM's own max concurrency),
+    read at the run's preflight (``services.client.openai_metrics.VllmServerMetrics.cache_facts``).
     """
     entry = version_entry(manifest, version)
     tokens = first_number(*(entry.get(k) for k in KV_TOKENS_KEYS))

@@ -215,7 +215,7 @@ def memory_side(samples: pd.DataFrame, manifest: Mapping[str, Any], version: str
     peak = series.peak_bytes if series else None
     kv, kv_note, rest, rest_note = _kv_and_rest(manifest, version, weights, peak, source)
     notes: list[str] = []
-    scope = manifest.get("memory_scope")
+    scope = (manifest.get("memory_scopes") or {}).get(version) or manifest.get("memory_scope")  # per variant
     if source == "unknown" and isinstance(scope, Mapping) and scope.get("per_version") == "unknown":
         notes.append(f"The memory per version is unknown: {scope.get('why')}; only the whole GPU's "
                      "memory was read (every process on it).")
@@ -286,7 +286,10 @@ def run_memory_side(run: RunInfo, samples: pd.DataFrame, requests: Sequence[Requ
                     version: str) -> MemorySide:
     """:func:`memory_side` of one version of a stored run (``requests``: all of them, warm-up included)."""
     t0, t1 = memory_window(run, requests)
-    return memory_side(samples, run.manifest, version, model=str(run.config.get("model", settings.MODEL_NAME)),
+    variant = next((v for v in run.manifest.get("variants") or [] if isinstance(v, Mapping)
+                    and v.get("key") == version), {})  # a variant's memory is stored under its own model
+    model = variant.get("model") or run.config.get("model", settings.MODEL_NAME)
+    return memory_side(samples, run.manifest, version, model=str(model),
                        first_request_t=first_send_t(requests), t0=t0, t1=t1)
 
 

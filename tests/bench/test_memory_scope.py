@@ -264,3 +264,142 @@ def test_memory_allocated_between_full_pss_reads_shows_at_once() -> None:
     finally:
         proc.kill()
         proc.wait(10)
+
+
+# --------------------------------------------------------------------------- variants (issue 18)
+
+# a vllm-serve-like server: /metrics in vLLM's labelling (model_name, engine), and an engine-like child
+VLLM_PAGE = "\n".join([
+    "# TYPE vllm:num_requests_running gauge",
+    'vllm:num_requests_running{engine="0",model_name="demo"} 2.0',
+    "# TYPE vllm:num_requests_waiting gauge",
+    'vllm:num_requests_waiting{engine="0",model_name="demo"} 1.0',
+    "# TYPE vllm:kv_cache_usage_perc gauge",
+    'vllm:kv_cache_usage_perc{engine="0",model_name="demo"} 0.25',
+    'vllm:kv_cache_usage_perc{engine="0",model_name="other"} 0.75',
+    "# TYPE vllm:cache_config_info gauge",
+    'vllm:cache_config_info{block_size="16",engine="0",num_gpu_blocks="100"} 1.0', ""])
+OPENAI_SERVER = textwrap.dedent("""
+    import http.server, subprocess, sys
+    page = sys.argv[3].encode()
+    subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2], "VLLM::EngineCore"])
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200); self.send_header("Content-Type", "text/plain"); self.end_headers()
+            self.wfile.write(page)
+        def log_message(self, *a): pass
+    server = http.server.HTTPServer(("127.0.0.1", 0), Page)
+    print(server.server_address[1], flush=True)
+    server.serve_forever()
+""")
+
+
+@pytest.fixture
+def openai_like(tmp_path: Path) -> Iterator[tuple[subprocess.Popen, int]]:
+    """A real local process serving a vLLM-labelled /metrics, with an engine-like child holding ENGINE_MB."""
+    ready = tmp_path / "engine-ready"
+    proc = subprocess.Popen([sys.executable, "-c", OPENAI_SERVER, ENGINE, str(ready), VLLM_PAGE],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline())
+        if not wait_for(ready.exists, timeout=30):
+            pytest.fail("the engine-like child did not start")
+        yield proc, port
+    finally:
+        _kill_tree(proc)
+
+
+def _variants(*specs: str):
+    from services.client.variants import parse_variant_spec, resolve_variants
+
+    return resolve_variants([parse_variant_spec(s) for s in specs])
+
+
+def test_a_remote_variant_is_whole_gpu_with_its_share_unknown() -> None:
+    from services.bench.memory_scope import run_watch
+    from services.client.variants import variant_target
+
+    variants = _variants("kind=openai,url=http://192.0.2.10:8100,model=demo,label=far")
+    targets = {v.key: variant_target(v, None) for v in variants}
+    watch = run_watch(variants, targets, targets["far"])
+    (server,) = watch.servers
+    assert (server.key, server.scope.kind, server.scope.local) == ("far", WHOLE_GPU, False)
+    described = watch.describe()["far"]
+    assert described["per_version"] == "unknown" and "whole GPU" in described["memory"]
+    config = watch.sampler_config()
+    assert config["host_memory"] is False and config["nvml"] is False and config["root_pid"] is None
+    sampler = Sampler(metrics_timeout_s=0.2)
+    sampler.configure(**config)
+    s = sampler.sample_once()
+    assert s.processes == ()  # nothing of this machine is summed in its place
+    assert "variant_metrics:far" in s.source_errors and s.metrics == {}
+    # Compare says so for that variant, never another server's numbers in its place
+    import pandas as pd
+
+    from services.compare.memory import memory_side
+
+    side = memory_side(pd.DataFrame(), {"memory_scopes": watch.describe()}, "far", model="demo")
+    assert side.source == "unknown" and side.peak_bytes is None
+    assert any("per version is unknown" in n and "192.0.2.10 is not this machine" in n for n in side.notes)
+
+
+def test_a_local_variant_server_is_read_through_its_own_tree_and_metrics(openai_like, served_tree) -> None:
+    """A Triton-like tree (versions 1, 2) beside a vllm-serve-like server: each variant's memory is its own
+    tree's, under its key; the server's vllm:* series are labelled with its key."""
+    from services.bench.memory_scope import run_watch
+    from services.bench.sample_series import sample_rows
+    from services.client.server_target import ServerTarget
+    from services.client.variants import variant_target
+
+    proc, port = openai_like
+    main = ServerTarget("127.0.0.1:1", "127.0.0.1:2", "", "http", embedded=True, checkpoint=None,
+                        repository=None, server_pid=served_tree.pid)
+    variants = _variants("version=1,label=bf16-triton", f"kind=openai,url=http://127.0.0.1:{port},model=demo,"
+                         "label=bf16-vllm")
+    targets = {v.key: variant_target(v, main) for v in variants}
+    watch = run_watch(variants, targets, main)
+    assert watch.version_keys == {"1": "bf16-triton"}
+    assert watch.servers[0].scope.root_pid == proc.pid
+    assert watch.describe()["bf16-vllm"]["per_version"] == "attributed through the process tree"
+    sampler = Sampler()
+    sampler.configure(**{**watch.sampler_config(), "nvml": False})  # this machine has no GPU
+    s = sampler.sample_once()
+    assert not s.source_errors, s.source_errors
+    by_key: dict = {}
+    for p in s.processes:
+        by_key.setdefault(p.version, set()).add(p.pid)
+    vllm_tree = {proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))}
+    assert by_key["bf16-vllm"] == vllm_tree and len(vllm_tree) == 2
+    assert not by_key["bf16-vllm"] & (by_key["bf16-triton"] | by_key["2"])  # no process counted twice
+    engine = [p for p in s.processes if p.version == "bf16-vllm" and p.pid != proc.pid][0]
+    assert engine.memory_bytes >= ENGINE_MB * 2**20 * 0.9
+    rows = [r for r in sample_rows(s) if r.value is not None]
+    got = {(r.kind, r.version): r.value for r in rows}
+    assert got[("vllm:kv_cache_usage_perc", "bf16-vllm")] == 0.25  # the other model's series left out
+    assert got[("vllm:num_requests_running", "bf16-vllm")] == 2.0
+    assert not any(k.startswith("vllm:cache_config_info") for k, _ in got)
+
+
+def test_two_variants_of_one_local_server_are_read_once_with_the_split_unknown(openai_like) -> None:
+    from services.bench.memory_scope import SHARED_TREE, run_watch
+    from services.client.variants import variant_target
+
+    proc, port = openai_like
+    url = f"http://127.0.0.1:{port}"
+    variants = _variants(f"kind=openai,url={url},model=demo,label=a", f"kind=openai,url={url},model=demo,label=b")
+    targets = {v.key: variant_target(v, None) for v in variants}
+    watch = run_watch(variants, targets, targets["a"])
+    first, second = watch.servers
+    assert (first.scope.kind, first.memory_version, second.scope.kind) == (SERVER_TREE, "a + b", SHARED_TREE)
+    described = watch.describe()
+    assert described["a"]["per_version"].startswith("unknown") and described["b"]["per_version"] == "unknown"
+    assert described["a"]["stored_as"] == described["b"]["stored_as"] == "a + b"
+    sampler = Sampler()
+    sampler.configure(**{**watch.sampler_config(), "nvml": False})
+    s = sampler.sample_once()
+    assert not s.source_errors, s.source_errors
+    assert {p.version for p in s.processes} == {"a + b"} and len(s.processes) == 2  # each process once
+    # one model under two labels: its series cannot tell their requests apart; read once, stored jointly
+    assert s.metric("vllm:num_requests_running", model="demo", version="a + b") == 2.0
+    assert s.metric("vllm:num_requests_running", model="demo", version="a") is None
+    assert described["a"]["metrics_stored_as"] == "a + b"

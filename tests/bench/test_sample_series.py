@@ -27,3 +27,26 @@ def test_series_for_chart_sums_instances_of_a_version() -> None:
     assert list(df.columns) == ["time", "t_mono", "source", "kind", "gpu", "model", "version",
                                 "label", "memory_bytes"]
     assert series_for_chart([]).empty
+
+
+def test_a_vllm_serve_page_is_labelled_with_the_variants_key() -> None:
+    import pytest
+
+    from services.bench.sample_series import variant_series
+    from services.bench.triton_metrics import parse_metrics
+
+    page = parse_metrics("\n".join([
+        "# TYPE vllm:inter_token_latency_seconds histogram",
+        'vllm:inter_token_latency_seconds_bucket{engine="0",le="0.01",model_name="m"} 3.0',
+        'vllm:inter_token_latency_seconds_bucket{engine="0",le="+Inf",model_name="m"} 5.0',
+        'vllm:inter_token_latency_seconds_count{engine="0",model_name="m"} 5.0',
+        'vllm:inter_token_latency_seconds_sum{engine="0",model_name="m"} 0.2',
+        "# TYPE vllm:kv_cache_usage_perc gauge",
+        'vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.2',
+        'vllm:kv_cache_usage_perc{engine="1",model_name="m"} 0.4',
+        'vllm:kv_cache_usage_perc{engine="0",model_name="other"} 0.9', ""]))
+    got = variant_series(page, "m", "fp8-vllm")
+    assert got['vllm:kv_cache_usage_perc{model="m",version="fp8-vllm"}'] == pytest.approx(0.3)  # two engines' mean
+    assert got['vllm:time_per_output_token_seconds_count{model="m",version="fp8-vllm"}'] == 5.0
+    assert got['vllm:time_per_output_token_seconds_bucket{le="0.01",model="m",version="fp8-vllm"}'] == 3.0
+    assert not any("other" in k or "inter_token" in k for k in got)
